@@ -1,0 +1,1 @@
+"""What a trial is made of: models, data, methods, training and evaluation."""

@@ -1,0 +1,1 @@
+"""Experiment specs, grid expansion, planning, orchestration and the command line."""
