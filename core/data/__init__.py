@@ -1,0 +1,35 @@
+"""LLaVA-format data: synthetic generator, chat templates and label masking, images, dataset and collation."""
+
+from core.data.images import IMAGE_MODES, expand2square, preprocess
+from core.data.llava import LlavaDataset, assert_supervised, collate, make_collate
+from core.data.synthetic import SyntheticSpec, ensure_synthetic, generate
+from core.data.templates import (
+    DEFAULT_IMAGE_TOKEN,
+    TEMPLATES,
+    Encoded,
+    encode_conversation,
+    register_template,
+    tokenizer_image_token,
+)
+from core.models.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+__all__ = [
+    "DEFAULT_IMAGE_TOKEN",
+    "IGNORE_INDEX",
+    "IMAGE_MODES",
+    "IMAGE_TOKEN_INDEX",
+    "TEMPLATES",
+    "Encoded",
+    "LlavaDataset",
+    "SyntheticSpec",
+    "assert_supervised",
+    "collate",
+    "encode_conversation",
+    "ensure_synthetic",
+    "expand2square",
+    "generate",
+    "make_collate",
+    "preprocess",
+    "register_template",
+    "tokenizer_image_token",
+]

@@ -1,0 +1,1 @@
+"""Training: the per-worker loop of a stage, its schedule and its checkpoints."""

@@ -1,0 +1,54 @@
+"""What defines a result: the identity part of a config, its canonical JSON and its hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel
+
+from grid.spec import NOT_IDENTITY
+
+
+def identity_dict(model: BaseModel) -> dict[str, Any]:
+    """The model as JSON-able data without the fields marked NOT_IDENTITY (paths, logging, resources)."""
+    out: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        if field.json_schema_extra == NOT_IDENTITY:
+            continue
+        value = getattr(model, name)
+        out[name] = identity_dict(value) if isinstance(value, BaseModel) else _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return identity_dict(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def canonical_json(data: Any) -> str:
+    """JSON with sorted keys and no whitespace: the same data gives the same bytes everywhere."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def content_hash(data: Any, length: int = 10) -> str:
+    """A short sha256 of the canonical JSON of `data`."""
+    return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:length]
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, path))
+        else:
+            out[path] = value
+    return out

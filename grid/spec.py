@@ -1,0 +1,252 @@
+"""Experiment specs: strict Pydantic models loaded from YAML (data only, never code)."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# Fields that say where or how a trial runs but not what its result is carry this marker: they are
+# left out of the trial id (grid.identity) and recorded as tags/params only.
+NOT_IDENTITY = {"identity": False}
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; the message names the file, the YAML path and a fix."""
+
+
+def did_you_mean(value: str, allowed: list[str] | tuple[str, ...]) -> str:
+    """A ' did you mean ...?' suffix for a near-miss, or ''."""
+    close = difflib.get_close_matches(str(value), list(allowed), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _check_registry(kind: str, value: str, registry: dict[str, Any]) -> str:
+    if value not in registry:
+        allowed = sorted(registry)
+        raise ValueError(
+            f"unknown {kind} '{value}'; allowed: {', '.join(allowed)}{did_you_mean(value, allowed)}"
+        )
+    return value
+
+
+class Strict(BaseModel):
+    """Base for spec sections: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    """Which LLM, vision encoder and adapter a trial composes."""
+
+    llm: str = "tiny-llama"
+    encoder: str = "tiny-clip"
+    adapter: str = "mlp2x_gelu"
+    llm_path: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
+    encoder_path: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
+
+    @field_validator("llm")
+    @classmethod
+    def _known_llm(cls, v: str) -> str:
+        from core.models.llm import LLMS
+
+        return _check_registry("LLM", v, LLMS)
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, v: str) -> str:
+        from core.models.vision import ENCODERS
+
+        return _check_registry("vision encoder", v, ENCODERS)
+
+    @field_validator("adapter")
+    @classmethod
+    def _known_adapter(cls, v: str) -> str:
+        from core.models.adapter import ADAPTERS
+
+        return _check_registry("adapter", v, ADAPTERS)
+
+
+class MethodConfig(Strict):
+    """The alignment method; `llava` is the baseline (no extra losses)."""
+
+    name: Literal["llava"] = "llava"
+
+
+class SyntheticDataConfig(Strict):
+    """Parameters of the procedurally generated dataset (they define its content)."""
+
+    num_samples: int = Field(256, ge=1)
+    seed: int = 0
+    image_size: int = Field(128, ge=16)
+    max_objects: int = Field(3, ge=1, le=9)
+
+
+class DatasetConfig(Strict):
+    """A LLaVA-format dataset: generated on first use, or a local JSON + image root."""
+
+    source: Literal["synthetic", "llava"] = "synthetic"
+    synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
+    name: str | None = None
+    json_path: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
+    image_root: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
+    on_missing_image: Literal["fail", "skip"] = "fail"
+
+    @model_validator(mode="after")
+    def _llava_needs_paths(self) -> DatasetConfig:
+        if self.source == "llava":
+            missing = [k for k in ("name", "json_path", "image_root") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(
+                    f"source 'llava' needs {', '.join(missing)} (name identifies the dataset in trial ids; "
+                    "json_path and image_root say where it is)"
+                )
+        return self
+
+
+class DataConfig(Strict):
+    """Datasets per training stage."""
+
+    stage1: DatasetConfig = Field(default_factory=DatasetConfig)
+
+
+class StageConfig(Strict):
+    """Optimisation hyper-parameters of one training stage (LLaVA-1.5 stage-1 defaults)."""
+
+    enabled: bool = True
+    lr: float = Field(1e-3, gt=0)
+    global_batch_size: int = Field(256, ge=1)
+    micro_batch_size: int = Field(16, ge=1)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    log_every: int = Field(1, ge=1, json_schema_extra=NOT_IDENTITY)
+
+
+class ResourcesConfig(Strict):
+    """Ray Train workers of one trial and what each holds."""
+
+    num_workers: int = Field(1, ge=1)
+    gpus_per_worker: float = Field(0, ge=0)
+    cpus_per_worker: float = Field(1, gt=0)
+
+
+class TrialConfig(Strict):
+    """Everything one trial needs; grid axes set values at dotted paths inside it."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    stage1: StageConfig = Field(default_factory=StageConfig)
+    seed: int = 0
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, json_schema_extra=NOT_IDENTITY)
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> TrialConfig:
+        s, w = self.stage1, self.resources.num_workers
+        per_step = s.micro_batch_size * w
+        if s.global_batch_size % per_step:
+            raise ValueError(
+                f"stage1.global_batch_size {s.global_batch_size} is not a multiple of micro_batch_size "
+                f"{s.micro_batch_size} x resources.num_workers {w} = {per_step}; pick a global batch that is, "
+                "since gradient accumulation covers the rest"
+            )
+        return self
+
+
+class GridConfig(Strict):
+    """How the base config varies: product axes, zipped groups, extra and dropped cells."""
+
+    axes: dict[str, list[Any]] = {}
+    zip: list[dict[str, list[Any]]] = []
+    include: list[dict[str, Any]] = []
+    exclude: list[dict[str, Any]] = []
+
+
+class OutputConfig(Strict):
+    """Where results go; none of this changes a trial's result."""
+
+    root: str = "results"
+    tracking_uri: str | None = None
+    max_concurrent_trials: int | None = Field(None, ge=1)
+
+
+class ExperimentSpec(Strict):
+    """A whole experiment: a base trial, the grid around it, and where results go."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=80)
+    description: str = ""
+    base: TrialConfig = Field(default_factory=TrialConfig)
+    grid: GridConfig = Field(default_factory=GridConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+
+def _loc_to_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The spec section class reached by following `loc` from `root` (None if it leaves the models)."""
+    current: Any = root
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        current = field.annotation
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def describe_errors(err: ValidationError, root: type[BaseModel], prefix: str = "") -> list[str]:
+    """One line per Pydantic error: the YAML path, the offending value and what is allowed."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = _loc_to_path(loc)
+        if prefix:
+            path = f"{prefix}.{path}" if path != "(top level)" else prefix
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(root, loc[:-1])
+            allowed = sorted(parent.model_fields) if parent else []
+            msg = f"unknown key '{loc[-1]}'"
+            if allowed:
+                msg += f"; allowed here: {', '.join(allowed)}{did_you_mean(str(loc[-1]), allowed)}"
+        elif e["type"] != "value_error" and "input" in e and not isinstance(e["input"], dict | list):
+            msg += f" (got {e['input']!r})"
+        lines.append(f"{path}: {msg}")
+    return lines
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
+    """Validate already-loaded YAML data as an experiment spec."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a spec is a YAML mapping with at least 'name'; got {type(data).__name__}")
+    try:
+        return ExperimentSpec.model_validate(data)
+    except ValidationError as err:
+        lines = describe_errors(err, ExperimentSpec)
+        raise SpecError(f"{source}: invalid spec:\n  " + "\n  ".join(lines)) from None
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read and validate a YAML spec; YAML is parsed with the safe loader, so nothing runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {err}") from None
+    return parse_spec(data, str(path))

@@ -1,0 +1,31 @@
+# seagrid: experiment grids for token-level vision-language alignment.
+
+# Show the recipes.
+default:
+    @just --list
+
+# Install everything from the committed uv.lock into .venv.
+setup:
+    uv sync --frozen --quiet
+
+# Run every trial of SPEC that is not done yet (e.g. just grid experiments/smoke.yaml).
+grid SPEC: setup
+    uv run --frozen --quiet seagrid grid {{SPEC}}
+
+# Print the trials of SPEC with their status, resources and ids; runs nothing.
+plan SPEC: setup
+    uv run --frozen --quiet seagrid plan {{SPEC}}
+
+# Serve the MLflow UI of the default local store on 127.0.0.1.
+mlflow PORT="5000": setup
+    mkdir -p mlflow/artifacts
+    uv run --frozen --quiet mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --default-artifact-root ./mlflow/artifacts --host 127.0.0.1 --port {{PORT}}
+
+# The test suite, offline (an accidental hub download fails at once).
+test: setup
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 uv run --frozen --quiet pytest -q
+
+# ruff lint and format check.
+lint: setup
+    uv run --frozen --quiet ruff check .
+    uv run --frozen --quiet ruff format --check .

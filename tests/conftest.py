@@ -1,0 +1,30 @@
+"""Shared test set-up: offline hubs, one cache and one Ray session for the whole run."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Set before anything imports transformers/huggingface_hub, so an accidental download fails at once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("SEAGRID_CACHE", tempfile.mkdtemp(prefix="seagrid-test-cache-"))
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray session shared by every test that needs it (starting one costs ~20 s)."""
+    import ray
+
+    from grid.run import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()

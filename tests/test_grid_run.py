@@ -1,0 +1,121 @@
+"""End to end: a spec through Ray Tune + Ray Train into a real MLflow store, failures isolated, reruns skip."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from grid.cli import main
+from grid.expand import expand
+from grid.spec import load_spec
+
+SPEC = """\
+name: e2e
+base:
+  model: {{llm: tiny-llama, encoder: tiny-clip}}
+  data:
+    stage1: {{source: synthetic, synthetic: {{num_samples: 96, seed: 3}}}}
+  stage1: {{lr: 0.01, global_batch_size: 16, micro_batch_size: 8, epochs: 1, log_every: 1}}
+grid:
+  axes:
+    data.stage1:
+      - {{source: synthetic, synthetic: {{num_samples: 96, seed: 3}}}}
+      - {{source: llava, name: broken, json_path: {broken_json}, image_root: {broken_root}}}
+  exclude: {exclude}
+output: {{root: {root}, tracking_uri: "sqlite:///{db}", max_concurrent_trials: 2}}
+"""
+
+
+def broken_dataset(tmp_path: Path) -> tuple[Path, Path]:
+    """A LLaVA JSON whose image file does not exist: the trial must fail and name it."""
+    root = tmp_path / "broken_images"
+    root.mkdir()
+    records = [
+        {
+            "id": f"broken-{i}",
+            "image": f"missing-{i}.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nDescribe."},
+                {"from": "gpt", "value": "a red star."},
+            ],
+        }
+        for i in range(32)
+    ]
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(records))
+    return path, root
+
+
+def write_spec(tmp_path: Path, exclude: str = "[]") -> Path:
+    broken_json, broken_root = (
+        broken_dataset(tmp_path)
+        if not (tmp_path / "broken.json").exists()
+        else (
+            tmp_path / "broken.json",
+            tmp_path / "broken_images",
+        )
+    )
+    text = SPEC.format(
+        broken_json=broken_json,
+        broken_root=broken_root,
+        root=tmp_path / "results",
+        db=tmp_path / "mlflow.db",
+        exclude=exclude,
+    )
+    path = tmp_path / "e2e.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_grid_end_to_end(tmp_path: Path, ray_session, capsys: pytest.CaptureFixture[str]) -> None:
+    spec_path = write_spec(tmp_path)
+    spec = load_spec(spec_path)
+    good, bad = expand(spec, str(spec_path))
+    assert bad.config.data.stage1.source == "llava"
+
+    assert main(["grid", str(spec_path)]) == 1  # a failed trial makes the command fail ...
+    out = capsys.readouterr().out
+    assert "failed" in out and bad.id in out
+
+    client = MlflowClient(tracking_uri=spec.output.tracking_uri)
+    exp = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("seagrid.role") == "grid"]
+    children = {r.data.tags.get("trial_id"): r for r in runs if r.data.tags.get("seagrid.role") == "trial"}
+    assert len(parents) == 1 and parents[0].data.tags["grid"] == "e2e"
+
+    # ... but the other trial went on and is complete in MLflow.
+    run = children[good.id]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["grid"] == "e2e" and run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert run.data.params["stage1.lr"] == "0.01" and run.data.params["model.encoder"] == "tiny-clip"
+    history = client.get_metric_history(run.info.run_id, "stage1/loss")
+    assert [m.step for m in history] == list(range(1, 7))  # 96 samples / 16 per step = 6 steps
+    assert {"stage1/lr", "stage1/samples_per_s"} <= set(run.data.metrics)
+    assert history[-1].value < history[0].value, "stage-1 loss did not go down"
+    config = yaml.safe_load(
+        Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()
+    )
+    assert config == good.config.model_dump(mode="json")
+    adapter_dir = Path(run.data.tags["result.stage1/dir"]) / "adapter"
+    assert (adapter_dir / "adapter.safetensors").is_file()
+
+    failed = children[bad.id]
+    assert failed.info.status == "FAILED"
+    tb = Path(client.download_artifacts(failed.info.run_id, "traceback.txt", str(tmp_path))).read_text()
+    assert "broken-0" in tb and "missing-0.png" in tb
+
+    # A rerun without the broken cell starts nothing: the finished trial is found by its id.
+    rerun = write_spec(tmp_path, exclude="[{data.stage1.source: llava}]")
+    assert main(["grid", str(rerun)]) == 0
+    out = capsys.readouterr().out
+    assert "1 already done, 0 to run" in out
+    assert (
+        len([r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("trial_id") == good.id])
+        == 1
+    )
