@@ -1,33 +1,42 @@
-"""Model registries (LLMs, vision encoders), adapters and the composed VLM."""
+"""Model registries (LLMs, vision encoders), adapters and the composed VLM.
 
-from core.models.adapter import ADAPTERS, build_adapter
-from core.models.adapter_io import load_adapter, save_adapter
-from core.models.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from core.models.llm import LLMS, LLMSpec, get_llm_spec, load_llm
-from core.models.tiny import TinyBuilder, tiny_checkpoint_dir
-from core.models.vision import ENCODERS, EncoderSpec, VisionTower, get_encoder_spec, load_encoder
-from core.models.vlm import VLM, SplicedInputs, VLMOutput, build_vlm
+Names are imported on first use, so that reading a registry (spec validation, planning) does not
+pay for importing torch and transformers.
+"""
 
-__all__ = [
-    "ADAPTERS",
-    "ENCODERS",
-    "IGNORE_INDEX",
-    "IMAGE_TOKEN_INDEX",
-    "LLMS",
-    "VLM",
-    "EncoderSpec",
-    "LLMSpec",
-    "SplicedInputs",
-    "TinyBuilder",
-    "VLMOutput",
-    "VisionTower",
-    "build_adapter",
-    "build_vlm",
-    "get_encoder_spec",
-    "get_llm_spec",
-    "load_adapter",
-    "load_encoder",
-    "load_llm",
-    "save_adapter",
-    "tiny_checkpoint_dir",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ADAPTERS": "adapter",
+    "build_adapter": "adapter",
+    "load_adapter": "adapter_io",
+    "save_adapter": "adapter_io",
+    "IGNORE_INDEX": "constants",
+    "IMAGE_TOKEN_INDEX": "constants",
+    "LLMS": "llm",
+    "LLMSpec": "llm",
+    "get_llm_spec": "llm",
+    "load_llm": "llm",
+    "TinyBuilder": "tiny",
+    "tiny_checkpoint_dir": "tiny",
+    "ENCODERS": "vision",
+    "EncoderSpec": "vision",
+    "get_encoder_spec": "vision",
+    "VisionTower": "towers",
+    "load_encoder": "towers",
+    "VLM": "vlm",
+    "SplicedInputs": "vlm",
+    "VLMOutput": "vlm",
+    "build_vlm": "vlm",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'core.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"core.models.{_EXPORTS[name]}"), name)

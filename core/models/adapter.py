@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def mlp2x_gelu(d_vision: int, d_llm: int) -> nn.Module:
     """LLaVA-1.5's projector; a Sequential so its keys ("0.weight", "2.weight") match LLaVA's."""
+    from torch import nn
+
     return nn.Sequential(nn.Linear(d_vision, d_llm), nn.GELU(), nn.Linear(d_llm, d_llm))
 
 
 def linear(d_vision: int, d_llm: int) -> nn.Module:
     """The original LLaVA projector: one linear map."""
+    from torch import nn
+
     return nn.Linear(d_vision, d_llm)
 
 

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.models.tiny import TinyBuilder, tiny_checkpoint_dir
 from core.models.tiny_tokenizer import train_tiny_tokenizer
@@ -36,6 +30,8 @@ class LLMSpec:
 
 
 def _build_tiny_llama(out_dir: Path, config: dict[str, Any]) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     tokenizer = train_tiny_tokenizer(config["vocab_size"], config["max_length"])
     tokenizer.save_pretrained(out_dir)
     llama = LlamaConfig(
@@ -100,16 +96,19 @@ def llm_source(llm_id: str, path: str | Path | None = None) -> str:
 
 
 def load_llm(
-    llm_id: str, *, path: str | Path | None = None, dtype: torch.dtype = torch.float32
+    llm_id: str, *, path: str | Path | None = None, dtype: torch.dtype | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the causal LM and its tokenizer through `from_pretrained`, whatever the source.
 
     The tokenizer pads on the right, has the spec's `max_length` as `model_max_length`, and gets a
     pad token (unk, else eos) when the checkpoint has none, as LLaVA does for Llama tokenizers.
     """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     spec = get_llm_spec(llm_id)
     source = llm_source(llm_id, path)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(source, padding_side="right", model_max_length=spec.max_length)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token

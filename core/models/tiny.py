@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from core.cache import build_once
 from core.paths import cache_dir
 
@@ -38,6 +36,8 @@ class TinyBuilder:
         return config_hash({"config": dict(self.config), "seed": self.seed})
 
     def __call__(self, out_dir: Path) -> None:
+        import torch
+
         # fork_rng keeps the caller's global RNG stream untouched by the build.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from transformers import PreTrainedTokenizerFast
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")  # ids 0..3, Llama's order for unk/bos/eos
 
@@ -136,6 +139,7 @@ def tokenizer_corpus() -> list[str]:
 def train_tiny_tokenizer(vocab_size: int, model_max_length: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on `tokenizer_corpus()`, wrapped for transformers (adds `<s>`, pads right)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     # No prefix space: a word at the start of a text has no leading space, exactly like mid-text

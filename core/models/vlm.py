@@ -14,7 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from core.models.adapter import build_adapter
 from core.models.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from core.models.llm import get_llm_spec, load_llm
-from core.models.vision import VisionTower, load_encoder
+from core.models.towers import VisionTower, load_encoder
 
 
 @dataclass
