@@ -44,6 +44,9 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     }
     if not os.environ.get("RAY_ADDRESS"):
         kwargs["num_cpus"] = num_cpus or os.cpu_count()
+        # Locally the workers share this virtualenv; Ray's `uv run` hook would copy the working tree
+        # and build a second environment for every worker process (many seconds per trial).
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     env = {
         k: os.environ[k]
         for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "SEAGRID_CACHE")
