@@ -11,8 +11,8 @@ def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
 
 
 def cosine_with_warmup(step: int, total_steps: int, warmup: int) -> float:
-    """Multiplier of the peak learning rate at optimizer step `step` (0-based)."""
+    """Multiplier of the peak learning rate at optimizer step `step` (0-based), as HF's Trainer (LLaVA)."""
     if step < warmup:
-        return (step + 1) / (warmup + 1) if warmup else 1.0
+        return step / max(1, warmup)
     progress = (step - warmup) / max(1, total_steps - warmup)
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
