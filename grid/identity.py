@@ -12,10 +12,12 @@ from grid.spec import NOT_IDENTITY
 
 
 def identity_dict(model: BaseModel) -> dict[str, Any]:
-    """The model as JSON-able data without the fields marked NOT_IDENTITY (paths, logging, resources)."""
+    """The model as JSON-able data without the fields marked NOT_IDENTITY (paths, logging, resources)
+    or named by the model's own `identity_exclude()` (settings of a method that is not in use)."""
     out: dict[str, Any] = {}
+    exclude = model.identity_exclude() if hasattr(model, "identity_exclude") else set()
     for name, field in type(model).model_fields.items():
-        if field.json_schema_extra == NOT_IDENTITY:
+        if field.json_schema_extra == NOT_IDENTITY or name in exclude:
             continue
         value = getattr(model, name)
         out[name] = identity_dict(value) if isinstance(value, BaseModel) else _plain(value)

@@ -70,10 +70,62 @@ class ModelConfig(Strict):
         return _check_registry("adapter", v, ADAPTERS)
 
 
-class MethodConfig(Strict):
-    """The alignment method; `llava` is the baseline (no extra losses)."""
+class WordsConfig(Strict):
+    """SEA's word list: built from the stage-1 captions, or read from a file (one word per line)."""
 
-    name: Literal["llava"] = "llava"
+    source: Literal["captions", "file"] = "captions"
+    path: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
+    min_count: int = Field(2, ge=1)
+    max_words: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> WordsConfig:
+        if self.source == "file" and not self.path:
+            raise ValueError("source 'file' needs path (a text file with one word per line)")
+        return self
+
+
+class SeaConfig(Strict):
+    """SEA settings (REFERENCE.md section 2); every one is a search axis."""
+
+    align_weight: float = Field(1.0, ge=0, description="lambda of Eq. 13: L = L_g + lambda * L_a")
+    top_n: int = Field(10, ge=1)
+    window: int = Field(2, ge=1)
+    sign: Literal["negated", "plain"] = "negated"
+    tau_init: float = Field(1.0, gt=0, description="tau = exp(log_tau), log_tau starts at log(tau_init)")
+    learn_tau: bool = True
+    labels_from: str | None = None
+    words: WordsConfig = Field(default_factory=WordsConfig)
+    label_batch_size: int = Field(32, ge=1, json_schema_extra=NOT_IDENTITY)
+
+    @field_validator("labels_from")
+    @classmethod
+    def _known_label_encoder(cls, v: str | None) -> str | None:
+        from core.models.vision import ENCODERS
+
+        if v is None:
+            return v
+        _check_registry("vision encoder", v, ENCODERS)
+        if not ENCODERS[v].has_text_tower:
+            with_text = sorted(k for k, e in ENCODERS.items() if e.has_text_tower)
+            raise ValueError(
+                f"'{v}' has no text tower, so it cannot label patches; use one of {', '.join(with_text)}"
+            )
+        return v
+
+
+METHODS_WITH_SEA = ("sea",)
+
+
+class MethodConfig(Strict):
+    """The alignment method; `llava` is the baseline (no extra losses), `sea` adds SEA's alignment loss."""
+
+    name: Literal["llava", "sea"] = "llava"
+    sea: SeaConfig = Field(default_factory=SeaConfig)
+
+    def identity_exclude(self) -> set[str]:
+        """Settings of methods not in use do not change what a trial computes."""
+        return set() if self.name in METHODS_WITH_SEA else {"sea"}
 
 
 class SyntheticDataConfig(Strict):
@@ -144,6 +196,23 @@ class TrialConfig(Strict):
     stage1: StageConfig = Field(default_factory=StageConfig)
     seed: int = 0
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, json_schema_extra=NOT_IDENTITY)
+
+    @model_validator(mode="after")
+    def _sea_needs_text_tower(self) -> TrialConfig:
+        from core.models.vision import ENCODERS
+
+        enc = ENCODERS[self.model.encoder]
+        if (
+            self.method.name in METHODS_WITH_SEA
+            and self.method.sea.labels_from is None
+            and not enc.has_text_tower
+        ):
+            with_text = sorted(k for k, e in ENCODERS.items() if e.has_text_tower)
+            raise ValueError(
+                f"method.sea.labels_from: model.encoder '{enc.id}' has no text tower to label its patches; "
+                f"set method.sea.labels_from to an encoder with one ({', '.join(with_text)}) to transfer its labels"
+            )
+        return self
 
     @model_validator(mode="after")
     def _batch_divides(self) -> TrialConfig:

@@ -10,7 +10,7 @@ from typing import Any
 
 from core.cache import DONE_MARKER, is_built
 from grid.identity import content_hash, identity_dict
-from grid.spec import DatasetConfig, TrialConfig
+from grid.spec import METHODS_WITH_SEA, DatasetConfig, TrialConfig
 
 # Ray Tune gives each trial this much (a token amount, so trials are limited by their workers'
 # resources, not by the driver that only waits on them).
@@ -48,6 +48,33 @@ def resolve_dataset(ds: DatasetConfig) -> tuple[Path, Path]:
     if not image_root.is_dir():
         raise FileNotFoundError(f"data.stage1.image_root: {image_root} is not a directory")
     return json_path, image_root
+
+
+def prepare_labels(cfg: TrialConfig, json_path: Path, image_root: Path) -> Path:
+    """SEA's label step: the word list, the label store (built once, shared) and its view on the trial's grid."""
+    from core.labels import caption_words, ensure_store, labels_for_grid, read_word_list
+    from core.models.vision import ENCODERS
+
+    sea = cfg.method.sea
+    if sea.words.source == "file":
+        assert sea.words.path
+        words = read_word_list(Path(sea.words.path).expanduser())
+    else:
+        words = caption_words(json_path, min_count=sea.words.min_count, max_words=sea.words.max_words)
+    store = ensure_store(
+        sea.labels_from or cfg.model.encoder,
+        words,
+        json_path,
+        image_root,
+        dataset=identity_dict(cfg.data.stage1),
+        top_n=sea.top_n,
+        negate=sea.sign == "negated",
+        batch_size=sea.label_batch_size,
+        on_missing_image=cfg.data.stage1.on_missing_image,
+        progress=False,
+    )
+    view = labels_for_grid(store, ENCODERS[cfg.model.encoder].grid, sea.top_n, precompute=True)
+    return Path(view.path)
 
 
 def _run_stage1(cfg: TrialConfig, payload: dict[str, Any], step_dir: Path) -> None:
@@ -105,6 +132,8 @@ def run_trial(config: dict[str, Any]) -> None:
                     "step_dir": str(step_dir),
                     "data": {"json_path": str(json_path), "image_root": str(image_root)},
                 }
+                if cfg.method.name in METHODS_WITH_SEA:
+                    payload["labels"] = {"path": str(prepare_labels(cfg, json_path, image_root))}
                 _run_stage1(cfg, payload, step_dir)
                 (step_dir / DONE_MARKER).write_text("ok\n")
         result = json.loads((step_dir / "result.json").read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import random
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +30,11 @@ from core.data import (
     generate,
     make_collate,
     preprocess,
+    supervised_after_truncation,
     tokenizer_image_token,
 )
 from core.data.synthetic import COLOURS, POSITIONS, SHAPES, cell_bounds
+from core.models.tiny_tokenizer import train_tiny_tokenizer
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's statistics, the usual case
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -454,3 +457,221 @@ def test_make_collate_is_picklable_and_drives_a_dataloader(
     assert batch["input_ids"].shape == (4, max(lengths))
     assert batch["attention_mask"].sum(dim=1).tolist() == lengths
     assert batch["pixel_values"].shape == (4, 3, 32, 32) and batch["has_image"].all()
+
+
+# --- supervision after truncation and the unsupervised-sample check --------------------------------
+
+
+def _naive_supervised_after_truncation(ids: list[int], labels: list[int], m: int, max_length: int) -> bool:
+    """Independent reference: splice literally, truncate, and look for a label at positions >= 1."""
+    spliced: list[int] = []
+    for token, label in zip(ids, labels, strict=True):
+        spliced.extend([IGNORE_INDEX] * m if token == IMAGE_TOKEN_INDEX else [label])
+    return any(label != IGNORE_INDEX for label in spliced[1:max_length])
+
+
+def test_supervised_after_truncation_hand_worked() -> None:
+    i, x = IMAGE_TOKEN_INDEX, IGNORE_INDEX
+    ids, labels = [1, i, 7, 8], [x, x, 7, 8]
+    # Spliced with 3 visual tokens: [1, v, v, v, 7, 8]; the first supervised label sits at position 4.
+    assert supervised_after_truncation(ids, labels, num_visual_tokens=3, max_length=5)
+    assert not supervised_after_truncation(ids, labels, num_visual_tokens=3, max_length=4)
+    assert supervised_after_truncation(torch.tensor(ids), torch.tensor(labels), 3, 5)
+    # A label at position 0 is never predicted (the loss is on the next token).
+    assert not supervised_after_truncation([5, 6], [5, x], num_visual_tokens=1, max_length=10)
+    assert supervised_after_truncation([5, 6], [5, 6], num_visual_tokens=1, max_length=2)
+    assert not supervised_after_truncation([5, 6], [x, x], num_visual_tokens=1, max_length=10)
+
+
+def test_supervised_after_truncation_matches_a_naive_splice() -> None:
+    rng = random.Random(0)
+    for _ in range(500):
+        length = rng.randint(1, 12)
+        ids = [rng.randint(0, 50) for _ in range(length)]
+        labels = [t if rng.random() < 0.3 else IGNORE_INDEX for t in ids]
+        if rng.random() < 0.7:
+            where = rng.randrange(length)
+            ids[where], labels[where] = IMAGE_TOKEN_INDEX, IGNORE_INDEX
+        m, max_length = rng.randint(0, 8), rng.randint(1, 20)
+        expected = _naive_supervised_after_truncation(ids, labels, m, max_length)
+        assert supervised_after_truncation(ids, labels, m, max_length) is expected, (
+            ids,
+            labels,
+            m,
+            max_length,
+        )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (([1, 2], [1], 1, 4), "len"),
+        (([1], [1], -1, 4), "num_visual_tokens=-1"),
+        (([1], [1], 1, 0), "max_length=0"),
+        (([IMAGE_TOKEN_INDEX], [IMAGE_TOKEN_INDEX], 1, 4), r"labels\[0\]=-200"),
+        ((torch.zeros(2, 2), torch.zeros(2, 2), 1, 4), r"input_ids.*shape \(2, 2\)"),
+    ],
+)
+def test_supervised_after_truncation_rejects_bad_input(args: tuple, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        supervised_after_truncation(*args)
+
+
+def _answer_only(conversations, tok) -> Encoded:
+    """Test-local template: prompt masked, answer text supervised, no end-of-turn token."""
+    prompt = tok(conversations[0]["value"]).input_ids
+    answer = tok(conversations[1]["value"], add_special_tokens=False).input_ids
+    return Encoded(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer)
+
+
+def _text_records(answers: list[str]) -> list[dict]:
+    return [
+        {"id": f"s{k}", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": a}]}
+        for k, a in enumerate(answers)
+    ]
+
+
+def test_check_supervision_drops_up_to_the_threshold(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerFast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(TEMPLATES, "answer_only", _answer_only)
+    json_path = _write(tmp_path, _text_records(["red", "", "blue", "green"]))
+
+    def build(**kwargs) -> LlavaDataset:
+        return LlavaDataset(
+            json_path, tmp_path, tokenizer, "answer_only", image_size=32, mean=MEAN, std=STD, **kwargs
+        )
+
+    ds = build(max_unsupervised_fraction=0.25)
+    assert ds.unsupervised_ids == ["s1"] and len(ds) == 3
+    assert [ds[k]["id"] for k in range(len(ds))] == ["s0", "s2", "s3"]
+    assert ds.check_supervision() == [] and ds.unsupervised_ids == ["s1"]
+    with pytest.raises(
+        ValueError, match=r"1 of 4 samples \(25.00%\).*template 'answer_only'.*fraction=0.2; ids: 's1'\."
+    ):
+        build(max_unsupervised_fraction=0.2)
+    lazy = build()  # None: no pass at construction; the item itself raises when fetched
+    assert len(lazy) == 4 and lazy.unsupervised_ids == []
+    with pytest.raises(ValueError, match="sample 's1'.*IGNORE_INDEX"):
+        lazy[1]
+    with pytest.raises(ValueError, match="max_unsupervised_fraction=1.5"):
+        build(max_unsupervised_fraction=1.5)
+
+
+def test_check_supervision_lists_the_first_ids(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerFast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(TEMPLATES, "answer_only", _answer_only)
+    json_path = _write(tmp_path, _text_records(["red"] + [""] * 7))
+    with pytest.raises(
+        ValueError, match=r"7 of 8 samples.*ids: 's1', 's2', 's3', 's4', 's5' and 2 more"
+    ) as info:
+        LlavaDataset(
+            json_path,
+            tmp_path,
+            tokenizer,
+            "answer_only",
+            image_size=32,
+            mean=MEAN,
+            std=STD,
+            max_unsupervised_fraction=0.5,
+        )
+    assert "tokenizer" in str(info.value) and str(json_path) in str(info.value)
+    with pytest.raises(ValueError, match=r"no usable sample \(1 records, 0 skipped.*1 without"):
+        LlavaDataset(
+            _write(tmp_path, _text_records([""])),
+            tmp_path,
+            tokenizer,
+            "answer_only",
+            image_size=32,
+            mean=MEAN,
+            std=STD,
+            max_unsupervised_fraction=1.0,
+        )
+
+
+def test_check_supervision_counts_truncation_after_the_splice(
+    tmp_path: Path, dataset_dir: Path, tokenizer: PreTrainedTokenizerFast, records: list[dict]
+) -> None:
+    # Stage-1 samples under `plain`: [bos, <image>, caption..., "\n"]; the first supervised token is
+    # at text position 2, i.e. spliced position 1 + m. With m visual tokens it survives only if
+    # max_length > 1 + m. The text-only sample is unaffected by m.
+    image_record = records[0]
+    text_record = {
+        "id": "text-only",
+        "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "a red circle"}],
+    }
+    json_path = _write(tmp_path, [image_record, text_record])
+    text_length = len(encode_conversation(image_record["conversations"], "plain", tokenizer).input_ids)
+    m = 40
+
+    def build(max_length: int, fraction: float) -> LlavaDataset:
+        return LlavaDataset(
+            json_path,
+            dataset_dir / "images",
+            tokenizer,
+            "echo_plain",
+            image_size=32,
+            mean=MEAN,
+            std=STD,
+            max_length=max_length,
+            num_visual_tokens=m,
+            max_unsupervised_fraction=fraction,
+        )
+
+    def echo_plain(conversations, tok) -> Encoded:  # plain for images, every token supervised otherwise
+        if "<image>" in conversations[0]["value"]:
+            return TEMPLATES["plain"](conversations, tok)
+        ids = tok(conversations[1]["value"]).input_ids
+        return Encoded(ids, [IGNORE_INDEX, *ids[1:]])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(TEMPLATES, "echo_plain", echo_plain)
+        max_length = max(1 + m, text_length)
+        ds = build(max_length, 0.5)
+        assert ds.unsupervised_ids == [image_record["id"]] and len(ds) == 1
+        assert build(max_length + 1, 0.0).unsupervised_ids == []
+        with pytest.raises(
+            ValueError, match=rf"truncation at max_length={max_length} \(num_visual_tokens={m}\)"
+        ):
+            build(max_length, 0.0)
+
+
+def test_chat_template_dataset_with_multi_turn_and_text_only(
+    tmp_path: Path, dataset_dir: Path, records: list[dict]
+) -> None:
+    tiny = train_tiny_tokenizer(vocab_size=1024, model_max_length=512)
+    multi = {
+        "id": "multi",
+        "image": records[0]["image"],
+        "conversations": [
+            {"from": "human", "value": "What is shown?\n<image>"},
+            {"from": "gpt", "value": records[0]["conversations"][1]["value"]},
+            {"from": "human", "value": "Is there a circle?"},
+            {"from": "gpt", "value": "Yes"},
+        ],
+    }
+    text = {
+        "id": "text",
+        "conversations": [{"from": "human", "value": "Say no."}, {"from": "gpt", "value": "No"}],
+    }
+    ds = LlavaDataset(
+        _write(tmp_path, [multi, text]),
+        dataset_dir / "images",
+        tiny,
+        "vicuna_v1",
+        image_size=32,
+        mean=MEAN,
+        std=STD,
+        image_mode="pad",
+        max_unsupervised_fraction=0.0,
+    )
+    assert len(ds) == 2 and ds.unsupervised_ids == []
+    first, second = ds[0], ds[1]
+    assert (first["input_ids"] == IMAGE_TOKEN_INDEX).sum() == 1 and first["pixel_values"].shape == (3, 32, 32)
+    supervised = first["labels"][first["labels"] != IGNORE_INDEX].tolist()
+    assert tiny.decode(supervised) == f" {multi['conversations'][1]['value']}</s> Yes</s>"
+    assert (
+        second["pixel_values"] is None
+        and tiny.decode(second["labels"][second["labels"] != IGNORE_INDEX]) == " No</s>"
+    )

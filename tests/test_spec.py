@@ -60,6 +60,22 @@ BAD_SPECS = [
     ("name: x\nbase: {stage1: {warmup_ratio: 1.5}}\n", ["base.stage1.warmup_ratio", "1.5"]),
     ("name: x\ngrid: {axes: {seed: []}}\n", ["grid.axes.seed", "at least one value"]),
     ("name: x\ngrid: {axes: {stage1.lr.value: [1]}}\n", ["stage1.lr.value", "value, not a section"]),
+    (
+        "name: x\nbase: {model: {encoder: tiny-dinov2}, method: {name: sea}}\n",
+        ["method.sea.labels_from", "tiny-dinov2", "no text tower", "tiny-clip"],
+    ),
+    (
+        "name: x\nbase: {method: {name: sea, sea: {labels_from: tiny-dinov2}}}\n",
+        ["base.method.sea.labels_from", "no text tower"],
+    ),
+    (
+        "name: x\nbase: {method: {name: sea, sea: {sign: negative}}}\n",
+        ["base.method.sea.sign", "'negated'", "'plain'"],
+    ),
+    (
+        "name: x\nbase: {method: {name: sea, sea: {words: {source: file}}}}\n",
+        ["base.method.sea.words", "path"],
+    ),
 ]
 
 
@@ -154,6 +170,7 @@ def test_id_is_slug_plus_hash_of_canonical_config(tmp_path: Path) -> None:
     ident["model"].pop("llm_path")
     ident["model"].pop("encoder_path")
     ident["stage1"].pop("log_every")
+    ident["method"].pop("sea")  # llava trials: SEA settings are not in use
     ident["data"]["stage1"].pop("json_path")
     ident["data"]["stage1"].pop("image_root")
     assert t.hash == content_hash(ident)
@@ -171,3 +188,18 @@ def test_shipped_specs_validate() -> None:
         assert trials, path
     smoke = expand(load_spec(REPO / "experiments" / "smoke.yaml"))
     assert len(smoke) >= 4
+
+
+def test_unused_method_settings_do_not_change_ids(tmp_path: Path) -> None:
+    plain = "name: g\nbase: {stage1: {global_batch_size: 32, micro_batch_size: 16}}\n"
+    tweaked = (
+        "name: g\nbase: {stage1: {global_batch_size: 32, micro_batch_size: 16}, method: {sea: {top_n: 3}}}\n"
+    )
+    sea_a = "name: g\nbase: {stage1: {global_batch_size: 32, micro_batch_size: 16}, method: {name: sea}}\n"
+    sea_b = "name: g\nbase: {stage1: {global_batch_size: 32, micro_batch_size: 16}, method: {name: sea, sea: {top_n: 3}}}\n"
+    ids = [
+        expand(load_spec(write(tmp_path, text, f"{i}.yaml")))[0].hash
+        for i, text in enumerate([plain, tweaked, sea_a, sea_b])
+    ]
+    assert ids[0] == ids[1]  # a llava trial ignores SEA's knobs
+    assert len({ids[0], ids[2], ids[3]}) == 3  # for a SEA trial they define the result

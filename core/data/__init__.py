@@ -1,7 +1,14 @@
 """LLaVA-format data: synthetic generator, chat templates and label masking, images, dataset and collation."""
 
+from core.data.chat import CHAT_FORMATS, ChatFormat, conversation_pairs, encode_segments
 from core.data.images import IMAGE_MODES, expand2square, preprocess
-from core.data.llava import LlavaDataset, assert_supervised, collate, make_collate
+from core.data.llava import (
+    LlavaDataset,
+    assert_supervised,
+    collate,
+    make_collate,
+    supervised_after_truncation,
+)
 from core.data.synthetic import SyntheticSpec, ensure_synthetic, generate
 from core.data.templates import (
     DEFAULT_IMAGE_TOKEN,
@@ -14,6 +21,8 @@ from core.data.templates import (
 from core.models.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 __all__ = [
+    "CHAT_FORMATS",
+    "ChatFormat",
     "DEFAULT_IMAGE_TOKEN",
     "IGNORE_INDEX",
     "IMAGE_MODES",
@@ -24,12 +33,15 @@ __all__ = [
     "SyntheticSpec",
     "assert_supervised",
     "collate",
+    "conversation_pairs",
     "encode_conversation",
+    "encode_segments",
     "ensure_synthetic",
     "expand2square",
     "generate",
     "make_collate",
     "preprocess",
     "register_template",
+    "supervised_after_truncation",
     "tokenizer_image_token",
 ]

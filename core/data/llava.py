@@ -12,12 +12,15 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from core.data.chat import tokenizer_name
 from core.data.images import IMAGE_MODES, preprocess
 from core.data.templates import DEFAULT_IMAGE_TOKEN, TEMPLATES, Encoded, encode_conversation
-from core.models.constants import IGNORE_INDEX
+from core.models.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 ROLES = ("human", "gpt")
 MISSING_IMAGE_POLICIES = ("fail", "skip")
+# How many offending sample ids an error message lists.
+_SHOWN_IDS = 5
 
 
 def assert_supervised(encoded: Encoded, sample_id: str) -> None:
@@ -27,6 +30,53 @@ def assert_supervised(encoded: Encoded, sample_id: str) -> None:
             f"sample {sample_id!r}: every label is IGNORE_INDEX ({len(encoded.labels)} tokens), so it "
             "contributes no loss; check the template and that the sample has a non-empty answer"
         )
+
+
+def _as_int_list(name: str, values: Sequence[int] | torch.Tensor) -> list[int]:
+    if isinstance(values, torch.Tensor):
+        if values.dim() != 1:
+            raise ValueError(f"{name}: expected a 1-D sequence, got a tensor of shape {tuple(values.shape)}")
+        return [int(v) for v in values.tolist()]
+    return [int(v) for v in values]
+
+
+def supervised_after_truncation(
+    input_ids: Sequence[int] | torch.Tensor,
+    labels: Sequence[int] | torch.Tensor,
+    num_visual_tokens: int,
+    max_length: int,
+) -> bool:
+    """Whether a sample still has a label that contributes loss once spliced and truncated.
+
+    Each IMAGE_TOKEN_INDEX in `input_ids` becomes `num_visual_tokens` positions (labels
+    IGNORE_INDEX), then the sequence is cut to `max_length`, as the model does. A supervised
+    label counts only at spliced positions 1..max_length-1: the causal-LM loss predicts label t
+    from the tokens before it, so a label at position 0 never contributes.
+    """
+    ids, labs = _as_int_list("input_ids", input_ids), _as_int_list("labels", labels)
+    if len(ids) != len(labs):
+        raise ValueError(
+            f"len(input_ids)={len(ids)} != len(labels)={len(labs)}; labels must align (unshifted)"
+        )
+    if not isinstance(num_visual_tokens, int) or num_visual_tokens < 0:
+        raise ValueError(f"num_visual_tokens={num_visual_tokens!r}: must be an int >= 0")
+    if not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"max_length={max_length!r}: must be an int >= 1")
+    images_before = 0
+    for position, (token, label) in enumerate(zip(ids, labs, strict=True)):
+        if token == IMAGE_TOKEN_INDEX:
+            if label != IGNORE_INDEX:
+                raise ValueError(
+                    f"labels[{position}]={label}: the image placeholder's label must be IGNORE_INDEX ({IGNORE_INDEX})"
+                )
+            images_before += 1
+        elif label != IGNORE_INDEX:
+            spliced = position + images_before * (num_visual_tokens - 1)
+            if 1 <= spliced < max_length:
+                return True
+            if spliced >= max_length:
+                return False  # positions only grow from here
+    return False
 
 
 def _validate_record(record: Any, index: int, json_path: Path) -> dict[str, Any]:
@@ -72,10 +122,18 @@ def _validate_record(record: Any, index: int, json_path: Path) -> dict[str, Any]
 class LlavaDataset(Dataset):
     """A LLaVA-format JSON list, each item encoded with a template and its image preprocessed.
 
-    Records are validated when the dataset is built; conversations are encoded lazily per item.
+    Records are validated when the dataset is built, and `check_supervision` encodes every text
+    once (no images) to find samples that would contribute no loss. Items are encoded lazily.
     Truncation is not done here: it happens in the model, after the visual tokens are spliced.
-    `max_length`, when set, is a sanity check only: an item whose text tokens alone exceed it
+    `max_length`, when set, is what the model truncates to: a sample whose supervised tokens all
+    fall beyond it once `num_visual_tokens` replace its `<image>` (None: the placeholder counts as
+    one token, a lower bound) counts as unsupervised; an item whose text tokens alone exceed it
     raises, since the model's truncation would then cut its supervised tokens.
+
+    `max_unsupervised_fraction`: when set, `__init__` runs `check_supervision`, which tolerates up
+    to that share of unsupervised samples (dropped, ids in `unsupervised_ids`) and raises above it.
+    None skips that pass: an unsupervised item then raises when it is fetched. Samples skipped for
+    a missing image (`on_missing_image="skip"`) are listed in `skipped_ids`.
     """
 
     def __init__(
@@ -91,6 +149,8 @@ class LlavaDataset(Dataset):
         image_mode: str = "square",
         max_length: int | None = None,
         on_missing_image: str = "fail",
+        max_unsupervised_fraction: float | None = None,
+        num_visual_tokens: int | None = None,
     ) -> None:
         if template not in TEMPLATES:
             raise ValueError(f"template={template!r}: unknown; allowed: {', '.join(sorted(TEMPLATES))}")
@@ -102,6 +162,10 @@ class LlavaDataset(Dataset):
             )
         if max_length is not None and max_length < 1:
             raise ValueError(f"max_length={max_length}: must be >= 1 or None")
+        if max_unsupervised_fraction is not None and not 0.0 <= max_unsupervised_fraction <= 1.0:
+            raise ValueError(f"max_unsupervised_fraction={max_unsupervised_fraction!r}: must be in [0, 1]")
+        if num_visual_tokens is not None and num_visual_tokens < 1:
+            raise ValueError(f"num_visual_tokens={num_visual_tokens!r}: must be >= 1 or None")
         self.json_path = Path(json_path).expanduser().absolute()
         self.image_root = Path(image_root).expanduser().absolute()
         self.tokenizer = tokenizer
@@ -111,6 +175,8 @@ class LlavaDataset(Dataset):
         self.std = tuple(std)
         self.image_mode = image_mode
         self.max_length = max_length
+        self.max_unsupervised_fraction = max_unsupervised_fraction
+        self.num_visual_tokens = num_visual_tokens
 
         try:
             raw = json.loads(self.json_path.read_text())
@@ -121,6 +187,7 @@ class LlavaDataset(Dataset):
 
         self.records: list[dict[str, Any]] = []
         self.skipped_ids: list[str] = []
+        self.unsupervised_ids: list[str] = []
         # Structure first, for every record, so a malformed file fails before any disk access.
         validated = [_validate_record(item, index, self.json_path) for index, item in enumerate(raw)]
         for record in validated:
@@ -134,24 +201,85 @@ class LlavaDataset(Dataset):
                         f"sample {str(record['id'])!r} in {self.json_path}: image not found at {path}"
                     )
             self.records.append(record)
+        if max_unsupervised_fraction is not None:
+            self.check_supervision()
+        if not self.records:
+            raise ValueError(
+                f"json_path={self.json_path}: no usable sample ({len(raw)} records, "
+                f"{len(self.skipped_ids)} skipped for a missing image, "
+                f"{len(self.unsupervised_ids)} without a supervised token)"
+            )
+
+    def _supervised(self, record: dict[str, Any], encoded: Encoded) -> bool:
+        if encoded.num_supervised == 0:
+            return False
+        if self.max_length is None:
+            return True
+        visual = self.num_visual_tokens if record.get("image") is not None and self.num_visual_tokens else 1
+        return supervised_after_truncation(encoded.input_ids, encoded.labels, visual, self.max_length)
+
+    def check_supervision(self) -> list[str]:
+        """Find, count and drop the samples that would contribute no loss; return their ids.
+
+        Encodes every record's text (no image is read). Raises when their share of the records
+        exceeds `max_unsupervised_fraction`, naming how many, the first ids, the template and the
+        tokenizer; otherwise drops them and adds their ids to `unsupervised_ids`. Called by
+        `__init__` when `max_unsupervised_fraction` is set (None here means 0.0). Also raises, naming the sample, on a record the template cannot encode or whose
+        text alone exceeds `max_length`.
+        """
+        kept: list[dict[str, Any]] = []
+        offending: list[str] = []
+        for index, record in enumerate(self.records):
+            encoded = self._encode_text(index)
+            if self._supervised(record, encoded):
+                self._check_text_length(str(record["id"]), encoded)
+                kept.append(record)
+            else:
+                offending.append(str(record["id"]))
+        total = len(self.records)
+        threshold = self.max_unsupervised_fraction or 0.0
+        if offending and len(offending) > threshold * total:
+            shown = ", ".join(repr(i) for i in offending[:_SHOWN_IDS])
+            more = f" and {len(offending) - _SHOWN_IDS} more" if len(offending) > _SHOWN_IDS else ""
+            truncation = (
+                f" or lose them all to truncation at max_length={self.max_length} "
+                f"(num_visual_tokens={self.num_visual_tokens})"
+                if self.max_length is not None
+                else ""
+            )
+            raise ValueError(
+                f"{len(offending)} of {total} samples ({len(offending) / total:.2%}) in {self.json_path} have "
+                f"no supervised token{truncation} with template {self.template!r} and tokenizer "
+                f"{tokenizer_name(self.tokenizer)!r}, above max_unsupervised_fraction="
+                f"{threshold}; ids: {shown}{more}. Check that the template matches the "
+                "LLM's tokenizer and that max_length leaves room for the answers"
+            )
+        self.unsupervised_ids.extend(offending)
+        return offending
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def encode(self, index: int) -> Encoded:
-        """The template's token ids and labels of item `index` (no image loading)."""
+    def _encode_text(self, index: int) -> Encoded:
         record = self.records[index]
-        sample_id = str(record["id"])
         try:
-            encoded = encode_conversation(record["conversations"], self.template, self.tokenizer)
+            return encode_conversation(record["conversations"], self.template, self.tokenizer)
         except ValueError as err:
-            raise ValueError(f"sample {sample_id!r} in {self.json_path}: {err}") from err
-        assert_supervised(encoded, sample_id)
+            raise ValueError(f"sample {str(record['id'])!r} in {self.json_path}: {err}") from err
+
+    def _check_text_length(self, sample_id: str, encoded: Encoded) -> None:
         if self.max_length is not None and len(encoded.input_ids) > self.max_length:
             raise ValueError(
                 f"sample {sample_id!r} in {self.json_path}: {len(encoded.input_ids)} text tokens exceed "
                 f"max_length={self.max_length} before any visual token is added"
             )
+
+    def encode(self, index: int) -> Encoded:
+        """The template's token ids and labels of item `index` (no image loading)."""
+        sample_id = str(self.records[index]["id"])
+        encoded = self._encode_text(index)
+        assert_supervised(encoded, sample_id)
+        self._check_text_length(sample_id, encoded)
         return encoded
 
     def load_image(self, index: int) -> torch.Tensor | None:

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from core.models.tiny import TinyBuilder, tiny_checkpoint_dir
 from core.models.tiny_tokenizer import train_tiny_tokenizer
 
+CHAT_TEMPLATES = ("vicuna_v1", "llama3", "gemma", "phi3", "mistral")
+
 
 @dataclass(frozen=True)
 class LLMSpec:
-    """What the rest of seagrid needs to know about an LLM without loading it."""
+    """What the rest of seagrid needs to know about an LLM without loading it.
+
+    `hub_id` is where `load_llm` reads from unless given a local `path`. `deepspeed_stage` is the
+    ZeRO stage for stage 2 (instruction tuning, LLM trained): 3 at 7B and above, else 2; stage 1
+    trains only the adapter and always uses ZeRO-2. `arch` is the checkpoint's `config.json`
+    architecture (with its `model_type`), enough to build the model on the meta device without
+    downloading anything; `params_b` is the published size in billions.
+    """
 
     id: str
     hub_id: str | None
@@ -27,6 +38,23 @@ class LLMSpec:
     chat_template: str
     params_b: float | None
     builder: TinyBuilder | None = None
+    deepspeed_stage: int = 2
+    arch: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        where = f"llm {self.id!r}"
+        if self.chat_template not in CHAT_TEMPLATES:
+            raise ValueError(f"{where}: chat_template={self.chat_template!r}; known: {list(CHAT_TEMPLATES)}")
+        if self.deepspeed_stage not in (0, 1, 2, 3):
+            raise ValueError(f"{where}: deepspeed_stage={self.deepspeed_stage} must be a ZeRO stage 0..3")
+        facts = (
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_layers),
+            ("vocab_size", self.vocab_size),
+        )
+        for key, value in facts if self.arch else ():
+            if self.arch.get(key) != value:
+                raise ValueError(f"{where}: arch has {key}={self.arch.get(key)!r}, spec says {value}")
 
 
 def _build_tiny_llama(out_dir: Path, config: dict[str, Any]) -> None:
@@ -60,6 +88,119 @@ _TINY_LLAMA_CONFIG: dict[str, Any] = {
     },
 }
 
+# config.json of the hub checkpoints, architecture keys only (ids and dtypes left out).
+_VICUNA_7B_ARCH: dict[str, Any] = {
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "vocab_size": 32000,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+}
+_VICUNA_13B_ARCH: dict[str, Any] = {
+    **_VICUNA_7B_ARCH,
+    "hidden_size": 5120,
+    "intermediate_size": 13824,
+    "num_hidden_layers": 40,
+    "num_attention_heads": 40,
+    "num_key_value_heads": 40,
+}
+_LLAMA3_8B_ARCH: dict[str, Any] = {
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+}
+_MISTRAL_7B_ARCH: dict[str, Any] = {
+    "model_type": "mistral",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 32000,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 1000000.0,
+    "sliding_window": None,  # v0.2 dropped v0.1's 4096-token sliding window
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+}
+_PHI3_MINI_ARCH: dict[str, Any] = {
+    "model_type": "phi3",
+    "hidden_size": 3072,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "vocab_size": 32064,
+    "max_position_embeddings": 4096,
+    "original_max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "sliding_window": 2047,
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+}
+_GEMMA_2B_ARCH: dict[str, Any] = {
+    "model_type": "gemma",
+    "hidden_size": 2048,
+    "intermediate_size": 16384,
+    "num_hidden_layers": 18,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 1,
+    "head_dim": 256,
+    "vocab_size": 256000,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    # config.json says "gelu", a legacy value for the tanh approximation Gemma was trained with
+    # (GemmaConfig rewrites it to this).
+    "hidden_act": "gelu_pytorch_tanh",
+    "tie_word_embeddings": True,
+}
+
+# LLaVA-1.5 trains with model_max_length 2048 whatever the LLM's own context length.
+_MAX_LENGTH = 2048
+
+
+def _real(
+    llm_id: str,
+    hub_id: str,
+    arch: dict[str, Any],
+    chat_template: str,
+    params_b: float,
+    deepspeed_stage: int,
+) -> LLMSpec:
+    return LLMSpec(
+        id=llm_id,
+        hub_id=hub_id,
+        hidden_size=arch["hidden_size"],
+        num_layers=arch["num_hidden_layers"],
+        vocab_size=arch["vocab_size"],
+        max_length=_MAX_LENGTH,
+        chat_template=chat_template,
+        params_b=params_b,
+        deepspeed_stage=deepspeed_stage,
+        arch=arch,
+    )
+
+
+# ZeRO-3 for stage 2 "at 7B and above" goes by the model's size class: vicuna-7b (6.74B) is a 7B.
 LLMS: dict[str, LLMSpec] = {
     "tiny-llama": LLMSpec(
         id="tiny-llama",
@@ -71,7 +212,23 @@ LLMS: dict[str, LLMSpec] = {
         chat_template="vicuna_v1",
         params_b=0.000316,  # 315,968 parameters
         builder=TinyBuilder(_build_tiny_llama, _TINY_LLAMA_CONFIG, seed=0),
+        arch={
+            "model_type": "llama",
+            **_TINY_LLAMA_CONFIG["llama"],
+            "vocab_size": _TINY_LLAMA_CONFIG["vocab_size"],
+        },
     ),
+    "vicuna-7b": _real("vicuna-7b", "lmsys/vicuna-7b-v1.5", _VICUNA_7B_ARCH, "vicuna_v1", 6.74, 3),
+    "vicuna-13b": _real("vicuna-13b", "lmsys/vicuna-13b-v1.5", _VICUNA_13B_ARCH, "vicuna_v1", 13.0, 3),
+    "llama3-8b": _real(
+        "llama3-8b", "meta-llama/Meta-Llama-3-8B-Instruct", _LLAMA3_8B_ARCH, "llama3", 8.03, 3
+    ),
+    "mistral-7b": _real(
+        "mistral-7b", "mistralai/Mistral-7B-Instruct-v0.2", _MISTRAL_7B_ARCH, "mistral", 7.24, 3
+    ),
+    "phi3-mini": _real("phi3-mini", "microsoft/Phi-3-mini-4k-instruct", _PHI3_MINI_ARCH, "phi3", 3.82, 2),
+    # The instruction-tuned Gemma: its chat format is the "gemma" template stage 2 trains with.
+    "gemma-2b": _real("gemma-2b", "google/gemma-2b-it", _GEMMA_2B_ARCH, "gemma", 2.51, 2),
 }
 
 
@@ -81,6 +238,30 @@ def get_llm_spec(llm_id: str) -> LLMSpec:
         return LLMS[llm_id]
     except KeyError:
         raise ValueError(f"unknown llm_id {llm_id!r}; known ids: {sorted(LLMS)}") from None
+
+
+def llm_config(llm_id: str) -> PretrainedConfig:
+    """The transformers config object built from the registry's `arch` facts (nothing is downloaded)."""
+    from transformers import AutoConfig
+
+    spec = get_llm_spec(llm_id)
+    if not spec.arch:
+        raise ValueError(
+            f"llm {llm_id!r} has no arch facts in the registry; those that do: "
+            f"{sorted(k for k, v in LLMS.items() if v.arch)}"
+        )
+    kwargs = copy.deepcopy(dict(spec.arch))
+    return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
+
+
+def build_meta_llm(llm_id: str) -> PreTrainedModel:
+    """The causal LM's architecture on the meta device: shapes and parameter counts, no memory, no weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = llm_config(llm_id)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
 
 
 def llm_source(llm_id: str, path: str | Path | None = None) -> str:

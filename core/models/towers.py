@@ -9,7 +9,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.models.tiny import tiny_checkpoint_dir
-from core.models.vision import ENCODERS, OPEN_CLIP_WEIGHTS, EncoderSpec, _open_clip_name, get_encoder_spec
+from core.models.vision import (
+    ENCODERS,
+    HF_DUAL_MODEL_TYPES,
+    OPEN_CLIP_WEIGHTS,
+    EncoderSpec,
+    _open_clip_name,
+    encoder_config,
+    get_encoder_spec,
+)
 
 
 class VisionTower(nn.Module):
@@ -94,9 +102,7 @@ class VisionTower(nn.Module):
 
     def _require_text(self, what: str) -> None:
         if not self.has_text_tower:
-            reason = (
-                "has no text tower" if not self.spec.has_text_tower else "was loaded with text_tower=False"
-            )
+            reason = self._no_text_reason()
             raise ValueError(
                 f"{what}: encoder {self.spec.id!r} {reason}; use an encoder with a text tower "
                 f"(e.g. {[k for k, v in ENCODERS.items() if v.has_text_tower]}) and transfer its labels"
@@ -105,6 +111,9 @@ class VisionTower(nn.Module):
     @property
     def has_text_tower(self) -> bool:
         return False
+
+    def _no_text_reason(self) -> str:
+        return "has no text tower" if not self.spec.has_text_tower else "was loaded with text_tower=False"
 
     def _layer_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -177,6 +186,19 @@ class OpenClipTower(VisionTower):
         return open_clip.get_tokenizer(self.model_name)(words)
 
 
+def _hidden_state_features(tower: VisionTower, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Hidden state `spec.feature_layer` of a transformers vision model, prefix tokens dropped."""
+    spec = tower.spec
+    hidden = model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
+    num_blocks = model.config.num_hidden_layers
+    if len(hidden) != num_blocks + 1:
+        raise RuntimeError(
+            f"encoder {spec.id!r}: expected {num_blocks + 1} hidden states "
+            f"(embeddings + one per block), got {len(hidden)}"
+        )
+    return hidden[spec.feature_layer][:, spec.num_prefix_tokens :]
+
+
 class Dinov2Tower(VisionTower):
     """A transformers DINOv2 model (no text tower)."""
 
@@ -188,13 +210,100 @@ class Dinov2Tower(VisionTower):
         self.freeze()
 
     def _layer_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        hidden = self.model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
-        if len(hidden) != self.num_blocks + 1:
-            raise RuntimeError(
-                f"encoder {self.spec.id!r}: expected {self.num_blocks + 1} hidden states "
-                f"(embeddings + one per block), got {len(hidden)}"
-            )
-        return hidden[self.spec.feature_layer][:, self.spec.num_prefix_tokens :]
+        return _hidden_state_features(self, self.model, pixel_values)
+
+
+class HfDualTower(VisionTower):
+    """A transformers image-text dual encoder (CLIP, SigLIP), held as the vision model alone or whole.
+
+    `model` is the full dual model (`CLIPModel`, `SiglipModel`: text tower kept) or its vision half
+    (`CLIPVisionModel`, `SiglipVisionModel`). `source` is the checkpoint its tokenizer is read from
+    (None for meta-device builds); `no_text_reason` says why a tower without text has none.
+    """
+
+    def __init__(
+        self,
+        spec: EncoderSpec,
+        model: nn.Module,
+        *,
+        source: str | None,
+        no_text_reason: str | None = None,
+    ) -> None:
+        super().__init__(spec)
+        self.model = model
+        self.source = source
+        self._with_text = hasattr(model, "text_model")
+        self._why_no_text = no_text_reason
+        self._tokenizer: object | None = None
+        self.num_blocks = self.vision_model.config.num_hidden_layers
+        _block_index(spec, self.num_blocks)
+        self.freeze()
+
+    @property
+    def vision_model(self) -> nn.Module:
+        # A property, not a second attribute: the vision half is registered once, under `model`.
+        return self.model.vision_model if self._with_text else self.model
+
+    @property
+    def has_text_tower(self) -> bool:
+        return self._with_text
+
+    def _no_text_reason(self) -> str:
+        return self._why_no_text or super()._no_text_reason()
+
+    def _layer_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return _hidden_state_features(self, self.vision_model, pixel_values)
+
+    def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.get_text_features(input_ids=tokens).pooler_output
+
+    def _tokenize(self, words: list[str]) -> torch.Tensor:
+        if self._tokenizer is None:
+            if self.source is None:
+                raise ValueError(
+                    f"encoder {self.spec.id!r} was built without a checkpoint (meta device), so it has "
+                    "no tokenizer; load it with load_encoder"
+                )
+            from transformers import AutoTokenizer
+
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self.source)
+            except (OSError, ValueError, ImportError) as err:
+                raise RuntimeError(
+                    f"encoder {self.spec.id!r}: cannot load the text tokenizer from {self.source} ({err}); "
+                    "SigLIP's tokenizer needs the sentencepiece package"
+                ) from err
+        # Pad to the full context: SigLIP pools the last position and was trained that way; for
+        # CLIP (causal, pooled at end-of-text) the padding does not change the result.
+        length = self.model.text_model.config.max_position_embeddings
+        return self._tokenizer(  # type: ignore[operator]
+            words, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+        ).input_ids
+
+
+class HfClipTower(HfDualTower):
+    """transformers CLIP the LLaVA way: `hidden_states[-2]` of `CLIPVisionModel`, CLS dropped."""
+
+    def _joint_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        vision = self.vision_model
+        last = vision(pixel_values=pixel_values).last_hidden_state[:, self.spec.num_prefix_tokens :]
+        # The pooled image embedding is visual_projection(post_layernorm(CLS)); patches go the same way.
+        return self.model.visual_projection(vision.post_layernorm(last))
+
+
+class HfSiglipTower(HfDualTower):
+    """transformers SigLIP: no CLS token, so every token of `hidden_states[-2]` is a patch."""
+
+    def _joint_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        vision = self.vision_model
+        last = vision(pixel_values=pixel_values).last_hidden_state  # post_layernorm already applied
+        batch, m, width = last.shape
+        # SigLIP pools with an attention head (MAP), not a projection. Each patch goes through that
+        # head as a one-token sequence: attention over a single key is the identity weighting, so
+        # the patch gets exactly the map that gives the pooled image embedding its place in the
+        # joint space (value and output projections, then the head's residual MLP).
+        pooled = vision.head(last.reshape(batch * m, 1, width))
+        return pooled.reshape(batch, m, -1)
 
 
 def _block_index(spec: EncoderSpec, num_blocks: int) -> int:
@@ -229,6 +338,57 @@ def _load_open_clip(spec: EncoderSpec, path: str | Path | None) -> tuple[nn.Modu
     return open_clip.create_model(spec.hub_id, pretrained=pretrained, require_pretrained=True), spec.hub_id
 
 
+_HF_DUAL_CLASSES: dict[str, tuple[str, str, type[HfDualTower]]] = {
+    "hf_clip": ("CLIPModel", "CLIPVisionModel", HfClipTower),
+    "hf_siglip": ("SiglipModel", "SiglipVisionModel", HfSiglipTower),
+}
+
+
+def _hf_source(spec: EncoderSpec, path: str | Path | None) -> str:
+    """A transformers checkpoint to read: `path`, else the hub id, else the tiny build in the cache."""
+    if path is not None:
+        return str(path)
+    if spec.hub_id is not None:
+        return spec.hub_id
+    if spec.builder is not None:
+        return str(tiny_checkpoint_dir(spec.id, spec.builder))
+    raise ValueError(f"encoder {spec.id!r} has neither a hub_id nor a builder; pass path=")
+
+
+def _hf_dual_classes(spec: EncoderSpec) -> tuple[type[nn.Module], type[nn.Module], type[HfDualTower]]:
+    import transformers
+
+    full, vision, tower_cls = _HF_DUAL_CLASSES[spec.kind]
+    return getattr(transformers, full), getattr(transformers, vision), tower_cls
+
+
+def _load_hf_dual(spec: EncoderSpec, source: str, text_tower: bool, dtype: torch.dtype) -> HfDualTower:
+    """A CLIP/SigLIP checkpoint: the whole dual model when the text tower is wanted, else its vision half.
+
+    Hub checkpoints hold the whole dual model; `from_pretrained` of the vision class reads just
+    the vision weights from them (as LLaVA does). A vision-only checkpoint loads without a text tower.
+    """
+    from transformers import AutoConfig
+
+    full_cls, vision_cls, tower_cls = _hf_dual_classes(spec)
+    full_type, vision_type = HF_DUAL_MODEL_TYPES[spec.kind]
+    model_type = AutoConfig.from_pretrained(source).model_type
+    reason = None
+    if model_type == full_type:
+        keep_text = text_tower and spec.has_text_tower
+        model = (full_cls if keep_text else vision_cls).from_pretrained(source, dtype=dtype)
+    elif model_type == vision_type:
+        model = vision_cls.from_pretrained(source, dtype=dtype)
+        if text_tower:
+            reason = f"was loaded from a vision-only checkpoint ({source})"
+    else:
+        raise ValueError(
+            f"encoder {spec.id!r} (kind {spec.kind}): checkpoint {source} has model_type {model_type!r}; "
+            f"expected {full_type!r} or {vision_type!r}"
+        )
+    return tower_cls(spec, model, source=source, no_text_reason=reason)
+
+
 def load_encoder(
     encoder_id: str,
     *,
@@ -239,8 +399,8 @@ def load_encoder(
     """Load a frozen `VisionTower`; tiny ids are built once into the cache and read back from there.
 
     `path` overrides the hub source (an open_clip weights file or `local-dir` folder; a
-    transformers checkpoint folder). `text_tower=False` drops the CLIP text tower (the VLM never
-    uses it).
+    transformers checkpoint folder). `text_tower=False` drops the text tower (the VLM never uses
+    it; SEA label extraction does).
     """
     spec = get_encoder_spec(encoder_id)
     if spec.kind == "open_clip":
@@ -249,17 +409,36 @@ def load_encoder(
     elif spec.kind == "hf_dinov2":
         from transformers import Dinov2Model
 
-        if path is not None:
-            source = str(path)
-        elif spec.hub_id is not None:
-            source = spec.hub_id
-        elif spec.builder is not None:
-            source = str(tiny_checkpoint_dir(spec.id, spec.builder))
-        else:
-            raise ValueError(f"encoder {encoder_id!r} has neither a hub_id nor a builder; pass path=")
-        tower = Dinov2Tower(spec, Dinov2Model.from_pretrained(source))
+        tower = Dinov2Tower(spec, Dinov2Model.from_pretrained(_hf_source(spec, path), dtype=dtype))
+    elif spec.kind in _HF_DUAL_CLASSES:
+        tower = _load_hf_dual(spec, _hf_source(spec, path), text_tower, dtype)
     else:
         raise ValueError(
-            f"encoder {encoder_id!r}: unknown kind {spec.kind!r}; supported: open_clip, hf_dinov2"
+            f"encoder {encoder_id!r}: unknown kind {spec.kind!r}; supported: open_clip, hf_dinov2, "
+            f"{', '.join(_HF_DUAL_CLASSES)}"
         )
     return tower.to(dtype)
+
+
+def build_meta_encoder(encoder_id: str, *, text_tower: bool = False) -> VisionTower:
+    """The encoder's architecture on the meta device as a frozen `VisionTower`, from the registry alone.
+
+    Nothing is downloaded or allocated: for parameter counts and output shapes (the tower's
+    forward runs on meta tensors). `text_tower=True` builds the whole dual encoder.
+    """
+    spec = get_encoder_spec(encoder_id)
+    config = encoder_config(encoder_id)  # raises for entries without arch facts
+    if spec.kind == "hf_dinov2":
+        from transformers import Dinov2Model
+
+        with torch.device("meta"):
+            return Dinov2Tower(spec, Dinov2Model(config))
+    if spec.kind in _HF_DUAL_CLASSES:
+        full_cls, vision_cls, tower_cls = _hf_dual_classes(spec)
+        with torch.device("meta"):
+            if text_tower and spec.has_text_tower:
+                model = full_cls(config)
+            else:
+                model = vision_cls(config.vision_config)
+        return tower_cls(spec, model, source=None)
+    raise ValueError(f"encoder {encoder_id!r}: no meta build for kind {spec.kind!r}")

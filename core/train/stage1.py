@@ -6,6 +6,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,16 +56,33 @@ def plan_steps(
 
 
 def train_stage1(payload: dict[str, Any]) -> None:
-    """Train the adapter on captions with the `plain` template; rank 0 saves it into the step dir."""
+    """The Ray Train worker function: stage 1 with this worker's rank, metrics through ray.train.report."""
+    rank, world = _ray_context()
+    run_stage1(payload, rank=rank, world=world, report=_report)
+
+
+def run_stage1(
+    payload: dict[str, Any],
+    *,
+    rank: int = 0,
+    world: int = 1,
+    report: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train the adapter on captions with the `plain` template; rank 0 saves it into the step dir.
+
+    `payload` holds the trial config, the step directory and resolved data paths (see grid.trial);
+    returns the result summary that is also written to `result.json`.
+    """
     from core.data import LlavaDataset, make_collate
+    from core.methods.objective import build_objective
     from core.models import build_vlm, save_adapter
-    from grid.spec import TrialConfig
+    from grid.spec import METHODS_WITH_SEA, TrialConfig
 
     os.environ["SEAGRID_CACHE"] = payload["cache_dir"]
     cfg = TrialConfig.model_validate(payload["trial"])
     stage = cfg.stage1
     step_dir = Path(payload["step_dir"])
-    rank, world = _ray_context()
+    report = report or (lambda _: None)
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
     torch.manual_seed(cfg.seed)
 
@@ -88,15 +106,18 @@ def train_stage1(payload: dict[str, Any]) -> None:
         image_mode="square",
         on_missing_image=cfg.data.stage1.on_missing_image,
     )
+    collate_fn = make_collate(tokenizer.pad_token_id)
+    context: dict[str, Any] = {}
+    if cfg.method.name in METHODS_WITH_SEA:
+        dataset, collate_fn, context["sea"] = _sea_context(
+            payload, dataset, vlm, tokenizer, cfg.seed * 1000 + rank
+        )
+    objective = build_objective(cfg.method, context)
     sampler = DistributedSampler(
         dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
     )
     loader = DataLoader(
-        dataset,
-        batch_size=stage.micro_batch_size,
-        sampler=sampler,
-        collate_fn=make_collate(tokenizer.pad_token_id),
-        drop_last=True,
+        dataset, batch_size=stage.micro_batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=True
     )
     accum, total = plan_steps(
         len(dataset), stage.micro_batch_size, world, stage.global_batch_size, stage.epochs, stage.max_steps
@@ -105,21 +126,25 @@ def train_stage1(payload: dict[str, Any]) -> None:
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(vlm)
     params = [p for p in vlm.parameters() if p.requires_grad]
+    params += [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
     warm = warmup_steps(total, stage.warmup_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, total, warm))
 
     model.train()
-    step, micro_i, loss_sum, t0 = 0, 0, 0.0, time.perf_counter()
+    step, micro_i, since_report, t0 = 0, 0, 0, time.perf_counter()
+    sums: dict[str, float] = {}
     first_loss: float | None = None
-    last_loss = float("nan")
+    last: dict[str, float] = {}
     epoch = 0
     while step < total:
         sampler.set_epoch(epoch)
         for batch in loader:
             out = model(batch)
-            (out.loss / accum).backward()
-            loss_sum += float(out.loss.detach())
+            loss, terms = objective.total(batch, out)
+            (loss / accum).backward()
+            for key, value in {"loss": float(loss.detach()), **terms}.items():
+                sums[key] = sums.get(key, 0.0) + value
             micro_i += 1
             if micro_i % accum:
                 continue
@@ -129,33 +154,47 @@ def train_stage1(payload: dict[str, Any]) -> None:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            last_loss = _mean_across_ranks(loss_sum / accum, world)
-            first_loss = last_loss if first_loss is None else first_loss
-            loss_sum = 0.0
+            since_report += 1
+            last = {k: _mean_across_ranks(v / accum, world) for k, v in sorted(sums.items())}
+            sums = {}
+            first_loss = last["loss"] if first_loss is None else first_loss
             if step % stage.log_every == 0 or step == total:
                 elapsed = time.perf_counter() - t0
-                _report(
-                    {
-                        "stage": "stage1",
-                        "step": step,
-                        "total_steps": total,
-                        "metrics": {
-                            "stage1/loss": last_loss,
-                            "stage1/lr": lr,
-                            "stage1/samples_per_s": stage.global_batch_size
-                            * stage.log_every
-                            / max(elapsed, 1e-9),
-                        },
-                    }
-                )
-                t0 = time.perf_counter()
+                metrics = {f"stage1/{k}": v for k, v in last.items()}
+                metrics["stage1/lr"] = lr
+                metrics["stage1/samples_per_s"] = stage.global_batch_size * since_report / max(elapsed, 1e-9)
+                report({"stage": "stage1", "step": step, "total_steps": total, "metrics": metrics})
+                t0, since_report = time.perf_counter(), 0
             if step >= total:
                 break
         epoch += 1
 
-    result = {"first_loss": first_loss, "final_loss": last_loss, "steps": total, "samples": len(dataset)}
+    result = {
+        "first_loss": first_loss,
+        "final_loss": last.get("loss"),
+        "steps": total,
+        "samples": len(dataset),
+    }
+    result.update({f"final_{k.replace('/', '_')}": v for k, v in last.items() if k != "loss"})
     if rank == 0:
         save_adapter(vlm, step_dir / "adapter")
+        if any(p.numel() for p in objective.parameters()):
+            torch.save(objective.state_dict(), step_dir / "objective.pt")
         (step_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))
     if world > 1:
         dist.barrier()
+    return result
+
+
+def _sea_context(
+    payload: dict[str, Any], dataset: Any, vlm: Any, tokenizer: Any, seed: int
+) -> tuple[Any, Callable[..., dict[str, Any]], dict[str, Any]]:
+    """SEA's labelled dataset, its collate function and the objective's build context."""
+    from core.labels import LabelStore, WithLabels, make_collate_with_labels
+    from core.sea import label_embeddings
+
+    store = LabelStore.open(payload["labels"]["path"])
+    with torch.no_grad():
+        words = label_embeddings(store.words, tokenizer, vlm.llm.get_input_embeddings())
+    context = {"word_embeddings": words, "grid": tuple(vlm.vision.spec.grid), "seed": seed}
+    return WithLabels(dataset, store), make_collate_with_labels(tokenizer.pad_token_id), context

@@ -1,0 +1,1 @@
+"""Evaluation: alignment diagnostics (and, later, generation and benchmark scoring)."""

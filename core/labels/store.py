@@ -1,0 +1,415 @@
+"""The on-disk label store: memory-mapped per-image label arrays, written resumably, read lazily."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.lib.format import open_memmap
+
+from core.cache import DONE_MARKER, is_built
+from core.labels.words import check_words, read_word_list, word_list_hash, write_word_list
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "CHECKABLE",
+    "SCORE_DTYPES",
+    "LabelStore",
+    "StoreWriter",
+    "locked",
+]
+
+FORMAT_NAME = "seagrid-labels"
+FORMAT_VERSION = 1
+SCORE_DTYPES = ("float32", "float16")
+INDEX_DTYPE = "int32"
+
+META_FILE = "meta.json"
+WORDS_FILE = "words.txt"
+INDEX_FILE = "index.npy"
+SCORE_FILE = "score.npy"
+IDS_FILE = "ids.json"
+IMAGES_FILE = "images.json"
+PROGRESS_FILE = "progress.json"
+
+# Fields `LabelStore.open(expected=...)` can check, i.e. the meta fields that describe content.
+CHECKABLE = (
+    "encoder",
+    "word_list_hash",
+    "num_words",
+    "dataset",
+    "top_n",
+    "sign",
+    "grid",
+    "num_images",
+    "score_dtype",
+)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock for the store at ``path`` (a lock file beside it, as core.cache uses)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    # Write-then-rename: a reader (or a crash) never sees a half-written file.
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _normalise(field: str, value: Any) -> Any:
+    if field == "grid" and value is not None:
+        return [int(v) for v in value]
+    return value
+
+
+def _read_json(store: Path, name: str) -> Any:
+    path = store / name
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(
+            f"label store {store}: corrupt, {name} is missing; delete the directory to rebuild it"
+        ) from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"label store {store}: corrupt, cannot read {name} ({err}); delete the directory to rebuild it"
+        ) from err
+
+
+def make_meta(
+    *,
+    encoder: str,
+    words: Sequence[str],
+    dataset: Mapping[str, Any],
+    top_n: int,
+    sign: str,
+    grid: Sequence[int],
+    num_images: int,
+    score_dtype: str,
+) -> dict[str, Any]:
+    """The ``meta.json`` content of a store (see :class:`LabelStore` for the format)."""
+    if sign not in ("negated", "plain"):
+        raise ValueError(f"sign={sign!r}: must be 'negated' (score = -cos, the paper's) or 'plain' (+cos)")
+    if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
+        raise ValueError(f"top_n={top_n!r}: must be an int >= 1")
+    if score_dtype not in SCORE_DTYPES:
+        raise ValueError(f"score_dtype={score_dtype!r}: must be one of {SCORE_DTYPES}")
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "encoder": encoder,
+        "word_list_hash": word_list_hash(words),
+        "num_words": len(words),
+        "dataset": dict(dataset),
+        "top_n": int(top_n),
+        "sign": sign,
+        "grid": [int(g) for g in grid],
+        "num_images": int(num_images),
+        "index_dtype": INDEX_DTYPE,
+        "score_dtype": score_dtype,
+    }
+
+
+def _row_shape(meta: Mapping[str, Any]) -> tuple[int, int, int]:
+    h, w = meta["grid"]
+    return int(meta["num_images"]), int(h) * int(w), int(meta["top_n"])
+
+
+class LabelStore:
+    """A finished label store, opened read-only and memory-mapped; ``store[i]`` is image row ``i``.
+
+    On-disk format (version 1), one directory per (label encoder, word list, dataset, top-n, sign,
+    score dtype):
+
+    - ``meta.json``: ``format`` ("seagrid-labels"), ``version`` (1), ``encoder`` (the label encoder id),
+      ``word_list_hash``, ``num_words``, ``dataset`` (the dataset identity it was built with), ``top_n``,
+      ``sign`` ("negated" = -cos, "plain" = +cos), ``grid`` ``[h, w]`` (row-major patches, m = h * w),
+      ``num_images`` N, ``index_dtype`` ("int32"), ``score_dtype`` ("float32" or "float16").
+    - ``words.txt``: the word list, one per line; label index ``k`` is line ``k`` (0-based).
+    - ``index.npy``: ``int32 [N, m, n]`` word indices, ``-1`` = empty slot.
+    - ``score.npy``: ``score_dtype [N, m, n]`` scores, each patch's slots descending, ``> 0`` (``0`` in
+      empty slots). Both are standard ``.npy`` files (``numpy.load(..., mmap_mode="r")``).
+    - ``ids.json`` / ``images.json``: the sample id / relative image path of each row: the records of
+      the dataset JSON that have an image, in file order (text-only records have no row).
+    - ``progress.json``: ``{"done": rows written, "missing": [ids whose image file was missing]}``;
+      rows of missing images hold no labels.
+    - ``.done``: written last; a directory without it is an unfinished (resumable) extraction.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        meta: dict[str, Any],
+        words: list[str],
+        ids: list[str],
+        images: list[str],
+        missing: list[str],
+    ) -> None:
+        self.path = path
+        self.meta = meta
+        self.words = words
+        self.ids = ids
+        self.images = images
+        self.missing_ids = missing
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+        self._row_of_id: dict[str, int] | None = None
+
+    @classmethod
+    def open(cls, path: str | Path, expected: Mapping[str, Any] | None = None) -> LabelStore:
+        """Open a finished store and check it against what the caller expects.
+
+        ``expected`` maps any of ``encoder, word_list_hash, num_words, dataset, top_n, sign, grid,
+        num_images, score_dtype`` to the required value; a difference is a ValueError naming the field,
+        the store and both values. A missing file or an array of the wrong shape is a ValueError too.
+        """
+        path = Path(path)
+        expected = dict(expected or {})
+        unknown = sorted(set(expected) - set(CHECKABLE))
+        if unknown:
+            raise ValueError(f"expected has unknown fields {unknown}; checkable: {', '.join(CHECKABLE)}")
+        if not path.is_dir():
+            raise ValueError(f"label store {path} does not exist; run label extraction first")
+        if not is_built(path):
+            done = "?"
+            if (path / PROGRESS_FILE).is_file():
+                done = _read_json(path, PROGRESS_FILE).get("done", "?")
+            raise ValueError(
+                f"label store {path}: unfinished extraction ({done} images done, no {DONE_MARKER} marker); "
+                "run extraction again to resume it"
+            )
+        meta = _read_json(path, META_FILE)
+        if meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
+            raise ValueError(
+                f"label store {path}: format {meta.get('format')!r} version {meta.get('version')!r}, "
+                f"this code reads {FORMAT_NAME!r} version {FORMAT_VERSION}; rebuild the store"
+            )
+        for field, want in expected.items():
+            found = _normalise(field, meta.get(field))
+            if _normalise(field, want) != found:
+                raise ValueError(
+                    f"label store {path}: {field} mismatch: expected {_normalise(field, want)!r}, found {found!r}"
+                )
+        if not (path / WORDS_FILE).is_file():
+            raise ValueError(
+                f"label store {path}: corrupt, {WORDS_FILE} is missing; delete the directory to rebuild it"
+            )
+        words = read_word_list(path / WORDS_FILE)
+        if len(words) != meta["num_words"] or word_list_hash(words) != meta["word_list_hash"]:
+            raise ValueError(
+                f"label store {path}: corrupt, {WORDS_FILE} ({len(words)} words, hash {word_list_hash(words)}) "
+                f"does not match meta.json ({meta['num_words']} words, hash {meta['word_list_hash']})"
+            )
+        ids, images = _read_json(path, IDS_FILE), _read_json(path, IMAGES_FILE)
+        n_rows = int(meta["num_images"])
+        for name, rows in ((IDS_FILE, ids), (IMAGES_FILE, images)):
+            if not isinstance(rows, list) or len(rows) != n_rows:
+                found = len(rows) if isinstance(rows, list) else type(rows).__name__
+                raise ValueError(
+                    f"label store {path}: corrupt, {name} has {found} entries, meta.json says num_images={n_rows}"
+                )
+        progress = _read_json(path, PROGRESS_FILE)
+        store = cls(
+            path,
+            meta,
+            words,
+            [str(i) for i in ids],
+            [str(i) for i in images],
+            list(progress.get("missing", [])),
+        )
+        store._open_arrays()  # fail now, not in a data-loader worker, if the arrays are bad
+        return store
+
+    def _open_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._arrays is None:
+            shape = _row_shape(self.meta)
+            arrays = []
+            for name, dtype in (
+                (INDEX_FILE, self.meta["index_dtype"]),
+                (SCORE_FILE, self.meta["score_dtype"]),
+            ):
+                file = self.path / name
+                if not file.is_file():
+                    raise ValueError(
+                        f"label store {self.path}: corrupt, {name} is missing; delete the directory to rebuild it"
+                    )
+                try:
+                    array = np.load(file, mmap_mode="r")
+                except (OSError, ValueError) as err:
+                    raise ValueError(f"label store {self.path}: corrupt, cannot read {name} ({err})") from err
+                if array.shape != shape or array.dtype != np.dtype(dtype):
+                    raise ValueError(
+                        f"label store {self.path}: corrupt, {name} is {array.dtype}{list(array.shape)}, "
+                        f"meta.json says {dtype}{list(shape)} ([num_images, h*w, top_n])"
+                    )
+                arrays.append(array)
+            self._arrays = (arrays[0], arrays[1])
+        return self._arrays
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickling a memmap copies its whole content; a data-loader worker re-maps the files instead.
+        state = self.__dict__.copy()
+        state["_arrays"] = None
+        return state
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        h, w = self.meta["grid"]
+        return int(h), int(w)
+
+    @property
+    def top_n(self) -> int:
+        return int(self.meta["top_n"])
+
+    @property
+    def encoder(self) -> str:
+        return str(self.meta["encoder"])
+
+    def __len__(self) -> int:
+        return int(self.meta["num_images"])
+
+    def __getitem__(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(index int32 [m, n], score float32 [m, n])`` of row ``row`` (dataset image order), copied."""
+        n = len(self)
+        if not -n <= row < n:
+            raise IndexError(f"label store {self.path}: row {row} out of range for {n} images")
+        index, score = self._open_arrays()
+        return np.array(index[row], dtype=np.int32), np.array(score[row], dtype=np.float32)
+
+    def row_of(self, sample_id: str) -> int:
+        """The row of ``sample_id``; a KeyError if absent, a ValueError if several rows share it."""
+        if self._row_of_id is None:
+            rows: dict[str, int] = {}
+            for row, sid in enumerate(self.ids):
+                rows[sid] = -1 if sid in rows else row  # -1: ambiguous
+            self._row_of_id = rows
+        row = self._row_of_id[str(sample_id)]
+        if row < 0:
+            raise ValueError(
+                f"label store {self.path}: sample id {sample_id!r} names several rows; look up by row"
+            )
+        return row
+
+    def by_id(self, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """Labels of the row whose sample id is ``sample_id``."""
+        return self[self.row_of(sample_id)]
+
+
+class StoreWriter:
+    """Writes a store in place, resumably: rows land in memory-mapped ``.npy`` files, then progress.
+
+    The caller holds the store's lock. Creation writes the small files, then the arrays, then
+    ``progress.json``, then ``meta.json`` last, so a directory without ``meta.json`` is simply restarted.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        meta: dict[str, Any],
+        index: np.memmap,
+        score: np.memmap,
+        done: int,
+        missing: list[str],
+    ) -> None:
+        self.path = path
+        self.meta = meta
+        self.index = index
+        self.score = score
+        self.done = done
+        self.missing = missing
+
+    @classmethod
+    def create_or_resume(
+        cls,
+        path: str | Path,
+        meta: dict[str, Any],
+        words: Sequence[str],
+        ids: Sequence[str],
+        images: Sequence[str],
+    ) -> StoreWriter:
+        """Resume the unfinished store at ``path`` when its ``meta.json`` equals ``meta``, else start it.
+
+        An unfinished store whose meta differs (same directory, other content: a dataset identity that
+        does not follow the data) is a ValueError naming the field, never silently overwritten.
+        """
+        path = Path(path)
+        words = check_words(words)
+        if len(ids) != meta["num_images"] or len(images) != meta["num_images"]:
+            raise ValueError(
+                f"ids/images have {len(ids)}/{len(images)} entries, meta says {meta['num_images']}"
+            )
+        shape = _row_shape(meta)
+        if (path / META_FILE).is_file():
+            found = _read_json(path, META_FILE)
+            for field in sorted(set(found) | set(meta)):
+                if found.get(field) != meta.get(field):
+                    raise ValueError(
+                        f"label store {path}: unfinished store has {field}={found.get(field)!r} but this "
+                        f"extraction has {field}={meta.get(field)!r}; delete the directory to start over"
+                    )
+            try:
+                index = open_memmap(path / INDEX_FILE, mode="r+")
+                score = open_memmap(path / SCORE_FILE, mode="r+")
+                progress = json.loads((path / PROGRESS_FILE).read_text())
+                stored_ids = json.loads((path / IDS_FILE).read_text())
+                ok = (
+                    index.shape == shape
+                    and score.shape == shape
+                    and stored_ids == list(ids)
+                    and 0 <= int(progress["done"]) <= shape[0]
+                )
+            except (OSError, ValueError, KeyError, TypeError):
+                ok = False
+            if ok:
+                return cls(path, meta, index, score, int(progress["done"]), list(progress.get("missing", [])))
+            # The partial files are unusable; an unfinished store holds nothing worth keeping.
+        path.mkdir(parents=True, exist_ok=True)
+        (path / META_FILE).unlink(missing_ok=True)
+        write_word_list(words, path / WORDS_FILE)
+        _write_json(path / IDS_FILE, list(ids))
+        _write_json(path / IMAGES_FILE, list(images))
+        index = open_memmap(path / INDEX_FILE, mode="w+", dtype=np.dtype(INDEX_DTYPE), shape=shape)
+        score = open_memmap(path / SCORE_FILE, mode="w+", dtype=np.dtype(meta["score_dtype"]), shape=shape)
+        writer = cls(path, meta, index, score, 0, [])
+        writer.commit()
+        _write_json(path / META_FILE, meta)
+        return writer
+
+    def write(self, start: int, index: np.ndarray, score: np.ndarray) -> None:
+        """Put rows ``start : start + len(index)`` (not yet committed)."""
+        stop = start + index.shape[0]
+        self.index[start:stop] = index
+        self.score[start:stop] = score
+
+    def commit(self, done: int | None = None, missing: Sequence[str] = ()) -> None:
+        """Flush the arrays, then record ``done`` rows (and newly missing ids) in ``progress.json``."""
+        self.index.flush()
+        self.score.flush()
+        if done is not None:
+            self.done = done
+        self.missing.extend(missing)
+        _write_json(self.path / PROGRESS_FILE, {"done": self.done, "missing": self.missing})
+
+    def finish(self) -> None:
+        """Mark the store complete (``.done``); every row must have been committed."""
+        if self.done != self.meta["num_images"]:
+            raise RuntimeError(
+                f"label store {self.path}: {self.done}/{self.meta['num_images']} rows done, cannot finish"
+            )
+        self.commit()
+        (self.path / DONE_MARKER).write_text("ok\n")

@@ -1,0 +1,1 @@
+"""Training objectives per method: what each adds to the language-modelling loss."""
