@@ -185,7 +185,8 @@ def conversation_pairs(conversations: Conversation, template: str) -> list[tuple
     where = f"template {template!r}"
     if len(conversations) < 2 or len(conversations) % 2:
         raise ValueError(
-            f"{where}: expects alternating human/gpt turns ending with an answer; got {len(conversations)} turns"
+            f"{where}: expects alternating human/gpt turns ending with an answer; "
+            f"got {len(conversations)} turns"
         )
     images = 0
     values: list[str] = []

@@ -67,7 +67,8 @@ def supervised_after_truncation(
         if token == IMAGE_TOKEN_INDEX:
             if label != IGNORE_INDEX:
                 raise ValueError(
-                    f"labels[{position}]={label}: the image placeholder's label must be IGNORE_INDEX ({IGNORE_INDEX})"
+                    f"labels[{position}]={label}: the image placeholder's label must be "
+                    f"IGNORE_INDEX ({IGNORE_INDEX})"
                 )
             images_before += 1
         elif label != IGNORE_INDEX:
@@ -224,8 +225,9 @@ class LlavaDataset(Dataset):
         Encodes every record's text (no image is read). Raises when their share of the records
         exceeds `max_unsupervised_fraction`, naming how many, the first ids, the template and the
         tokenizer; otherwise drops them and adds their ids to `unsupervised_ids`. Called by
-        `__init__` when `max_unsupervised_fraction` is set (None here means 0.0). Also raises, naming the sample, on a record the template cannot encode or whose
-        text alone exceeds `max_length`.
+        `__init__` when `max_unsupervised_fraction` is set (None here means 0.0). Also raises,
+        naming the sample, on a record the template cannot encode or whose text alone exceeds
+        `max_length`.
         """
         kept: list[dict[str, Any]] = []
         offending: list[str] = []
@@ -248,12 +250,14 @@ class LlavaDataset(Dataset):
                 else ""
             )
             raise ValueError(
-                f"{len(offending)} of {total} samples ({len(offending) / total:.2%}) in {self.json_path} have "
+                f"{len(offending)} of {total} samples ({len(offending) / total:.2%}) in {self.json_path} "
+                "have "
                 f"no supervised token{truncation} with template {self.template!r} and tokenizer "
                 f"{tokenizer_name(self.tokenizer)!r}, above max_unsupervised_fraction="
                 f"{threshold}; ids: {shown}{more}. Check that the template matches the "
                 "LLM's tokenizer and that max_length leaves room for the answers"
             )
+        self.records = kept
         self.unsupervised_ids.extend(offending)
         return offending
 
