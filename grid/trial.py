@@ -10,7 +10,7 @@ from typing import Any
 
 from core.cache import DONE_MARKER, is_built
 from grid.identity import content_hash, identity_dict
-from grid.spec import METHODS_WITH_SEA, DatasetConfig, TrialConfig
+from grid.spec import DatasetConfig, TrialConfig
 
 # Ray Tune gives each trial this much (a token amount, so trials are limited by their workers'
 # resources, not by the driver that only waits on them).
@@ -66,7 +66,6 @@ def prepare_labels(cfg: TrialConfig, json_path: Path, image_root: Path) -> Path:
         words,
         json_path,
         image_root,
-        dataset=identity_dict(cfg.data.stage1),
         top_n=sea.top_n,
         negate=sea.sign == "negated",
         batch_size=sea.label_batch_size,
@@ -132,8 +131,6 @@ def run_trial(config: dict[str, Any]) -> None:
                     "step_dir": str(step_dir),
                     "data": {"json_path": str(json_path), "image_root": str(image_root)},
                 }
-                if cfg.method.name in METHODS_WITH_SEA:
-                    payload["labels"] = {"path": str(prepare_labels(cfg, json_path, image_root))}
                 _run_stage1(cfg, payload, step_dir)
                 (step_dir / DONE_MARKER).write_text("ok\n")
         result = json.loads((step_dir / "result.json").read_text())

@@ -421,6 +421,16 @@ def test_full_checkpoint_through_path_keeps_the_text_tower(tmp_path: Path) -> No
         load_encoder("tiny-hf-clip", path=tmp_path)
 
 
+@pytest.mark.parametrize("encoder_id", ["tiny-hf-clip", "tiny-siglip"])
+def test_vlm_builds_on_the_hf_towers(encoder_id: str) -> None:
+    from core.models import build_vlm
+
+    vlm, _ = build_vlm("tiny-llama", encoder_id)
+    assert not vlm.vision.has_text_tower and vlm.num_visual_tokens == 64
+    tokens = vlm.encode_images(torch.randn(2, 3, 64, 64))
+    assert tokens.shape == (2, 64, LLMS["tiny-llama"].hidden_size)
+
+
 def test_registries_import_without_torch_or_transformers() -> None:
     code = (
         "import sys; import core.models.llm, core.models.vision;"

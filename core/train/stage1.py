@@ -193,7 +193,17 @@ def _sea_context(
     from core.labels import LabelStore, WithLabels, make_collate_with_labels
     from core.sea import label_embeddings
 
-    store = LabelStore.open(payload["labels"]["path"])
+    if "labels" in payload:
+        store = LabelStore.open(payload["labels"]["path"])
+    else:
+        from grid.spec import TrialConfig
+        from grid.trial import prepare_labels
+
+        # The label step runs here, in the worker that has the accelerator and has torch imported anyway;
+        # the store's own lock makes the other ranks (and other trials) wait for one extraction.
+        cfg = TrialConfig.model_validate(payload["trial"])
+        data = payload["data"]
+        store = LabelStore.open(prepare_labels(cfg, Path(data["json_path"]), Path(data["image_root"])))
     with torch.no_grad():
         words = label_embeddings(store.words, tokenizer, vlm.llm.get_input_embeddings())
     context = {"word_embeddings": words, "grid": tuple(vlm.vision.spec.grid), "seed": seed}
