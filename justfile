@@ -12,6 +12,10 @@ setup:
 grid SPEC: setup
     uv run --frozen --quiet seagrid grid {{SPEC}}
 
+# Build (or reuse) the SEA label stores the trials of SPEC need, with a progress bar.
+labels SPEC: setup
+    uv run --frozen --quiet seagrid labels {{SPEC}}
+
 # Print the trials of SPEC with their status, resources and ids; runs nothing.
 plan SPEC: setup
     uv run --frozen --quiet seagrid plan {{SPEC}}

@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     p_plan.add_argument("spec")
     p_run = sub.add_parser("grid", help="run every trial of a spec that is not done yet")
     p_run.add_argument("spec")
+    p_labels = sub.add_parser("labels", help="build (or reuse) the SEA label stores a spec's trials need")
+    p_labels.add_argument("spec")
     args = parser.parse_args(argv)
     console = Console()
     try:
@@ -26,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print_plan(args.spec, console)
             return 0
+        if args.command == "labels":
+            return build_labels(args.spec, console)
         from grid.run import run_grid
 
         _, result = run_grid(args.spec, console=console)
@@ -33,6 +37,27 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def build_labels(spec_path: str, console: Console) -> int:
+    """`just labels SPEC`: the label step of every SEA trial, in this process, with a progress bar."""
+    from grid.expand import expand
+    from grid.spec import METHODS_WITH_SEA, load_spec
+    from grid.trial import prepare_labels, resolve_dataset
+
+    spec = load_spec(spec_path)
+    trials = [t for t in expand(spec, spec_path) if t.config.method.name in METHODS_WITH_SEA]
+    if not trials:
+        console.print(f"{spec.name}: no trial uses SEA; no labels to build")
+        return 0
+    done: dict[str, str] = {}
+    for t in trials:
+        json_path, image_root = resolve_dataset(t.config.data.stage1)
+        path = prepare_labels(t.config, json_path, image_root, progress=True)
+        done.setdefault(str(path), t.id)
+    for path, tid in done.items():
+        console.print(f"labels for {tid} (and trials like it): {path}", soft_wrap=True, highlight=False)
+    return 0
 
 
 if __name__ == "__main__":

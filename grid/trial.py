@@ -50,7 +50,7 @@ def resolve_dataset(ds: DatasetConfig) -> tuple[Path, Path]:
     return json_path, image_root
 
 
-def prepare_labels(cfg: TrialConfig, json_path: Path, image_root: Path) -> Path:
+def prepare_labels(cfg: TrialConfig, json_path: Path, image_root: Path, *, progress: bool = False) -> Path:
     """SEA's label step: the word list, the label store (built once, shared) and its view on the trial's grid."""
     from core.labels import caption_words, ensure_store, labels_for_grid, read_word_list
     from core.models.vision import ENCODERS
@@ -70,7 +70,7 @@ def prepare_labels(cfg: TrialConfig, json_path: Path, image_root: Path) -> Path:
         negate=sea.sign == "negated",
         batch_size=sea.label_batch_size,
         on_missing_image=cfg.data.stage1.on_missing_image,
-        progress=False,
+        progress=progress,
     )
     view = labels_for_grid(store, ENCODERS[cfg.model.encoder].grid, sea.top_n, precompute=True)
     return Path(view.path)

@@ -101,3 +101,26 @@ def test_sea_with_labels_transferred_to_dinov2(tmp_path: Path) -> None:
     result, reports = train(cfg, tmp_path / "dino", store_path)
     assert result["steps"] == 3
     assert all(r["metrics"]["stage1/pairs"] > 0 for r in reports)
+
+
+def test_labels_command_builds_each_store_once(tmp_path: Path, capsys) -> None:
+    from grid.cli import main
+
+    spec = tmp_path / "labels.yaml"
+    spec.write_text(
+        "name: lab\n"
+        "base:\n"
+        "  method: {name: sea, sea: {labels_from: tiny-clip, top_n: 3}}\n"
+        "  data: {stage1: {source: synthetic, synthetic: {num_samples: 16, seed: 9}}}\n"
+        "grid: {axes: {model.encoder: [tiny-clip, tiny-dinov2], seed: [0, 1]}}\n"
+    )
+    assert main(["labels", str(spec)]) == 0
+    out = capsys.readouterr().out
+    paths = [line.rsplit(": ", 1)[-1] for line in out.splitlines() if line.startswith("labels for")]
+    assert len(paths) == 2  # one store per target grid (8x8 for tiny-clip, 4x4 moved for tiny-dinov2)
+    grids = sorted(tuple(LabelStore.open(p).grid) for p in paths)
+    assert grids == [(4, 4), (8, 8)]
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("name: plain\n")
+    assert main(["labels", str(plain)]) == 0
+    assert "no trial uses SEA" in capsys.readouterr().out
