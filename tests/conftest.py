@@ -18,6 +18,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="module")
+def seagrid_cache(tmp_path_factory: pytest.TempPathFactory):
+    """A fresh, empty SEAGRID_CACHE for one test module (the session-wide one stays untouched)."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("seagrid_cache")
+        mp.setenv("SEAGRID_CACHE", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray session shared by every test that needs it (starting one costs ~20 s)."""

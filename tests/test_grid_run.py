@@ -119,3 +119,32 @@ def test_grid_end_to_end(tmp_path: Path, ray_session, capsys: pytest.CaptureFixt
         len([r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("trial_id") == good.id])
         == 1
     )
+
+
+def test_two_gloo_workers_train_sea(tmp_path: Path, ray_session) -> None:
+    """num_workers from the spec: two CPU workers (gloo, DDP) share one SEA trial; rank 0 logs."""
+    spec_path = tmp_path / "ddp.yaml"
+    spec_path.write_text(
+        textwrap.dedent(
+            f"""\
+            name: ddp
+            base:
+              method: {{name: sea, sea: {{top_n: 3}}}}
+              data: {{stage1: {{source: synthetic, synthetic: {{num_samples: 64, seed: 11}}}}}}
+              stage1: {{lr: 0.01, global_batch_size: 16, micro_batch_size: 8, epochs: 1}}
+              resources: {{num_workers: 2, cpus_per_worker: 0.5}}
+            output: {{root: {tmp_path / "results"}, tracking_uri: "sqlite:///{tmp_path / "mlflow.db"}"}}
+            """
+        )
+    )
+    assert main(["grid", str(spec_path)]) == 0
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
+        if r.data.tags.get("seagrid.role") == "trial"
+    ]
+    assert run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "stage1/loss/align")
+    assert [m.step for m in history] == [1, 2, 3, 4]  # 64 samples / (8 per worker x 2 workers) = 4 steps
+    assert run.data.params["resources.num_workers"] == "2"

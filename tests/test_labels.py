@@ -42,13 +42,7 @@ BATCH = 8  # 24 images -> 3 extraction batches
 TOP_N = 10
 
 
-@pytest.fixture(scope="module", autouse=True)
-def seagrid_cache(tmp_path_factory: pytest.TempPathFactory):
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.mktemp("seagrid_cache")
-        mp.setenv("SEAGRID_CACHE", str(path))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        yield path
+pytestmark = pytest.mark.usefixtures("seagrid_cache")  # a fresh cache: builds run for real here
 
 
 @pytest.fixture(scope="module")

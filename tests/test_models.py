@@ -46,13 +46,7 @@ SHAPES = ["circle", "square", "triangle", "star", "cross", "diamond", "ring", "b
 POSITION_WORDS = ["top", "left", "right", "centre", "bottom"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def seagrid_cache(tmp_path_factory: pytest.TempPathFactory):
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.mktemp("seagrid_cache")
-        mp.setenv("SEAGRID_CACHE", str(path))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        yield path
+pytestmark = pytest.mark.usefixtures("seagrid_cache")  # a fresh cache: builds run for real here
 
 
 @pytest.fixture(scope="module")

@@ -148,6 +148,12 @@ def run_stage1(
             micro_i += 1
             if micro_i % accum:
                 continue
+            if world > 1:
+                # The objective's own parameters (SEA's log_tau) sit outside DDP: average their grads here.
+                for p in objective.parameters():
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= world
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
