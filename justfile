@@ -25,6 +25,10 @@ mlflow PORT="5000": setup
     mkdir -p mlflow/artifacts
     uv run --frozen --quiet mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --default-artifact-root ./mlflow/artifacts --host 127.0.0.1 --port {{PORT}}
 
+# Benchmarks (ratios measured in one process; not tests): SEA's step-time overhead and label extraction.
+bench *ARGS: setup
+    uv run --frozen --quiet python bench/sea_bench.py {{ARGS}}
+
 # The test suite, offline (an accidental hub download fails at once).
 test: setup
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 uv run --frozen --quiet pytest -q

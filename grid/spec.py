@@ -97,6 +97,9 @@ class SeaConfig(Strict):
     labels_from: str | None = None
     words: WordsConfig = Field(default_factory=WordsConfig)
     label_batch_size: int = Field(32, ge=1, json_schema_extra=NOT_IDENTITY)
+    label_chunk_words: int = Field(
+        65536, ge=1, json_schema_extra=NOT_IDENTITY, description="words scored at once"
+    )
 
     @field_validator("labels_from")
     @classmethod

@@ -69,6 +69,7 @@ def prepare_labels(cfg: TrialConfig, json_path: Path, image_root: Path, *, progr
         top_n=sea.top_n,
         negate=sea.sign == "negated",
         batch_size=sea.label_batch_size,
+        chunk_size=sea.label_chunk_words,
         on_missing_image=cfg.data.stage1.on_missing_image,
         progress=progress,
     )

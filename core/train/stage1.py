@@ -57,8 +57,10 @@ def plan_steps(
 
 def train_stage1(payload: dict[str, Any]) -> None:
     """The Ray Train worker function: stage 1 with this worker's rank, metrics through ray.train.report."""
+    import ray.train.torch
+
     rank, world = _ray_context()
-    run_stage1(payload, rank=rank, world=world, report=_report)
+    run_stage1(payload, rank=rank, world=world, report=_report, device=ray.train.torch.get_device())
 
 
 def run_stage1(
@@ -67,6 +69,7 @@ def run_stage1(
     rank: int = 0,
     world: int = 1,
     report: Callable[[dict[str, Any]], None] | None = None,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Train the adapter on captions with the `plain` template; rank 0 saves it into the step dir.
 
@@ -112,7 +115,9 @@ def run_stage1(
         dataset, collate_fn, context["sea"] = _sea_context(
             payload, dataset, vlm, tokenizer, cfg.seed * 1000 + rank
         )
-    objective = build_objective(cfg.method, context)
+    device = device or torch.device("cpu")
+    vlm.to(device)
+    objective = build_objective(cfg.method, context).to(device)
     sampler = DistributedSampler(
         dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
     )
@@ -124,7 +129,9 @@ def run_stage1(
     )
     model: torch.nn.Module = vlm
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(vlm)
+        model = torch.nn.parallel.DistributedDataParallel(
+            vlm, device_ids=[device.index] if device.type == "cuda" else None
+        )
     params = [p for p in vlm.parameters() if p.requires_grad]
     params += [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
@@ -140,6 +147,7 @@ def run_stage1(
     while step < total:
         sampler.set_epoch(epoch)
         for batch in loader:
+            batch = _to_device(batch, device)
             out = model(batch)
             loss, terms = objective.total(batch, out)
             (loss / accum).backward()
@@ -190,6 +198,13 @@ def run_stage1(
     if world > 1:
         dist.barrier()
     return result
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Tensors of a collated batch on the training device (ids and other lists stay as they are)."""
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def _sea_context(
