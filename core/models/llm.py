@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from core.models.tiny import TinyBuilder, tiny_checkpoint_dir
+from core.models.tiny import TinyBuilder, checkpoint_source
 from core.models.tiny_tokenizer import train_tiny_tokenizer
 
 CHAT_TEMPLATES = ("vicuna_v1", "llama3", "gemma", "phi3", "mistral")
@@ -266,14 +266,7 @@ def build_meta_llm(llm_id: str) -> PreTrainedModel:
 
 def llm_source(llm_id: str, path: str | Path | None = None) -> str:
     """Where `load_llm` reads from: `path`, else the hub id, else the tiny build in the cache."""
-    spec = get_llm_spec(llm_id)
-    if path is not None:
-        return str(path)
-    if spec.hub_id is not None:
-        return spec.hub_id
-    if spec.builder is not None:
-        return str(tiny_checkpoint_dir(spec.id, spec.builder))
-    raise ValueError(f"llm {llm_id!r} has neither a hub_id nor a builder; pass path= to a local checkpoint")
+    return checkpoint_source(get_llm_spec(llm_id), path, "llm")
 
 
 def load_llm(

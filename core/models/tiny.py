@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from core.cache import build_once
 from core.paths import cache_dir
@@ -48,3 +48,24 @@ def tiny_checkpoint_dir(model_id: str, builder: TinyBuilder) -> Path:
     """The cache directory holding `model_id`'s tiny checkpoint, built on first use."""
     target = cache_dir() / "models" / f"{model_id}-{builder.fingerprint}"
     return build_once(target, builder)
+
+
+class HasSource(Protocol):
+    """What a registry entry needs for `checkpoint_source`: an id, a hub id and maybe a tiny builder."""
+
+    id: str
+    hub_id: str | None
+    builder: TinyBuilder | None
+
+
+def checkpoint_source(spec: HasSource, path: str | Path | None, kind: str) -> str:
+    """Where a checkpoint is read from: `path`, else the hub id, else the tiny build in the cache."""
+    if path is not None:
+        return str(path)
+    if spec.hub_id is not None:
+        return spec.hub_id
+    if spec.builder is not None:
+        return str(tiny_checkpoint_dir(spec.id, spec.builder))
+    raise ValueError(
+        f"{kind} {spec.id!r} has neither a hub_id nor a builder; pass path= to a local checkpoint"
+    )

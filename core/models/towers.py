@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.models.tiny import tiny_checkpoint_dir
+from core.models.tiny import checkpoint_source, tiny_checkpoint_dir
 from core.models.vision import (
     ENCODERS,
     HF_DUAL_MODEL_TYPES,
@@ -346,13 +346,7 @@ _HF_DUAL_CLASSES: dict[str, tuple[str, str, type[HfDualTower]]] = {
 
 def _hf_source(spec: EncoderSpec, path: str | Path | None) -> str:
     """A transformers checkpoint to read: `path`, else the hub id, else the tiny build in the cache."""
-    if path is not None:
-        return str(path)
-    if spec.hub_id is not None:
-        return spec.hub_id
-    if spec.builder is not None:
-        return str(tiny_checkpoint_dir(spec.id, spec.builder))
-    raise ValueError(f"encoder {spec.id!r} has neither a hub_id nor a builder; pass path=")
+    return checkpoint_source(spec, path, "encoder")
 
 
 def _hf_dual_classes(spec: EncoderSpec) -> tuple[type[nn.Module], type[nn.Module], type[HfDualTower]]:
