@@ -180,6 +180,7 @@ class StageConfig(Strict):
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     log_every: int = Field(1, ge=1, json_schema_extra=NOT_IDENTITY)
+    checkpoint_every: int | None = Field(None, ge=1, json_schema_extra=NOT_IDENTITY)
 
 
 class ResourcesConfig(Strict):

@@ -50,8 +50,20 @@ def resolve_dataset(ds: DatasetConfig) -> tuple[Path, Path]:
     return json_path, image_root
 
 
-def prepare_labels(cfg: TrialConfig, json_path: Path, image_root: Path, *, progress: bool = False) -> Path:
-    """SEA's label step: the word list, the label store (built once, shared) and its view on the trial's grid."""
+def prepare_labels(
+    cfg: TrialConfig,
+    json_path: Path,
+    image_root: Path,
+    *,
+    progress: bool = False,
+    parallel: int | str | None = None,
+) -> Path:
+    """SEA's label step: the word list, the label store (built once, shared) and its view on the trial's grid.
+
+    ``parallel`` is ``ensure_store``'s: ``None`` extracts in this process, ``K`` in K Ray tasks (one GPU
+    each when the cluster has GPUs), ``"auto"`` by cluster and dataset size. Pass it from the driver
+    (``just labels``); inside a trial that holds the GPUs, the shards would wait for them.
+    """
     from core.labels import caption_words, ensure_store, labels_for_grid, read_word_list
     from core.models.vision import ENCODERS
 
@@ -72,15 +84,16 @@ def prepare_labels(cfg: TrialConfig, json_path: Path, image_root: Path, *, progr
         chunk_size=sea.label_chunk_words,
         on_missing_image=cfg.data.stage1.on_missing_image,
         progress=progress,
+        parallel=parallel,
     )
     view = labels_for_grid(store, ENCODERS[cfg.model.encoder].grid, sea.top_n, precompute=True)
     return Path(view.path)
 
 
-def _run_stage1(cfg: TrialConfig, payload: dict[str, Any], step_dir: Path) -> None:
+def fit_stage1(cfg: TrialConfig, payload: dict[str, Any], callbacks: list[Any] | None = None) -> None:
+    """Stage 1 in a Ray Train TorchTrainer; a relaunch under the same run name resumes from its checkpoint."""
     import ray.train
     from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from core.train.stage1 import train_stage1
 
@@ -95,7 +108,7 @@ def _run_stage1(cfg: TrialConfig, payload: dict[str, Any], step_dir: Path) -> No
         run_config=ray.train.RunConfig(
             name=f"{payload['trial_id']}-stage1",
             storage_path=payload["storage_path"],
-            callbacks=[TuneReportCallback()],
+            callbacks=callbacks or [],
         ),
     )
     trainer.fit()
@@ -132,7 +145,9 @@ def run_trial(config: dict[str, Any]) -> None:
                     "step_dir": str(step_dir),
                     "data": {"json_path": str(json_path), "image_root": str(image_root)},
                 }
-                _run_stage1(cfg, payload, step_dir)
+                from ray.tune.integration.ray_train import TuneReportCallback
+
+                fit_stage1(cfg, payload, [TuneReportCallback()])
                 (step_dir / DONE_MARKER).write_text("ok\n")
         result = json.loads((step_dir / "result.json").read_text())
         summary.update({f"stage1/{k}": v for k, v in result.items()})

@@ -148,3 +148,55 @@ def test_two_gloo_workers_train_sea(tmp_path: Path, ray_session) -> None:
     history = client.get_metric_history(run.info.run_id, "stage1/loss/align")
     assert [m.step for m in history] == [1, 2, 3, 4]  # 64 samples / (8 per worker x 2 workers) = 4 steps
     assert run.data.params["resources.num_workers"] == "2"
+
+
+def test_relaunched_trainer_resumes_from_ray_checkpoint(tmp_path: Path, ray_session) -> None:
+    """A TorchTrainer killed after its step-4 checkpoint and relaunched under the same run name resumes there
+    and ends with exactly the adapter of an uninterrupted run."""
+    import os
+
+    import torch
+    from ray.train import TrainingFailedError
+    from safetensors.torch import load_file
+
+    from core.train.checkpoint import LocalCheckpoints
+    from core.train.stage1 import run_stage1
+    from grid.spec import TrialConfig
+    from grid.trial import fit_stage1, resolve_dataset
+
+    cfg = TrialConfig.model_validate(
+        {
+            "data": {"stage1": {"source": "synthetic", "synthetic": {"num_samples": 40, "seed": 21}}},
+            "stage1": {
+                "lr": 0.01,
+                "global_batch_size": 8,
+                "micro_batch_size": 4,
+                "epochs": 2,
+                "checkpoint_every": 4,
+            },
+        }
+    )
+    json_path, image_root = resolve_dataset(cfg.data.stage1)
+
+    def payload(name: str, **extra) -> dict:
+        (tmp_path / name).mkdir(exist_ok=True)
+        return {
+            "trial_id": "resume-test",
+            "trial": cfg.model_dump(mode="json"),
+            "cache_dir": os.environ["SEAGRID_CACHE"],
+            "storage_path": str(tmp_path / "ray"),
+            "step_dir": str(tmp_path / name),
+            "data": {"json_path": str(json_path), "image_root": str(image_root)},
+            **extra,
+        }
+
+    with pytest.raises(TrainingFailedError):
+        fit_stage1(cfg, payload("ray", interrupt_after_step=6))
+    fit_stage1(cfg, payload("ray"))
+    run_stage1(payload("straight"), checkpoints=LocalCheckpoints())
+    assert json.loads((tmp_path / "ray" / "result.json").read_text())["resumed_from_step"] == 4
+
+    a = load_file(str(tmp_path / "straight" / "adapter" / "adapter.safetensors"))
+    b = load_file(str(tmp_path / "ray" / "adapter" / "adapter.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

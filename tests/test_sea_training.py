@@ -13,6 +13,7 @@ from core.evaluation.diagnostics import label_recall
 from core.labels import LabelStore, WithLabels
 from core.models import build_vlm, load_adapter
 from core.sea import label_embeddings
+from core.train.checkpoint import LocalCheckpoints
 from core.train.stage1 import run_stage1
 from grid.spec import TrialConfig
 from grid.trial import prepare_labels, resolve_dataset
@@ -47,8 +48,8 @@ def train(cfg: TrialConfig, step_dir: Path, labels: Path | None) -> tuple[dict, 
     }
     if labels is not None:
         payload["labels"] = {"path": str(labels)}
-    reports: list[dict] = []
-    return run_stage1(payload, report=reports.append), reports
+    checkpoints = LocalCheckpoints()
+    return run_stage1(payload, checkpoints=checkpoints), checkpoints.messages
 
 
 def recall_of(cfg: TrialConfig, step_dir: Path, store_path: Path) -> float:

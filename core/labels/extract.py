@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
-from collections.abc import Mapping, Sequence
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +20,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from core.cache import is_built
 from core.data.images import preprocess
-from core.labels.store import CHECKABLE, LabelStore, StoreWriter, locked, make_meta
+from core.labels.store import (
+    CHECKABLE,
+    LabelStore,
+    ShardWriter,
+    StoreWriter,
+    locked,
+    make_meta,
+    read_shards,
+)
 from core.labels.words import check_words, word_list_hash
 from core.models.vision import ENCODERS, get_encoder_spec
 from core.paths import cache_dir
@@ -28,11 +41,17 @@ __all__ = [
     "extract_store",
     "image_records",
     "resolve_label_encoder",
+    "resolve_parallel",
+    "shard_bounds",
     "store_dir",
     "store_identity",
 ]
 
 TEXT_BATCH = 1024  # words per text-tower forward pass when encoding the word list
+# parallel="auto" shards only datasets this large: below it Ray's start-up and one encoder load per
+# worker (tens of seconds) eat most of what the extra GPUs save.
+AUTO_MIN_IMAGES = 50_000
+POLL_S = 0.5  # how often the driver refreshes the progress bar of a sharded extraction
 
 
 def _text_encoders() -> list[str]:
@@ -125,18 +144,42 @@ def store_dir(root: str | Path | None, identity: Mapping[str, Any]) -> Path:
     return base / f"labels-{identity['encoder']}-{content_hash(dict(identity))}"
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What every batch of one extraction is computed with (shipped to the Ray workers as is)."""
+
+    encoder_id: str
+    words: tuple[str, ...]
+    image_root: Path
+    encoder_path: str | None
+    top_n: int
+    negate: bool
+    batch_size: int
+    chunk_size: int | None
+    score_dtype: str
+    num_workers: int
+    skip_missing: bool
+
+
 class _Images(Dataset):
-    """Preprocessed images of rows ``start..``; a missing file gives zeros and ``present=False`` if allowed."""
+    """Preprocessed images of rows ``start:stop``; a missing file gives zeros and ``present=False`` if allowed."""
 
     def __init__(
-        self, ids: list[str], images: list[str], root: Path, start: int, spec: Any, skip_missing: bool
+        self,
+        ids: Sequence[str],
+        images: Sequence[str],
+        root: Path,
+        start: int,
+        stop: int,
+        spec: Any,
+        skip_missing: bool,
     ) -> None:
-        self.ids, self.images, self.root, self.start = ids, images, root, start
+        self.ids, self.images, self.root, self.start, self.stop = ids, images, root, start, stop
         self.size, self.mean, self.std = spec.image_size, spec.mean, spec.std
         self.skip_missing = skip_missing
 
     def __len__(self) -> int:
-        return len(self.images) - self.start
+        return self.stop - self.start
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, bool]:
         row = self.start + k
@@ -159,9 +202,9 @@ def _collate_images(items: list[tuple[torch.Tensor, bool]]) -> tuple[torch.Tenso
     return torch.stack([p for p, _ in items]), torch.tensor([ok for _, ok in items], dtype=torch.bool)
 
 
-def _word_features(tower: Any, words: list[str]) -> torch.Tensor:
+def _word_features(tower: Any, words: Sequence[str]) -> torch.Tensor:
     parts = [
-        tower.text_features(words[i : i + TEXT_BATCH], normalize=True)
+        tower.text_features(list(words[i : i + TEXT_BATCH]), normalize=True)
         for i in range(0, len(words), TEXT_BATCH)
     ]
     return torch.cat(parts).float()
@@ -175,6 +218,63 @@ def _to_rows(index: torch.Tensor, score: torch.Tensor, score_dtype: str) -> tupl
     idx[empty] = -1
     val[empty] = 0
     return idx, val
+
+
+def shard_bounds(start: int, stop: int, shards: int, batch_size: int) -> list[tuple[int, int]]:
+    """Rows ``start:stop`` cut into at most ``shards`` contiguous ranges of whole batches, as even as can be.
+
+    Cuts fall on ``start + j * batch_size``, so every image is encoded in the same batch as in one
+    process (results do not depend on the split); fewer ranges when there are fewer batches than
+    ``shards``, none when ``start == stop``.
+    """
+    for name, value, low in (("start", start, 0), ("shards", shards, 1), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}={value!r}: must be an int >= {low}")
+    if isinstance(stop, bool) or not isinstance(stop, int) or stop < start:
+        raise ValueError(f"stop={stop!r}: must be an int >= start={start}")
+    batches = -(-(stop - start) // batch_size)
+    k = min(shards, batches)
+    return [
+        (start + (j * batches // k) * batch_size, min(stop, start + ((j + 1) * batches // k) * batch_size))
+        for j in range(k)
+    ]
+
+
+def _in_ray_worker() -> bool:
+    ray = sys.modules.get("ray")  # a Ray worker has always imported ray
+    return (
+        ray is not None and ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+    )
+
+
+def _cluster_gpus() -> int:
+    import ray
+
+    if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
+        from grid.run import ensure_ray
+
+        ensure_ray()
+        return int(ray.cluster_resources().get("GPU", 0))
+    return torch.cuda.device_count()  # what a local session started by ensure_ray would have
+
+
+def resolve_parallel(parallel: int | str | None, num_images: int) -> int:
+    """How many shards ``parallel`` asks for: ``None`` -> 1 (in process), an int ``K >= 1`` -> K.
+
+    ``"auto"``: the number of GPUs of the Ray cluster (of this machine when Ray is not running and
+    $RAY_ADDRESS is unset) when there are at least 2 and ``num_images >= AUTO_MIN_IMAGES``, else 1;
+    always 1 inside a Ray worker (a trial), whose GPUs the shards would wait for.
+    """
+    if parallel is None:
+        return 1
+    if parallel == "auto":
+        if num_images < AUTO_MIN_IMAGES or _in_ray_worker():
+            return 1
+        gpus = _cluster_gpus()
+        return gpus if gpus > 1 else 1
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ValueError(f"parallel={parallel!r}: must be None (in process), 'auto' or an int >= 1")
+    return parallel
 
 
 def extract_store(
@@ -196,6 +296,7 @@ def extract_store(
     num_workers: int = 0,
     on_missing_image: str = "fail",
     max_batches: int | None = None,
+    parallel: int | str | None = None,
 ) -> LabelStore | None:
     """Extract SEA labels of every image of a LLaVA JSON into the store at ``out_dir``.
 
@@ -210,6 +311,18 @@ def extract_store(
     ``missing_ids``. ``max_batches`` stops after that many batches without finishing (returns None): a
     hook for tests and time-boxed jobs. ``dataset`` is the dataset identity recorded in ``meta.json``
     (default: :func:`dataset_identity` of ``json_path``).
+
+    ``parallel`` (see :func:`resolve_parallel`) > 1 cuts the rows still to do into that many shards of
+    whole batches (:func:`shard_bounds`) and extracts each in a Ray task (Ray is started or joined by
+    ``grid.run.ensure_ray`` if needed): one GPU per task when the cluster has GPUs (``device=None``;
+    ``"cpu"`` forces CPU tasks, each then gets the cluster's CPUs / shards), else CPU. Each task
+    loads the encoder and encodes the words once, writes its rows into the store's arrays and commits
+    its own ``progress-<k>.json``; this process holds the lock, shows one progress bar over all
+    shards, and folds the shards into ``progress.json`` when all are complete, so the finished store
+    is byte-identical to a single-process one. ``max_batches`` then applies to each shard. An
+    interrupted sharded extraction resumes its unfinished shards, with the same cuts whatever
+    ``parallel`` is now (in this process when it is 1). The store directory must be on a filesystem
+    every Ray node sees.
     """
     spec = get_encoder_spec(encoder_id)
     if not spec.has_text_tower:
@@ -223,6 +336,7 @@ def extract_store(
     ids, images = image_records(json_path)
     if not ids:
         raise ValueError(f"json_path={json_path}: no record has an image, so there is nothing to label")
+    shards_wanted = resolve_parallel(parallel, len(ids))
     meta = make_meta(
         encoder=encoder_id,
         words=words,
@@ -233,81 +347,134 @@ def extract_store(
         num_images=len(ids),
         score_dtype=score_dtype,
     )
+    job = _Job(
+        encoder_id=encoder_id,
+        words=tuple(words),
+        image_root=image_root,
+        encoder_path=str(encoder_path) if encoder_path is not None else None,
+        top_n=top_n,
+        negate=negate,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        score_dtype=score_dtype,
+        num_workers=num_workers,
+        skip_missing=on_missing_image == "skip",
+    )
     with locked(out_dir):
         if is_built(out_dir):
             return LabelStore.open(out_dir, {k: meta[k] for k in CHECKABLE})
         writer = StoreWriter.create_or_resume(out_dir, meta, words, ids, images)
-        if writer.done < len(ids):
-            _fill(
-                writer,
-                spec,
-                encoder_id,
-                words,
-                ids,
-                images,
-                image_root,
-                top_n=top_n,
-                negate=negate,
-                batch_size=batch_size,
-                encoder_path=encoder_path,
-                device=device,
-                chunk_size=chunk_size,
-                progress=progress,
-                score_dtype=score_dtype,
-                num_workers=num_workers,
-                skip_missing=on_missing_image == "skip",
-                max_batches=max_batches,
-            )
-        if writer.done < len(ids):
+        shards = writer.shards()
+        if not shards and shards_wanted > 1:
+            bounds = shard_bounds(writer.done, writer.stop, shards_wanted, batch_size)
+            if len(bounds) > 1:  # one shard would be this process's work with Ray's start-up on top
+                writer.plan_shards(bounds)
+                shards = writer.shards()
+        with _progress_bar(encoder_id, len(ids), progress) as bar:
+            task = bar.add_task("extract", total=len(ids), completed=writer.done + _shard_rows(shards))
+            todo = [s["shard"] for s in shards if s["done"] < s["stop"]]
+            if todo and shards_wanted > 1:
+                _run_shards_ray(
+                    out_dir,
+                    todo,
+                    job,
+                    ids,
+                    images,
+                    device=device,
+                    max_batches=max_batches,
+                    on_poll=lambda: bar.update(
+                        task, completed=writer.done + _shard_rows(_read_shards_quietly(out_dir))
+                    ),
+                )
+            elif todo or writer.done < writer.stop:
+                here = torch.device(device if device is not None else _default_device())
+                tower, word_features = _load(job, here)
+                budget = max_batches
+                for k in todo if shards else [None]:
+                    if budget is not None and budget <= 0:
+                        break
+                    part = contextlib.nullcontext(writer) if k is None else ShardWriter.open(out_dir, k)
+                    with part as w:
+                        ran = _fill(
+                            w,
+                            tower,
+                            word_features,
+                            here,
+                            job,
+                            ids,
+                            images,
+                            max_batches=budget,
+                            on_rows=lambda n: bar.advance(task, n),
+                        )
+                    budget = None if budget is None else budget - ran
+        if shards:
+            if any(s["done"] < s["stop"] for s in writer.shards()):
+                return None
+            writer.merge_shards()
+        if writer.done < writer.stop:
             return None
         writer.finish()
     return LabelStore.open(out_dir)
 
 
-def _fill(
-    writer: StoreWriter,
-    spec: Any,
-    encoder_id: str,
-    words: list[str],
-    ids: list[str],
-    images: list[str],
-    image_root: Path,
-    *,
-    top_n: int,
-    negate: bool,
-    batch_size: int,
-    encoder_path: str | Path | None,
-    device: str | torch.device | None,
-    chunk_size: int | None,
-    progress: bool,
-    score_dtype: str,
-    num_workers: int,
-    skip_missing: bool,
-    max_batches: int | None,
-) -> None:
-    """Run the encoder over rows ``writer.done..`` and commit each batch."""
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _progress_bar(encoder_id: str, total: int, progress: bool) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from core.models.towers import load_encoder
-
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    tower = load_encoder(encoder_id, path=encoder_path, text_tower=True).to(device)
-    rows = _Images(ids, images, image_root, writer.done, spec, skip_missing)
-    loader = DataLoader(rows, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_images)
-    m = spec.num_patches
-    bar = Progress(
+    return Progress(
         TextColumn(f"labels {encoder_id}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         disable=not progress,
     )
-    with torch.inference_mode(), bar:
-        word_features = _word_features(tower, words)
-        task = bar.add_task("extract", total=len(ids), completed=writer.done)
-        for batches, (pixels, present) in enumerate(loader):
-            if max_batches is not None and batches >= max_batches:
-                break
+
+
+def _shard_rows(shards: Sequence[Mapping[str, Any]]) -> int:
+    return sum(int(s["done"]) - int(s["start"]) for s in shards)
+
+
+def _read_shards_quietly(out_dir: Path) -> list[dict[str, Any]]:
+    try:
+        return read_shards(out_dir)
+    except ValueError:  # only for the progress display; the merge reads them strictly
+        return []
+
+
+def _load(job: _Job, device: torch.device) -> tuple[Any, torch.Tensor]:
+    """The encoder (with its text tower) on ``device`` and the unit word features in its joint space."""
+    from core.models.towers import load_encoder
+
+    tower = load_encoder(job.encoder_id, path=job.encoder_path, text_tower=True).to(device)
+    with torch.inference_mode():
+        return tower, _word_features(tower, job.words)
+
+
+def _fill(
+    writer: StoreWriter | ShardWriter,
+    tower: Any,
+    word_features: torch.Tensor,
+    device: torch.device,
+    job: _Job,
+    ids: Sequence[str],
+    images: Sequence[str],
+    *,
+    max_batches: int | None = None,
+    on_rows: Callable[[int], None] | None = None,
+) -> int:
+    """Encode rows ``writer.done:writer.stop``, committing each batch; returns the number of batches run."""
+    spec = get_encoder_spec(job.encoder_id)
+    rows = _Images(ids, images, job.image_root, writer.done, writer.stop, spec, job.skip_missing)
+    loader = DataLoader(
+        rows, batch_size=job.batch_size, num_workers=job.num_workers, collate_fn=_collate_images
+    )
+    m, top_n = spec.num_patches, job.top_n
+    ran = 0
+    with torch.inference_mode():
+        for pixels, present in itertools.islice(loader, max_batches):
             count = pixels.shape[0]
             index = torch.full((count, m, top_n), -1, dtype=torch.int64)
             score = torch.zeros((count, m, top_n), dtype=torch.float32)
@@ -315,18 +482,93 @@ def _fill(
                 feats = tower.joint_patch_features(pixels[present].to(device))
                 if feats.shape[1] != m:
                     raise RuntimeError(
-                        f"encoder {encoder_id!r} gave {feats.shape[1]} patch tokens, its spec grid {spec.grid} "
-                        f"says {m}"
+                        f"encoder {job.encoder_id!r} gave {feats.shape[1]} patch tokens, its spec grid "
+                        f"{spec.grid} says {m}"
                     )
                 got_index, got_score = extract_labels(
-                    feats.float(), word_features, top_n=top_n, negate=negate, chunk_size=chunk_size
+                    feats.float(), word_features, top_n=top_n, negate=job.negate, chunk_size=job.chunk_size
                 )
                 index[present], score[present] = got_index.cpu(), got_score.cpu()
             start = writer.done
-            writer.write(start, *_to_rows(index, score, score_dtype))
+            writer.write(start, *_to_rows(index, score, job.score_dtype))
             missing = [ids[start + k] for k in range(count) if not present[k]]
             writer.commit(start + count, missing)
-            bar.update(task, completed=writer.done)
+            ran += 1
+            if on_rows is not None:
+                on_rows(count)
+    return ran
+
+
+def _extract_shard(
+    out_dir: str,
+    shard: int,
+    job: _Job,
+    ids: list[str],
+    images: list[str],
+    cache: str,
+    device: str,
+    cpus: int,
+    max_batches: int | None,
+) -> int:
+    """Ray task: extract shard ``shard`` of the store at ``out_dir`` from where it stopped; rows done."""
+    os.environ["SEAGRID_CACHE"] = cache  # tiny encoders are built in, and read from, the driver's cache
+    if device == "cpu":
+        torch.set_num_threads(cpus)
+    here = torch.device(device)
+    tower, word_features = _load(job, here)
+    with ShardWriter.open(out_dir, shard) as writer:
+        _fill(writer, tower, word_features, here, job, ids, images, max_batches=max_batches)
+        return writer.done - writer.start
+
+
+def _run_shards_ray(
+    out_dir: Path,
+    todo: Sequence[int],
+    job: _Job,
+    ids: list[str],
+    images: list[str],
+    *,
+    device: str | torch.device | None,
+    max_batches: int | None,
+    on_poll: Callable[[], None],
+) -> None:
+    """Extract shards ``todo`` in Ray tasks, calling ``on_poll`` about every ``POLL_S``; the first failure raises."""
+    import ray
+
+    from grid.run import ensure_ray
+
+    ensure_ray()
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    use_gpu = gpus > 0 if device is None else torch.device(device).type == "cuda"
+    if use_gpu and not gpus:
+        raise ValueError(f"device={device!r}: the Ray cluster has no GPU; use device=None or 'cpu'")
+    # A GPU task needs a CPU for itself and one per data-loading worker; CPU tasks share the CPUs.
+    cpus = 1 + job.num_workers if use_gpu else max(1, int(resources.get("CPU", 1)) // len(todo))
+    remote = ray.remote(_extract_shard).options(num_cpus=cpus, num_gpus=1 if use_gpu else 0)
+    ids_ref, images_ref = ray.put(ids), ray.put(images)
+    pending = [
+        remote.options(name=f"labels-{job.encoder_id}-shard{k}").remote(
+            str(out_dir),
+            k,
+            job,
+            ids_ref,
+            images_ref,
+            str(cache_dir()),
+            "cuda" if use_gpu else "cpu",
+            cpus,
+            max_batches,
+        )
+        for k in todo
+    ]
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
+            ray.get(ready)  # a failed shard fails the extraction now; the others' progress is kept
+            on_poll()
+    finally:
+        for ref in pending:
+            ray.cancel(ref)
 
 
 def ensure_store(
@@ -347,11 +589,14 @@ def ensure_store(
     num_workers: int = 0,
     on_missing_image: str = "fail",
     progress: bool = True,
+    parallel: int | str | None = None,
 ) -> LabelStore:
     """The finished store for (encoder, words, dataset, top_n, sign, score dtype), built or resumed if needed.
 
     Content-addressed under ``root`` (default ``cache_dir()/"labels"``) by :func:`store_identity`, so
-    every trial and grid that needs the same labels shares one store.
+    every trial and grid that needs the same labels shares one store. ``parallel``: ``None`` (the
+    default) extracts in this process, ``K`` in K Ray tasks, ``"auto"`` decides by cluster and dataset
+    size (:func:`resolve_parallel`); the store is the same either way.
     """
     dataset = dict(dataset) if dataset is not None else dataset_identity(json_path)
     identity = store_identity(encoder_id, words, dataset, top_n=top_n, negate=negate, score_dtype=score_dtype)
@@ -384,6 +629,7 @@ def ensure_store(
         dataset=dataset,
         num_workers=num_workers,
         on_missing_image=on_missing_image,
+        parallel=parallel,
     )
     assert store is not None  # no max_batches: extraction runs to the end or raises
     return LabelStore.open(path, expected)

@@ -22,8 +22,10 @@ __all__ = [
     "CHECKABLE",
     "SCORE_DTYPES",
     "LabelStore",
+    "ShardWriter",
     "StoreWriter",
     "locked",
+    "read_shards",
 ]
 
 FORMAT_NAME = "seagrid-labels"
@@ -38,6 +40,7 @@ SCORE_FILE = "score.npy"
 IDS_FILE = "ids.json"
 IMAGES_FILE = "images.json"
 PROGRESS_FILE = "progress.json"
+SHARD_PREFIX = "progress-"  # progress-<k>.json: shard k of an unfinished sharded extraction
 
 # Fields `LabelStore.open(expected=...)` can check, i.e. the meta fields that describe content.
 CHECKABLE = (
@@ -70,6 +73,31 @@ def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
+
+
+def _shard_file(store: Path, shard: int) -> Path:
+    return store / f"{SHARD_PREFIX}{shard}.json"
+
+
+def _shard_paths(store: Path) -> list[Path]:
+    return sorted(
+        (p for p in store.glob(f"{SHARD_PREFIX}*.json") if p.stem[len(SHARD_PREFIX) :].isdigit()),
+        key=lambda p: int(p.stem[len(SHARD_PREFIX) :]),
+    )
+
+
+def read_shards(store: str | Path) -> list[dict[str, Any]]:
+    """The shard progress records of an unfinished sharded extraction, by shard number (``[]`` if none).
+
+    Each is ``{"shard", "start", "stop", "done", "missing"}``: rows ``start:done`` of the shard's range
+    ``start:stop`` are written. A record that cannot be read is a ValueError.
+    """
+    store = Path(store)
+    shards = []
+    for file in _shard_paths(store):
+        record = _read_json(store, file.name)
+        shards.append({"shard": int(file.stem[len(SHARD_PREFIX) :]), **record})
+    return shards
 
 
 def _normalise(field: str, value: Any) -> Any:
@@ -148,8 +176,16 @@ class LabelStore:
     - ``ids.json`` / ``images.json``: the sample id / relative image path of each row: the records of
       the dataset JSON that have an image, in file order (text-only records have no row).
     - ``progress.json``: ``{"done": rows written, "missing": [ids whose image file was missing]}``;
-      rows of missing images hold no labels.
+      rows of missing images hold no labels. In a finished store ``done`` = N and ``missing`` is in
+      row order, however the store was extracted.
     - ``.done``: written last; a directory without it is an unfinished (resumable) extraction.
+
+    An unfinished store extracted in shards (by parallel workers) also holds ``progress-<k>.json``
+    for shard k: ``{"start", "stop", "done", "missing"}``, rows ``start:done`` of the shard's range
+    ``start:stop`` written. The shards tile the rows after ``progress.json``'s ``done`` prefix; once
+    all are complete they are folded into ``progress.json`` and deleted before ``.done`` is written,
+    so a finished store has the same files, byte for byte, as one extracted in a single process
+    (shard files only ever exist in unfinished stores, hence still version 1).
     """
 
     def __init__(
@@ -186,9 +222,11 @@ class LabelStore:
         if not path.is_dir():
             raise ValueError(f"label store {path} does not exist; run label extraction first")
         if not is_built(path):
-            done = "?"
+            done: Any = "?"
             if (path / PROGRESS_FILE).is_file():
                 done = _read_json(path, PROGRESS_FILE).get("done", "?")
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    done += sum(int(s["done"]) - int(s["start"]) for s in read_shards(path))
             raise ValueError(
                 f"label store {path}: unfinished extraction ({done} images done, no {DONE_MARKER} marker); "
                 "run extraction again to resume it"
@@ -380,6 +418,8 @@ class StoreWriter:
             # The partial files are unusable; an unfinished store holds nothing worth keeping.
         path.mkdir(parents=True, exist_ok=True)
         (path / META_FILE).unlink(missing_ok=True)
+        for file in _shard_paths(path):
+            file.unlink()
         write_word_list(words, path / WORDS_FILE)
         _write_json(path / IDS_FILE, list(ids))
         _write_json(path / IMAGES_FILE, list(images))
@@ -389,6 +429,65 @@ class StoreWriter:
         writer.commit()
         _write_json(path / META_FILE, meta)
         return writer
+
+    @property
+    def stop(self) -> int:
+        """One past the last row this writer fills (all rows)."""
+        return int(self.meta["num_images"])
+
+    def shards(self) -> list[dict[str, Any]]:
+        """The shards of an interrupted sharded extraction, when they tile rows ``done:N`` exactly, else ``[]``.
+
+        Shard files that do not fit (left over after their merge was interrupted, or damaged) are
+        deleted: their rows lie beyond ``done``, so they are simply extracted again.
+        """
+        try:
+            shards = read_shards(self.path)
+            edges = [(int(s["start"]), int(s["done"]), int(s["stop"])) for s in shards]
+            for s in shards:
+                s["missing"] = [str(i) for i in s.get("missing", [])]
+        except (ValueError, KeyError, TypeError):
+            shards, edges = [], []
+        starts = [a for a, _, _ in edges]
+        stops = [b for _, _, b in edges]
+        if (
+            shards
+            and starts == sorted(starts)
+            and starts[0] == self.done
+            and stops[-1] == self.stop
+            and starts[1:] == stops[:-1]
+            and all(a <= d <= b for a, d, b in edges)
+        ):
+            return shards
+        for file in _shard_paths(self.path):
+            file.unlink()
+        return []
+
+    def plan_shards(self, bounds: Sequence[tuple[int, int]]) -> None:
+        """Start a sharded extraction: one ``progress-<k>.json`` per ``(start, stop)`` range of ``bounds``.
+
+        The ranges must tile rows ``done:N`` in order.
+        """
+        edges = [self.done] + [int(b) for _, b in bounds]
+        if not bounds or [int(a) for a, _ in bounds] != edges[:-1] or edges[-1] != self.stop:
+            raise ValueError(f"bounds={list(bounds)}: must tile rows {self.done}:{self.stop} in order")
+        for file in _shard_paths(self.path):
+            file.unlink()
+        for k, (start, stop) in enumerate(bounds):
+            record = {"start": int(start), "stop": int(stop), "done": int(start), "missing": []}
+            _write_json(_shard_file(self.path, k), record)
+
+    def merge_shards(self) -> None:
+        """Fold the complete shards into ``progress.json`` (missing ids in row order), then delete them."""
+        shards = self.shards()
+        unfinished = [s["shard"] for s in shards if s["done"] != s["stop"]]
+        if not shards or unfinished:
+            raise RuntimeError(
+                f"label store {self.path}: cannot merge shards, unfinished: {unfinished or 'no shard files'}"
+            )
+        self.commit(self.stop, [i for s in shards for i in s["missing"]])
+        for file in _shard_paths(self.path):
+            file.unlink()
 
     def write(self, start: int, index: np.ndarray, score: np.ndarray) -> None:
         """Put rows ``start : start + len(index)`` (not yet committed)."""
@@ -413,3 +512,81 @@ class StoreWriter:
             )
         self.commit()
         (self.path / DONE_MARKER).write_text("ok\n")
+
+
+def _npy_data_offset(file: Path, shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """Byte offset of the data of a C-ordered ``.npy`` file of ``shape`` and ``dtype``; else a ValueError."""
+    with open(file, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        found_shape, fortran, found_dtype = read_header(f)
+        if tuple(found_shape) != shape or found_dtype != dtype or fortran:
+            raise ValueError(
+                f"{file}: {found_dtype}{list(found_shape)} (fortran={fortran}), expected {dtype}{list(shape)}"
+            )
+        return f.tell()
+
+
+class ShardWriter:
+    """Writes shard ``k`` (rows ``start:stop``) of an unfinished store, from any process (a Ray worker).
+
+    Shards write disjoint rows of the shared ``index.npy``/``score.npy`` with positioned writes of
+    exactly their own bytes (not a memory map, whose page-sized write-back could overwrite a
+    neighbouring shard's rows on a network filesystem), and their progress in ``progress-<k>.json``.
+    The driver holds the store's lock for them and merges the shards when all are complete.
+    """
+
+    def __init__(self, path: Path, shard: int, meta: dict[str, Any], record: dict[str, Any]) -> None:
+        self.path, self.shard, self.meta = path, shard, meta
+        self.start, self.stop, self.done = int(record["start"]), int(record["stop"]), int(record["done"])
+        self.missing = [str(i) for i in record.get("missing", [])]
+        shape = _row_shape(meta)
+        self._files = []
+        for name, dtype in ((INDEX_FILE, meta["index_dtype"]), (SCORE_FILE, meta["score_dtype"])):
+            offset = _npy_data_offset(path / name, shape, np.dtype(dtype))
+            row_bytes = shape[1] * shape[2] * np.dtype(dtype).itemsize
+            self._files.append((os.open(path / name, os.O_WRONLY), offset, row_bytes, np.dtype(dtype)))
+
+    @classmethod
+    def open(cls, path: str | Path, shard: int) -> ShardWriter:
+        """The writer of shard ``shard`` as its ``progress-<shard>.json`` records it."""
+        path = Path(path)
+        return cls(path, shard, _read_json(path, META_FILE), _read_json(path, _shard_file(path, shard).name))
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for fd, *_ in self._files:
+            os.close(fd)
+        self._files = []
+
+    def write(self, start: int, index: np.ndarray, score: np.ndarray) -> None:
+        """Put rows ``start : start + len(index)``, which must lie in this shard (not yet committed)."""
+        stop = start + index.shape[0]
+        if not self.start <= start <= stop <= self.stop or score.shape[0] != index.shape[0]:
+            raise ValueError(
+                f"rows {start}:{stop} ({index.shape[0]} index, {score.shape[0]} score rows) are not inside "
+                f"shard {self.shard}'s rows {self.start}:{self.stop}"
+            )
+        for (fd, offset, row_bytes, dtype), rows in zip(self._files, (index, score), strict=True):
+            data = memoryview(np.ascontiguousarray(rows, dtype=dtype)).cast("B")
+            at = offset + start * row_bytes
+            while data:  # pwrite may write less than asked
+                written = os.pwrite(fd, data, at)
+                data, at = data[written:], at + written
+
+    def commit(self, done: int | None = None, missing: Sequence[str] = ()) -> None:
+        """Make the written rows durable, then record ``done`` (and newly missing ids) in the shard file."""
+        for fd, *_ in self._files:
+            os.fdatasync(fd)
+        if done is not None:
+            self.done = done
+        self.missing.extend(missing)
+        record = {"start": self.start, "stop": self.stop, "done": self.done, "missing": self.missing}
+        _write_json(_shard_file(self.path, self.shard), record)

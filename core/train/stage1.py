@@ -12,8 +12,16 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from core.train.checkpoint import (
+    Checkpoints,
+    LocalCheckpoints,
+    Position,
+    RayCheckpoints,
+    load_state,
+    save_state,
+)
 from core.train.schedule import cosine_with_warmup, warmup_steps
 
 RESULT_FILE = "result.json"
@@ -26,18 +34,30 @@ def _ray_context() -> tuple[int, int]:
     return ctx.get_world_rank(), ctx.get_world_size()
 
 
-def _report(metrics: dict[str, Any]) -> None:
-    import ray.train
-
-    ray.train.report({"seagrid": metrics})
-
-
 def _mean_across_ranks(value: float, world: int) -> float:
     if world == 1:
         return value
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t)
     return float(t.item()) / world
+
+
+class ResumableSampler(Sampler[int]):
+    """A DistributedSampler whose epoch can start part-way, so a resumed run sees the same batches."""
+
+    def __init__(self, inner: DistributedSampler) -> None:
+        self.inner = inner
+        self.skip = 0
+
+    def start(self, epoch: int, skip: int = 0) -> None:
+        self.inner.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        return iter(list(self.inner)[self.skip :])
+
+    def __len__(self) -> int:
+        return len(self.inner) - self.skip
 
 
 def plan_steps(
@@ -60,7 +80,9 @@ def train_stage1(payload: dict[str, Any]) -> None:
     import ray.train.torch
 
     rank, world = _ray_context()
-    run_stage1(payload, rank=rank, world=world, report=_report, device=ray.train.torch.get_device())
+    run_stage1(
+        payload, rank=rank, world=world, checkpoints=RayCheckpoints(rank), device=ray.train.torch.get_device()
+    )
 
 
 def run_stage1(
@@ -68,13 +90,14 @@ def run_stage1(
     *,
     rank: int = 0,
     world: int = 1,
-    report: Callable[[dict[str, Any]], None] | None = None,
+    checkpoints: Checkpoints | None = None,
     device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Train the adapter on captions with the `plain` template; rank 0 saves it into the step dir.
 
     `payload` holds the trial config, the step directory and resolved data paths (see grid.trial);
-    returns the result summary that is also written to `result.json`.
+    returns the result summary that is also written to `result.json`. Metrics and checkpoints go to
+    `checkpoints` (Ray Train's inside a trial); training resumes from its latest checkpoint if there is one.
     """
     from core.data import LlavaDataset, make_collate
     from core.methods.objective import build_objective
@@ -85,7 +108,7 @@ def run_stage1(
     cfg = TrialConfig.model_validate(payload["trial"])
     stage = cfg.stage1
     step_dir = Path(payload["step_dir"])
-    report = report or (lambda _: None)
+    checkpoints = checkpoints or LocalCheckpoints()
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
     torch.manual_seed(cfg.seed)
 
@@ -118,8 +141,10 @@ def run_stage1(
     device = device or torch.device("cpu")
     vlm.to(device)
     objective = build_objective(cfg.method, context).to(device)
-    sampler = DistributedSampler(
-        dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
+    sampler = ResumableSampler(
+        DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
+        )
     )
     loader = DataLoader(
         dataset, batch_size=stage.micro_batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=True
@@ -138,15 +163,23 @@ def run_stage1(
     warm = warmup_steps(total, stage.warmup_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, total, warm))
 
+    generators = {"objective": objective.generator} if hasattr(objective, "generator") else {}
+    state = {"model": vlm, "objective": objective, "optimizer": optimizer, "scheduler": scheduler}
+    pos = Position()
+    with checkpoints.latest() as latest:
+        if latest is not None:
+            pos = load_state(latest, generators=generators, **state)
+    resumed_from = pos.step
+
     model.train()
-    step, micro_i, since_report, t0 = 0, 0, 0, time.perf_counter()
+    micro_i, since_report, t0 = 0, 0, time.perf_counter()
     sums: dict[str, float] = {}
-    first_loss: float | None = None
     last: dict[str, float] = {}
-    epoch = 0
-    while step < total:
-        sampler.set_epoch(epoch)
+    interrupt_after = payload.get("interrupt_after_step")  # testing hook: simulate a killed worker
+    while pos.step < total:
+        sampler.start(pos.epoch, skip=pos.batch_in_epoch * stage.micro_batch_size)
         for batch in loader:
+            pos.batch_in_epoch += 1
             batch = _to_device(batch, device)
             out = model(batch)
             loss, terms = objective.total(batch, out)
@@ -167,27 +200,37 @@ def run_stage1(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
+            pos.step += 1
             since_report += 1
             last = {k: _mean_across_ranks(v / accum, world) for k, v in sorted(sums.items())}
             sums = {}
-            first_loss = last["loss"] if first_loss is None else first_loss
-            if step % stage.log_every == 0 or step == total:
+            pos.first_loss = last["loss"] if pos.first_loss is None else pos.first_loss
+            step = pos.step
+            save = bool(stage.checkpoint_every) and step % stage.checkpoint_every == 0 and step < total
+            if save or step % stage.log_every == 0 or step == total:
                 elapsed = time.perf_counter() - t0
                 metrics = {f"stage1/{k}": v for k, v in last.items()}
                 metrics["stage1/lr"] = lr
                 metrics["stage1/samples_per_s"] = stage.global_batch_size * since_report / max(elapsed, 1e-9)
-                report({"stage": "stage1", "step": step, "total_steps": total, "metrics": metrics})
+                message = {"stage": "stage1", "step": step, "total_steps": total, "metrics": metrics}
+                write = (
+                    (lambda d: save_state(d, position=pos, generators=generators, **state)) if save else None
+                )
+                checkpoints.report(message, write)
                 t0, since_report = time.perf_counter(), 0
+            if interrupt_after is not None and step >= interrupt_after:
+                raise RuntimeError(f"interrupted after step {step} (testing hook interrupt_after_step)")
             if step >= total:
                 break
-        epoch += 1
+        else:
+            pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
 
     result = {
-        "first_loss": first_loss,
+        "first_loss": pos.first_loss,
         "final_loss": last.get("loss"),
         "steps": total,
         "samples": len(dataset),
+        "resumed_from_step": resumed_from,
     }
     result.update({f"final_{k.replace('/', '_')}": v for k, v in last.items() if k != "loss"})
     if rank == 0:
