@@ -47,6 +47,13 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         # Locally the workers share this virtualenv; Ray's `uv run` hook would copy the working tree
         # and build a second environment for every worker process (many seconds per trial).
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        from ray._private import ray_constants
+
+        # Ray reads the variable once, at import; honour it even when ray was imported before us.
+        ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] not in (
+            "0",
+            "false",
+        )
     env = {
         k: os.environ[k]
         for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "SEAGRID_CACHE")

@@ -545,10 +545,10 @@ def _run_shards_ray(
         raise ValueError(f"device={device!r}: the Ray cluster has no GPU; use device=None or 'cpu'")
     # A GPU task needs a CPU for itself and one per data-loading worker; CPU tasks share the CPUs.
     cpus = 1 + job.num_workers if use_gpu else max(1, int(resources.get("CPU", 1)) // len(todo))
-    remote = ray.remote(_extract_shard).options(num_cpus=cpus, num_gpus=1 if use_gpu else 0)
+    remote = ray.remote(_extract_shard)
     ids_ref, images_ref = ray.put(ids), ray.put(images)
     pending = [
-        remote.options(name=f"labels-{job.encoder_id}-shard{k}").remote(
+        remote.options(name=f"labels-{job.encoder_id}-shard{k}", num_cpus=cpus, num_gpus=int(use_gpu)).remote(
             str(out_dir),
             k,
             job,
