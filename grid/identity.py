@@ -11,16 +11,22 @@ from pydantic import BaseModel
 from grid.spec import NOT_IDENTITY
 
 
-def identity_dict(model: BaseModel) -> dict[str, Any]:
-    """The model as JSON-able data without the fields marked NOT_IDENTITY (paths, logging, resources)
-    or named by the model's own `identity_exclude()` (settings of a method that is not in use)."""
+def identity_dict(model: BaseModel, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The model as JSON-able data without the fields marked NOT_IDENTITY (paths, logging, resources),
+    nor the dotted paths a model names in its own `identity_exclude()` (settings of a method or a stage
+    that is not in use)."""
+    own = model.identity_exclude() if hasattr(model, "identity_exclude") else set()
+    exclude = frozenset(exclude) | frozenset(own)
     out: dict[str, Any] = {}
-    exclude = model.identity_exclude() if hasattr(model, "identity_exclude") else set()
     for name, field in type(model).model_fields.items():
         if field.json_schema_extra == NOT_IDENTITY or name in exclude:
             continue
         value = getattr(model, name)
-        out[name] = identity_dict(value) if isinstance(value, BaseModel) else _plain(value)
+        if isinstance(value, BaseModel):
+            below = frozenset(p.split(".", 1)[1] for p in exclude if p.startswith(name + "."))
+            out[name] = identity_dict(value, below)
+        else:
+            out[name] = _plain(value)
     return out
 
 

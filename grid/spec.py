@@ -149,6 +149,9 @@ class DatasetConfig(Strict):
     json_path: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
     image_root: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
     on_missing_image: Literal["fail", "skip"] = "fail"
+    max_unsupervised_fraction: float = Field(
+        0.0, ge=0, le=1, description="share of samples with nothing supervised tolerated (dropped, counted)"
+    )
 
     @model_validator(mode="after")
     def _llava_needs_paths(self) -> DatasetConfig:
@@ -163,9 +166,10 @@ class DatasetConfig(Strict):
 
 
 class DataConfig(Strict):
-    """Datasets per training stage."""
+    """Datasets per training stage (synthetic: captions for stage 1, instruction conversations for stage 2)."""
 
     stage1: DatasetConfig = Field(default_factory=DatasetConfig)
+    stage2: DatasetConfig = Field(default_factory=DatasetConfig)
 
 
 class StageConfig(Strict):
@@ -183,6 +187,25 @@ class StageConfig(Strict):
     checkpoint_every: int | None = Field(None, ge=1, json_schema_extra=NOT_IDENTITY)
 
 
+class Stage2Config(StageConfig):
+    """Instruction tuning (LLaVA-1.5 stage 2): adapter + LLM train, optionally the vision tower."""
+
+    enabled: bool = False
+    lr: float = Field(2e-5, gt=0)
+    global_batch_size: int = Field(128, ge=1)
+    train_vision: bool = False
+    vision_lr: float = Field(2e-6, gt=0)
+    template: str | None = Field(None, description="chat template; default: the LLM's own")
+    gradient_checkpointing: bool = Field(False, json_schema_extra=NOT_IDENTITY)
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, v: str | None) -> str | None:
+        from core.models.llm import CHAT_TEMPLATES
+
+        return v if v is None else _check_registry("chat template", v, dict.fromkeys(CHAT_TEMPLATES))
+
+
 class ResourcesConfig(Strict):
     """Ray Train workers of one trial and what each holds."""
 
@@ -198,6 +221,7 @@ class TrialConfig(Strict):
     method: MethodConfig = Field(default_factory=MethodConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     stage1: StageConfig = Field(default_factory=StageConfig)
+    stage2: Stage2Config = Field(default_factory=Stage2Config)
     seed: int = 0
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, json_schema_extra=NOT_IDENTITY)
 
@@ -218,15 +242,25 @@ class TrialConfig(Strict):
             )
         return self
 
+    def identity_exclude(self) -> set[str]:
+        """A stage that is switched off (and its data) does not change what a trial computes."""
+        return set() if self.stage2.enabled else {"stage2", "data.stage2"}
+
     @model_validator(mode="after")
     def _batch_divides(self) -> TrialConfig:
-        s, w = self.stage1, self.resources.num_workers
-        per_step = s.micro_batch_size * w
-        if s.global_batch_size % per_step:
+        w = self.resources.num_workers
+        for name in ("stage1", "stage2"):
+            s = getattr(self, name)
+            per_step = s.micro_batch_size * w
+            if s.enabled and s.global_batch_size % per_step:
+                raise ValueError(
+                    f"{name}.global_batch_size {s.global_batch_size} is not a multiple of micro_batch_size "
+                    f"{s.micro_batch_size} x resources.num_workers {w} = {per_step}; pick a global batch that "
+                    "is, since gradient accumulation covers the rest"
+                )
+        if not (self.stage1.enabled or self.stage2.enabled):
             raise ValueError(
-                f"stage1.global_batch_size {s.global_batch_size} is not a multiple of micro_batch_size "
-                f"{s.micro_batch_size} x resources.num_workers {w} = {per_step}; pick a global batch that is, "
-                "since gradient accumulation covers the rest"
+                "stage1.enabled and stage2.enabled are both false: the trial would train nothing"
             )
         return self
 

@@ -122,7 +122,7 @@ def test_grid_end_to_end(tmp_path: Path, ray_session, capsys: pytest.CaptureFixt
 
 
 def test_two_gloo_workers_train_sea(tmp_path: Path, ray_session) -> None:
-    """num_workers from the spec: two CPU workers (gloo, DDP) share one SEA trial; rank 0 logs."""
+    """num_workers from the spec: two CPU workers (gloo, DDP) run one SEA trial through both stages; rank 0 logs."""
     spec_path = tmp_path / "ddp.yaml"
     spec_path.write_text(
         textwrap.dedent(
@@ -132,6 +132,7 @@ def test_two_gloo_workers_train_sea(tmp_path: Path, ray_session) -> None:
               method: {{name: sea, sea: {{top_n: 3}}}}
               data: {{stage1: {{source: synthetic, synthetic: {{num_samples: 64, seed: 11}}}}}}
               stage1: {{lr: 0.01, global_batch_size: 16, micro_batch_size: 8, epochs: 1}}
+              stage2: {{enabled: true, lr: 0.001, global_batch_size: 8, micro_batch_size: 4, max_steps: 3}}
               resources: {{num_workers: 2, cpus_per_worker: 0.5}}
             output: {{root: {tmp_path / "results"}, tracking_uri: "sqlite:///{tmp_path / "mlflow.db"}"}}
             """
@@ -148,6 +149,9 @@ def test_two_gloo_workers_train_sea(tmp_path: Path, ray_session) -> None:
     history = client.get_metric_history(run.info.run_id, "stage1/loss/align")
     assert [m.step for m in history] == [1, 2, 3, 4]  # 64 samples / (8 per worker x 2 workers) = 4 steps
     assert run.data.params["resources.num_workers"] == "2"
+    # Stage 2 ran after stage 1, from its adapter, on the same two workers.
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "stage2/loss")] == [1, 2, 3]
+    assert run.data.metrics["stage2/steps"] == 3
 
 
 def test_relaunched_trainer_resumes_from_ray_checkpoint(tmp_path: Path, ray_session) -> None:
@@ -160,9 +164,9 @@ def test_relaunched_trainer_resumes_from_ray_checkpoint(tmp_path: Path, ray_sess
     from safetensors.torch import load_file
 
     from core.train.checkpoint import LocalCheckpoints
-    from core.train.stage1 import run_stage1
+    from core.train.stage import run_stage1
     from grid.spec import TrialConfig
-    from grid.trial import fit_stage1, resolve_dataset
+    from grid.trial import fit_stage, resolve_dataset
 
     cfg = TrialConfig.model_validate(
         {
@@ -182,6 +186,7 @@ def test_relaunched_trainer_resumes_from_ray_checkpoint(tmp_path: Path, ray_sess
         (tmp_path / name).mkdir(exist_ok=True)
         return {
             "trial_id": "resume-test",
+            "stage": "stage1",
             "trial": cfg.model_dump(mode="json"),
             "cache_dir": os.environ["SEAGRID_CACHE"],
             "storage_path": str(tmp_path / "ray"),
@@ -191,8 +196,8 @@ def test_relaunched_trainer_resumes_from_ray_checkpoint(tmp_path: Path, ray_sess
         }
 
     with pytest.raises(TrainingFailedError):
-        fit_stage1(cfg, payload("ray", interrupt_after_step=6))
-    fit_stage1(cfg, payload("ray"))
+        fit_stage(cfg, payload("ray", interrupt_after_step=6))
+    fit_stage(cfg, payload("ray"))
     run_stage1(payload("straight"), checkpoints=LocalCheckpoints())
     assert json.loads((tmp_path / "ray" / "result.json").read_text())["resumed_from_step"] == 4
 

@@ -131,7 +131,8 @@ def test_parallel_store_is_byte_identical(
         assert got[name] == want[name], f"{name} differs from the in-process store"
     records = json.loads(data[0].read_text())
     assert store.missing_ids == [records[row]["id"] for row in MISSING_ROWS]  # row order across shards
-    assert (store[MISSING_ROWS[1]][0] == -1).all() and (store[0][0] >= 0).any()
+    assert all((store[row][0] == -1).all() for row in MISSING_ROWS)
+    assert np.mean([(store[row][0] >= 0).mean() for row in range(len(store))]) > 0.2  # not all empty
 
 
 def test_interrupted_parallel_extraction_resumes(

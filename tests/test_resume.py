@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.train.checkpoint import LocalCheckpoints
-from core.train.stage1 import run_stage1
+from core.train.stage import run_stage1
 from grid.spec import TrialConfig
 from grid.trial import prepare_labels, resolve_dataset
 

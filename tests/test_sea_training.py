@@ -14,7 +14,7 @@ from core.labels import LabelStore, WithLabels
 from core.models import build_vlm, load_adapter
 from core.sea import label_embeddings
 from core.train.checkpoint import LocalCheckpoints
-from core.train.stage1 import run_stage1
+from core.train.stage import run_stage1
 from grid.spec import TrialConfig
 from grid.trial import prepare_labels, resolve_dataset
 

@@ -58,6 +58,8 @@ BAD_SPECS = [
     ("name: 'bad name!'\n", ["name", "pattern"]),
     ("name: x\nbase: {data: {stage1: {source: llava}}}\n", ["base.data.stage1", "json_path", "image_root"]),
     ("name: x\nbase: {stage1: {warmup_ratio: 1.5}}\n", ["base.stage1.warmup_ratio", "1.5"]),
+    ("name: x\nbase: {stage2: {enabled: true, template: vicuna}}\n", ["base.stage2.template", "vicuna_v1"]),
+    ("name: x\nbase: {stage1: {enabled: false}}\n", ["both false"]),
     ("name: x\ngrid: {axes: {seed: []}}\n", ["grid.axes.seed", "at least one value"]),
     ("name: x\ngrid: {axes: {stage1.lr.value: [1]}}\n", ["stage1.lr.value", "value, not a section"]),
     (
@@ -170,7 +172,10 @@ def test_id_is_slug_plus_hash_of_canonical_config(tmp_path: Path) -> None:
     ident["model"].pop("llm_path")
     ident["model"].pop("encoder_path")
     ident["stage1"].pop("log_every")
+    ident["stage1"].pop("checkpoint_every")
     ident["method"].pop("sea")  # llava trials: SEA settings are not in use
+    ident.pop("stage2")  # stage 2 is off by default: neither it nor its data define the result
+    ident["data"].pop("stage2")
     ident["data"]["stage1"].pop("json_path")
     ident["data"]["stage1"].pop("image_root")
     assert t.hash == content_hash(ident)
@@ -203,3 +208,19 @@ def test_unused_method_settings_do_not_change_ids(tmp_path: Path) -> None:
     ]
     assert ids[0] == ids[1]  # a llava trial ignores SEA's knobs
     assert len({ids[0], ids[2], ids[3]}) == 3  # for a SEA trial they define the result
+
+
+def test_disabled_stage2_does_not_change_ids(tmp_path: Path) -> None:
+    base = "name: g\nbase: {stage1: {global_batch_size: 32, micro_batch_size: 16}}\n"
+    tweaked = (
+        "name: g\nbase: {stage1: {global_batch_size: 32, micro_batch_size: 16}, stage2: {lr: 0.1},"
+        " data: {stage2: {synthetic: {seed: 4}}}}\n"
+    )
+    enabled = (
+        "name: g\nbase: {stage1: {global_batch_size: 32, micro_batch_size: 16}, stage2: {enabled: true}}\n"
+    )
+    a, b, c = (
+        expand(load_spec(write(tmp_path, t, f"{i}.yaml")))[0].hash
+        for i, t in enumerate([base, tweaked, enabled])
+    )
+    assert a == b != c

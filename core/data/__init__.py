@@ -10,6 +10,7 @@ from core.data.llava import (
     supervised_after_truncation,
 )
 from core.data.synthetic import SyntheticSpec, ensure_synthetic, generate
+from core.data.synthetic_instruct import InstructSpec, ensure_instruct, generate_instruct
 from core.data.templates import (
     DEFAULT_IMAGE_TOKEN,
     TEMPLATES,
@@ -29,6 +30,7 @@ __all__ = [
     "IMAGE_TOKEN_INDEX",
     "TEMPLATES",
     "Encoded",
+    "InstructSpec",
     "LlavaDataset",
     "SyntheticSpec",
     "assert_supervised",
@@ -36,9 +38,11 @@ __all__ = [
     "conversation_pairs",
     "encode_conversation",
     "encode_segments",
+    "ensure_instruct",
     "ensure_synthetic",
     "expand2square",
     "generate",
+    "generate_instruct",
     "make_collate",
     "preprocess",
     "register_template",

@@ -106,8 +106,22 @@ class PlacedObject:
         return POSITIONS[self.cell[0]][self.cell[1]]
 
     def phrase(self) -> str:
-        position = self.position
-        return f"a {self.colour} {self.shape} {_PREPOSITION.get(position, 'at the')} {position}"
+        return f"a {self.colour} {self.shape} {located(self.position)}"
+
+    def record(self) -> dict[str, object]:
+        """The object's ground truth as written to `objects.json`."""
+        return {
+            "shape": self.shape,
+            "colour": self.colour,
+            "cell": list(self.cell),
+            "position": self.position,
+            "bbox": list(self.bbox),
+        }
+
+
+def located(position: str) -> str:
+    """A position as it reads in a sentence: "in the centre", "on the left", "at the top left"."""
+    return f"{_PREPOSITION.get(position, 'at the')} {position}"
 
 
 def sample_id(index: int) -> str:
@@ -229,19 +243,7 @@ def generate(spec: SyntheticSpec, out_dir: Path) -> Path:
                 ],
             }
         )
-        truth[sid] = {
-            "background": background,
-            "objects": [
-                {
-                    "shape": o.shape,
-                    "colour": o.colour,
-                    "cell": list(o.cell),
-                    "position": o.position,
-                    "bbox": list(o.bbox),
-                }
-                for o in objects
-            ],
-        }
+        truth[sid] = {"background": background, "objects": [o.record() for o in objects]}
     json_path = out_dir / "data.json"
     json_path.write_text(json.dumps(records, indent=1) + "\n")
     (out_dir / "objects.json").write_text(

@@ -1,4 +1,4 @@
-"""Offline SEA label extraction into a content-addressed, resumable label store (REFERENCE.md 2.1)."""
+"""Offline SEA label extraction into a resumable label store, in process or over Ray tasks (REFERENCE 2.1)."""
 
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ class _Job:
 
 
 class _Images(Dataset):
-    """Preprocessed images of rows ``start:stop``; a missing file gives zeros and ``present=False`` if allowed."""
+    """Preprocessed images of rows ``start:stop``; a missing file may give zeros and ``present=False``."""
 
     def __init__(
         self,
@@ -387,26 +387,16 @@ def extract_store(
                     ),
                 )
             elif todo or writer.done < writer.stop:
-                here = torch.device(device if device is not None else _default_device())
-                tower, word_features = _load(job, here)
-                budget = max_batches
-                for k in todo if shards else [None]:
-                    if budget is not None and budget <= 0:
-                        break
-                    part = contextlib.nullcontext(writer) if k is None else ShardWriter.open(out_dir, k)
-                    with part as w:
-                        ran = _fill(
-                            w,
-                            tower,
-                            word_features,
-                            here,
-                            job,
-                            ids,
-                            images,
-                            max_batches=budget,
-                            on_rows=lambda n: bar.advance(task, n),
-                        )
-                    budget = None if budget is None else budget - ran
+                _run_here(
+                    writer,
+                    todo if shards else None,
+                    job,
+                    ids,
+                    images,
+                    device=device,
+                    max_batches=max_batches,
+                    on_rows=lambda n: bar.advance(task, n),
+                )
         if shards:
             if any(s["done"] < s["stop"] for s in writer.shards()):
                 return None
@@ -499,6 +489,30 @@ def _fill(
     return ran
 
 
+def _run_here(
+    writer: StoreWriter,
+    shards: Sequence[int] | None,
+    job: _Job,
+    ids: Sequence[str],
+    images: Sequence[str],
+    *,
+    device: str | torch.device | None,
+    max_batches: int | None,
+    on_rows: Callable[[int], None],
+) -> None:
+    """Extract here: the rows after ``writer.done`` (``shards=None``), else those shards in turn."""
+    here = torch.device(device if device is not None else _default_device())
+    tower, word_features = _load(job, here)
+    budget = max_batches
+    for k in shards if shards is not None else [None]:
+        if budget is not None and budget <= 0:
+            break
+        part = contextlib.nullcontext(writer) if k is None else ShardWriter.open(writer.path, k)
+        with part as w:
+            ran = _fill(w, tower, word_features, here, job, ids, images, max_batches=budget, on_rows=on_rows)
+        budget = None if budget is None else budget - ran
+
+
 def _extract_shard(
     out_dir: str,
     shard: int,
@@ -532,7 +546,7 @@ def _run_shards_ray(
     max_batches: int | None,
     on_poll: Callable[[], None],
 ) -> None:
-    """Extract shards ``todo`` in Ray tasks, calling ``on_poll`` about every ``POLL_S``; the first failure raises."""
+    """Extract shards ``todo`` in Ray tasks, calling ``on_poll`` every ``POLL_S``; a failure raises now."""
     import ray
 
     from grid.run import ensure_ray

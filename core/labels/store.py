@@ -436,7 +436,7 @@ class StoreWriter:
         return int(self.meta["num_images"])
 
     def shards(self) -> list[dict[str, Any]]:
-        """The shards of an interrupted sharded extraction, when they tile rows ``done:N`` exactly, else ``[]``.
+        """The shards of an interrupted sharded extraction if they tile rows ``done:N`` exactly, else ``[]``.
 
         Shard files that do not fit (left over after their merge was interrupted, or damaged) are
         deleted: their rows lie beyond ``done``, so they are simply extracted again.

@@ -1,4 +1,4 @@
-"""Stage 1 (adapter alignment), the loop each Ray Train worker runs."""
+"""A training stage (1: adapter alignment, 2: instruction tuning), the loop each Ray Train worker runs."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from core.train.checkpoint import (
     RayCheckpoints,
     load_state,
     save_state,
+    trainable_state,
 )
 from core.train.schedule import cosine_with_warmup, warmup_steps
 
@@ -69,23 +70,28 @@ def plan_steps(
     if steps_per_epoch == 0:
         raise ValueError(
             f"the dataset has {num_samples} samples, fewer than one global batch of {global_batch}; "
-            "lower stage1.global_batch_size or add data"
+            "lower the stage's global_batch_size or add data"
         )
     total = math.ceil(epochs * steps_per_epoch)
     return accum, min(total, max_steps) if max_steps else total
 
 
-def train_stage1(payload: dict[str, Any]) -> None:
-    """The Ray Train worker function: stage 1 with this worker's rank, metrics through ray.train.report."""
+def train_stage(payload: dict[str, Any]) -> None:
+    """The Ray Train worker function: `payload["stage"]` with this worker's rank, metrics via ray.train.report."""
     import ray.train.torch
 
     rank, world = _ray_context()
-    run_stage1(
+    run_stage(
         payload, rank=rank, world=world, checkpoints=RayCheckpoints(rank), device=ray.train.torch.get_device()
     )
 
 
-def run_stage1(
+def run_stage1(payload: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """`run_stage` for stage 1 (adapter alignment)."""
+    return run_stage({**payload, "stage": "stage1"}, **kwargs)
+
+
+def run_stage(
     payload: dict[str, Any],
     *,
     rank: int = 0,
@@ -93,20 +99,26 @@ def run_stage1(
     checkpoints: Checkpoints | None = None,
     device: torch.device | None = None,
 ) -> dict[str, Any]:
-    """Train the adapter on captions with the `plain` template; rank 0 saves it into the step dir.
+    """Run one stage; rank 0 saves what it trained into the step dir.
 
-    `payload` holds the trial config, the step directory and resolved data paths (see grid.trial);
+    Stage 1 trains the adapter on captions (`plain` template, square images, the method's extra loss
+    terms); stage 2 starts from stage 1's adapter (`payload["stage1_dir"]`) and trains adapter + LLM (and
+    the vision tower at its own learning rate when asked) on conversations in the LLM's chat template,
+    padded images. `payload` holds the trial config, the step directory and resolved data paths (see grid.trial);
     returns the result summary that is also written to `result.json`. Metrics and checkpoints go to
     `checkpoints` (Ray Train's inside a trial); training resumes from its latest checkpoint if there is one.
     """
     from core.data import LlavaDataset, make_collate
-    from core.methods.objective import build_objective
-    from core.models import build_vlm, save_adapter
+    from core.methods.objective import Objective, build_objective
+    from core.models import build_vlm, load_adapter, save_adapter
+    from core.models.llm import get_llm_spec
     from grid.spec import METHODS_WITH_SEA, TrialConfig
 
     os.environ["SEAGRID_CACHE"] = payload["cache_dir"]
     cfg = TrialConfig.model_validate(payload["trial"])
-    stage = cfg.stage1
+    name = payload.get("stage", "stage1")
+    stage = getattr(cfg, name)
+    data_cfg = getattr(cfg.data, name)
     step_dir = Path(payload["step_dir"])
     checkpoints = checkpoints or LocalCheckpoints()
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
@@ -119,28 +131,39 @@ def run_stage1(
         llm_path=cfg.model.llm_path,
         encoder_path=cfg.model.encoder_path,
     )
-    vlm.freeze_for_stage1()
+    if name == "stage1":
+        vlm.freeze_for_stage1()
+        template, image_mode = "plain", "square"
+    else:
+        if payload.get("stage1_dir"):
+            load_adapter(vlm, Path(payload["stage1_dir"]) / "adapter")
+        vlm.freeze_for_stage2(train_vision=stage.train_vision)
+        if stage.gradient_checkpointing:
+            vlm.llm.gradient_checkpointing_enable()
+        template, image_mode = stage.template or get_llm_spec(cfg.model.llm).chat_template, "pad"
     enc = vlm.vision.spec
     dataset = LlavaDataset(
         payload["data"]["json_path"],
         payload["data"]["image_root"],
         tokenizer,
-        "plain",
+        template,
         image_size=enc.image_size,
         mean=enc.mean,
         std=enc.std,
-        image_mode="square",
-        on_missing_image=cfg.data.stage1.on_missing_image,
+        image_mode=image_mode,
+        on_missing_image=data_cfg.on_missing_image,
+        max_unsupervised_fraction=data_cfg.max_unsupervised_fraction,
     )
     collate_fn = make_collate(tokenizer.pad_token_id)
     context: dict[str, Any] = {}
-    if cfg.method.name in METHODS_WITH_SEA:
+    # SEA aligns against label embeddings that are constants only while the LLM is frozen: stage 1.
+    if name == "stage1" and cfg.method.name in METHODS_WITH_SEA:
         dataset, collate_fn, context["sea"] = _sea_context(
             payload, dataset, vlm, tokenizer, cfg.seed * 1000 + rank
         )
     device = device or torch.device("cpu")
     vlm.to(device)
-    objective = build_objective(cfg.method, context).to(device)
+    objective = (build_objective(cfg.method, context) if name == "stage1" else Objective()).to(device)
     sampler = ResumableSampler(
         DistributedSampler(
             dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
@@ -157,9 +180,15 @@ def run_stage1(
         model = torch.nn.parallel.DistributedDataParallel(
             vlm, device_ids=[device.index] if device.type == "cuda" else None
         )
-    params = [p for p in vlm.parameters() if p.requires_grad]
-    params += [p for p in objective.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
+    vision = {id(p) for p in vlm.vision.parameters()}
+    main = [p for p in vlm.parameters() if p.requires_grad and id(p) not in vision]
+    main += [p for p in objective.parameters() if p.requires_grad]
+    groups = [{"params": main, "lr": stage.lr}]
+    tower = [p for p in vlm.vision.parameters() if p.requires_grad]
+    if tower:
+        groups.append({"params": tower, "lr": stage.vision_lr})
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=stage.lr, weight_decay=stage.weight_decay)
     warm = warmup_steps(total, stage.warmup_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, total, warm))
 
@@ -181,8 +210,9 @@ def run_stage1(
         for batch in loader:
             pos.batch_in_epoch += 1
             batch = _to_device(batch, device)
-            out = model(batch)
-            loss, terms = objective.total(batch, out)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                out = model(batch)
+                loss, terms = objective.total(batch, out)
             (loss / accum).backward()
             for key, value in {"loss": float(loss.detach()), **terms}.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -209,10 +239,10 @@ def run_stage1(
             save = bool(stage.checkpoint_every) and step % stage.checkpoint_every == 0 and step < total
             if save or step % stage.log_every == 0 or step == total:
                 elapsed = time.perf_counter() - t0
-                metrics = {f"stage1/{k}": v for k, v in last.items()}
-                metrics["stage1/lr"] = lr
-                metrics["stage1/samples_per_s"] = stage.global_batch_size * since_report / max(elapsed, 1e-9)
-                message = {"stage": "stage1", "step": step, "total_steps": total, "metrics": metrics}
+                metrics = {f"{name}/{k}": v for k, v in last.items()}
+                metrics[f"{name}/lr"] = lr
+                metrics[f"{name}/samples_per_s"] = stage.global_batch_size * since_report / max(elapsed, 1e-9)
+                message = {"stage": name, "step": step, "total_steps": total, "metrics": metrics}
                 write = (
                     (lambda d: save_state(d, position=pos, generators=generators, **state)) if save else None
                 )
@@ -235,6 +265,11 @@ def run_stage1(
     result.update({f"final_{k.replace('/', '_')}": v for k, v in last.items() if k != "loss"})
     if rank == 0:
         save_adapter(vlm, step_dir / "adapter")
+        if name == "stage2":
+            vlm.llm.save_pretrained(step_dir / "llm")
+            tokenizer.save_pretrained(step_dir / "llm")
+            if tower:
+                torch.save(trainable_state(vlm.vision), step_dir / "vision_trainable.pt")
         if any(p.numel() for p in objective.parameters()):
             torch.save(objective.state_dict(), step_dir / "objective.pt")
         (step_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))
