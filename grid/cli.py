@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     p_labels = sub.add_parser("labels", help="build (or reuse) the SEA label stores a spec's trials need")
     p_labels.add_argument("spec")
     args = parser.parse_args(argv)
-    console = Console()
+    # Tables are wide; when output is piped (no terminal width to read) don't squeeze them to 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=220)
     try:
         if args.command == "plan":
             from grid.plan import print_plan
@@ -53,7 +54,9 @@ def build_labels(spec_path: str, console: Console) -> int:
     done: dict[str, str] = {}
     for t in trials:
         json_path, image_root = resolve_dataset(t.config.data.stage1)
-        path = prepare_labels(t.config, json_path, image_root, progress=True)
+        path = prepare_labels(
+            t.config, json_path, image_root, progress=True, parallel=t.config.method.sea.label_parallel
+        )
         done.setdefault(str(path), t.id)
     for path, tid in done.items():
         console.print(f"labels for {tid} (and trials like it): {path}", soft_wrap=True, highlight=False)

@@ -48,6 +48,34 @@ def resources_text(trial: Trial) -> str:
     return f"{r.num_workers} worker{'s' if r.num_workers > 1 else ''} x {r.cpus_per_worker:g} CPU{gpu}"
 
 
+def cost_columns(trial: Trial) -> dict[str, str]:
+    """Visual tokens, GPUs, ZeRO stage and estimated GPU-hours of a trial (grid.estimate's assumptions)."""
+    from core.models.llm import get_llm_spec
+    from core.models.vision import get_encoder_spec
+    from grid.estimate import estimate_stage
+
+    cfg = trial.config
+    llm, enc = get_llm_spec(cfg.model.llm), get_encoder_spec(cfg.model.encoder)
+    params = (llm.params_b or 0.0) * 1e9
+    hours, unknown = 0.0, False
+    for name in ("stage1", "stage2"):
+        stage, data = getattr(cfg, name), getattr(cfg.data, name)
+        if not stage.enabled:
+            continue
+        samples = data.synthetic.num_samples if data.source == "synthetic" else data.expected_samples
+        if samples is None:
+            unknown = True
+            continue
+        hours += estimate_stage(name, params, samples, enc.num_patches, stage.epochs).gpu_hours
+    r = cfg.resources
+    return {
+        "visual tokens": str(enc.num_patches),
+        "GPUs": f"{r.num_workers * r.gpus_per_worker:g}",
+        "ZeRO": str(llm.deepspeed_stage) if cfg.stage2.enabled else "-",
+        "est. GPU-h": "?" if unknown else f"{hours:.3g}",
+    }
+
+
 STATUS_STYLE = {"done": "green", "failed": "red", "running": "yellow", "new": "cyan", "reused": "green"}
 
 
@@ -84,5 +112,6 @@ def print_plan(spec_path: str | Path, console: Console | None = None) -> list[Pl
     console = console or Console()
     counts = {s: sum(r.status == s for r in rows) for s in sorted({r.status for r in rows})}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
-    console.print(plan_table(f"{spec.name}: {len(rows)} trials ({summary})", rows))
+    extra = {r.trial.id: cost_columns(r.trial) for r in rows}
+    console.print(plan_table(f"{spec.name}: {len(rows)} trials ({summary})", rows, extra))
     return rows

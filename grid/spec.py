@@ -97,6 +97,11 @@ class SeaConfig(Strict):
     labels_from: str | None = None
     words: WordsConfig = Field(default_factory=WordsConfig)
     label_batch_size: int = Field(32, ge=1, json_schema_extra=NOT_IDENTITY)
+    label_parallel: int | Literal["auto"] | None = Field(
+        "auto",
+        json_schema_extra=NOT_IDENTITY,
+        description="Ray tasks for label extraction: a number, or auto (one per GPU for large datasets)",
+    )
     label_chunk_words: int = Field(
         65536, ge=1, json_schema_extra=NOT_IDENTITY, description="words scored at once"
     )
@@ -149,6 +154,9 @@ class DatasetConfig(Strict):
     json_path: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
     image_root: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
     on_missing_image: Literal["fail", "skip"] = "fail"
+    expected_samples: int | None = Field(
+        None, ge=1, json_schema_extra=NOT_IDENTITY, description="sample count for the plan's estimate"
+    )
     max_unsupervised_fraction: float = Field(
         0.0, ge=0, le=1, description="share of samples with nothing supervised tolerated (dropped, counted)"
     )

@@ -19,6 +19,8 @@ _EXPORTS = {
     "LabelStore": "store",
     "dataset_identity": "extract",
     "ensure_store": "extract",
+    "resolve_parallel": "extract",
+    "shard_bounds": "extract",
     "extract_store": "extract",
     "image_records": "extract",
     "resolve_label_encoder": "extract",
