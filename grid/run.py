@@ -152,11 +152,7 @@ def run_grid(
         _tune(spec, todo, tracker, result, console)
     final_rows = [PlanRow(r.trial, result.status.get(r.trial.id, r.status), r.run) for r in rows]
     extra = {
-        tid: {
-            k.split("/", 1)[-1]: f"{v:.4g}"
-            for k, v in s.items()
-            if k.endswith("loss") and isinstance(v, float)
-        }
+        tid: {k: f"{v:.4g}" for k, v in s.items() if k.endswith("loss") and isinstance(v, float)}
         for tid, s in result.summary.items()
     }
     console.print(plan_table(f"{spec.name}: results", final_rows, extra))
