@@ -25,9 +25,14 @@ mlflow PORT="5000": setup
     mkdir -p mlflow/artifacts
     uv run --frozen --quiet mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --default-artifact-root ./mlflow/artifacts --host 127.0.0.1 --port {{PORT}}
 
-# Benchmarks (ratios measured in one process; not tests): SEA's step-time overhead and label extraction.
-bench *ARGS: setup
-    uv run --frozen --quiet python bench/sea_bench.py {{ARGS}}
+# Benchmarks (not tests; BENCHMARKS.md): stage-1/2 step time, samples/s and MFU, then SEA's overhead.
+bench: setup
+    uv run --frozen --quiet python bench/stage_bench.py --threads 1
+    uv run --frozen --quiet python bench/sea_bench.py
+
+# One benchmark with its own options, e.g. just bench-one stage_bench --llm vicuna-7b --encoder clip-l-336.
+bench-one NAME *ARGS: setup
+    uv run --frozen --quiet python bench/{{NAME}}.py {{ARGS}}
 
 # The test suite, offline (an accidental hub download fails at once).
 test: setup
