@@ -20,15 +20,20 @@ labels SPEC: setup
 plan SPEC: setup
     uv run --frozen --quiet seagrid plan {{SPEC}}
 
+# Paper-style tables and plots of SPEC's runs under <output.root>/reports/ (e.g. just report SPEC --rows method.name,model.encoder).
+report SPEC *ARGS: setup
+    uv run --frozen --quiet seagrid report {{SPEC}} {{ARGS}}
+
 # Serve the MLflow UI of the default local store on 127.0.0.1.
 mlflow PORT="5000": setup
     mkdir -p mlflow/artifacts
     uv run --frozen --quiet mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --default-artifact-root ./mlflow/artifacts --host 127.0.0.1 --port {{PORT}}
 
-# Benchmarks (not tests; BENCHMARKS.md): stage-1/2 step time, samples/s and MFU, then SEA's overhead.
+# Benchmarks (not tests; BENCHMARKS.md): stage-1/2 step time, samples/s and MFU, then SEA's and BASIC's overhead.
 bench: setup
     uv run --frozen --quiet python bench/stage_bench.py --threads 1
     uv run --frozen --quiet python bench/sea_bench.py
+    uv run --frozen --quiet python bench/basic_bench.py --threads 1
 
 # One benchmark with its own options, e.g. just bench-one stage_bench --llm vicuna-7b --encoder clip-l-336.
 bench-one NAME *ARGS: setup

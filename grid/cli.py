@@ -20,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("spec")
     p_labels = sub.add_parser("labels", help="build (or reuse) the SEA label stores a spec's trials need")
     p_labels.add_argument("spec")
+    p_report = sub.add_parser("report", help="result tables and plots of a spec's runs (Markdown, CSV, PNG)")
+    p_report.add_argument("spec")
+    p_report.add_argument("--rows", help="two config paths to group by (default: method.name,model.llm)")
+    p_report.add_argument("--columns", help="metrics to show (default: every eval/<name> headline metric)")
     args = parser.parse_args(argv)
     # Tables are wide; when output is piped (no terminal width to read) don't squeeze them to 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=220)
@@ -31,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "labels":
             return build_labels(args.spec, console)
+        if args.command == "report":
+            return report(args, console)
         from grid.run import run_grid
 
         _, result = run_grid(args.spec, console=console)
@@ -38,6 +44,19 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def report(args: argparse.Namespace, console: Console) -> int:
+    """`just report SPEC`: tables and plots under <output.root>/reports/<name>/, logged to the parent run."""
+    from grid.report import DEFAULT_ROWS, build_report
+
+    def split(text: str | None) -> list[str] | None:
+        return [p.strip() for p in text.split(",") if p.strip()] if text else None
+
+    build_report(
+        args.spec, rows=split(args.rows) or DEFAULT_ROWS, columns=split(args.columns), console=console
+    )
+    return 0
 
 
 def build_labels(spec_path: str, console: Console) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -71,9 +72,21 @@ def cost_columns(trial: Trial) -> dict[str, str]:
     return {
         "visual tokens": str(enc.num_patches),
         "GPUs": f"{r.num_workers * r.gpus_per_worker:g}",
-        "ZeRO": str(llm.deepspeed_stage) if cfg.stage2.enabled else "-",
+        "ZeRO": "/".join(_zero_text(cfg, name) for name in ("stage1", "stage2")),
         "est. GPU-h": "?" if unknown else f"{hours:.3g}",
     }
+
+
+def _zero_text(cfg: Any, stage: str) -> str:
+    """The ZeRO stage a training stage will run with ('off': plain PyTorch, '-': stage disabled)."""
+    from core.train.deepspeed_engine import resolve_zero
+
+    settings = getattr(cfg, stage)
+    if not settings.enabled:
+        return "-"
+    use_gpu = cfg.resources.gpus_per_worker > 0
+    zero = resolve_zero(settings.deepspeed.zero, stage, cfg.model.llm, use_gpu=use_gpu)
+    return "off" if zero is None else str(zero)
 
 
 STATUS_STYLE = {"done": "green", "failed": "red", "running": "yellow", "new": "cyan", "reused": "green"}

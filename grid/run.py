@@ -77,6 +77,7 @@ class GridCallback(Callback):
         )
         self.started: dict[str, float] = {}
         self.last_print: dict[str, float] = {}
+        self.last_step: dict[str, int] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its run config for restoration; the live store handles must not travel.
@@ -98,6 +99,7 @@ class GridCallback(Callback):
         sg = result.get("seagrid") or {}
         if "metrics" in sg:
             self.tracker.log_metrics(self.out.run_ids[tid], sg["metrics"], step=int(sg["step"]))
+            self.last_step[tid] = max(self.last_step.get(tid, 0), int(sg["step"]))
             now = time.time()
             if sg["step"] == sg.get("total_steps") or now - self.last_print.get(tid, 0) > 5:
                 self.last_print[tid] = now
@@ -107,10 +109,13 @@ class GridCallback(Callback):
                 )
         if "final" in sg:
             self.out.summary[tid] = sg["final"]
+        for artifact_path, local_dir in (sg.get("artifacts") or {}).items():
+            if Path(local_dir).is_dir():
+                self.tracker.log_artifacts(self.out.run_ids[tid], Path(local_dir), artifact_path)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tid = self._tid(trial)
-        self.tracker.finish(self.out.run_ids[tid], self.out.summary.get(tid, {}))
+        self.tracker.finish(self.out.run_ids[tid], self.out.summary.get(tid, {}), self.last_step.get(tid, 0))
         self.out.status[tid] = "done"
         self.console.print(f"[green]done[/green]   {tid}  ({time.time() - self.started[tid]:.0f} s)")
 

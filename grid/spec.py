@@ -9,6 +9,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.evaluation.config import EvalConfig
+
 # Fields that say where or how a trial runs but not what its result is carry this marker: they are
 # left out of the trial id (grid.identity) and recorded as tags/params only.
 NOT_IDENTITY = {"identity": False}
@@ -122,18 +124,51 @@ class SeaConfig(Strict):
         return v
 
 
-METHODS_WITH_SEA = ("sea",)
+class BasicConfig(Strict):
+    """BASIC settings (REFERENCE.md section 3): L = L_lm + das_weight * L_das + sds_weight * L_sds."""
+
+    layers: int | None = Field(
+        None, ge=1, description="k, the shallow layers 1..k that supervise; default half the LLM's layers"
+    )
+    weighting: Literal["inc", "const", "dec"] = "inc"
+    degree: Literal["auto", "equal"] = "auto"
+    das_weight: float = Field(1.0, ge=0, description="lambda1 (Eq. 8)")
+    sds_weight: float = Field(0.01, ge=0, description="lambda2 (Eq. 8)")
+    stage1: bool = Field(True, description="apply BASIC's losses in stage 1")
+    stage2: bool = Field(True, description="apply BASIC's losses in stage 2")
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> BasicConfig:
+        if self.das_weight == 0 and self.sds_weight == 0:
+            raise ValueError(
+                "das_weight and sds_weight are both 0: BASIC would add nothing; use method llava"
+            )
+        if not (self.stage1 or self.stage2):
+            raise ValueError("stage1 and stage2 are both false: BASIC would add nothing; use method llava")
+        return self
+
+
+METHODS = ("llava", "sea", "basic", "sea+basic")
+METHODS_WITH_SEA = ("sea", "sea+basic")
+METHODS_WITH_BASIC = ("basic", "sea+basic")
 
 
 class MethodConfig(Strict):
-    """The alignment method; `llava` is the baseline (no extra losses), `sea` adds SEA's alignment loss."""
+    """The alignment method: `llava` the baseline (no extra losses), `sea` SEA's alignment loss, `basic`
+    BASIC's self-distillation, `sea+basic` both."""
 
-    name: Literal["llava", "sea"] = "llava"
+    name: Literal["llava", "sea", "basic", "sea+basic"] = "llava"
     sea: SeaConfig = Field(default_factory=SeaConfig)
+    basic: BasicConfig = Field(default_factory=BasicConfig)
 
     def identity_exclude(self) -> set[str]:
         """Settings of methods not in use do not change what a trial computes."""
-        return set() if self.name in METHODS_WITH_SEA else {"sea"}
+        out = set()
+        if self.name not in METHODS_WITH_SEA:
+            out.add("sea")
+        if self.name not in METHODS_WITH_BASIC:
+            out.add("basic")
+        return out
 
 
 class SyntheticDataConfig(Strict):
@@ -180,6 +215,27 @@ class DataConfig(Strict):
     stage2: DatasetConfig = Field(default_factory=DatasetConfig)
 
 
+class DeepSpeedSettings(Strict):
+    """How a stage runs under DeepSpeed; none of this changes what it computes (so not part of trial ids)."""
+
+    zero: Literal["auto", "off", 0, 1, 2, 3] = Field(
+        "auto",
+        description="ZeRO stage; auto: off without GPUs, else 2 for stage 1 and the LLM's registry stage "
+        "for stage 2; off: plain PyTorch DDP",
+    )
+    offload: Literal["none", "optimizer", "optimizer+params"] = Field(
+        "none", description="ZeRO-Offload of optimizer states (ZeRO >= 1) and parameters (ZeRO-3 only) to CPU"
+    )
+
+    @model_validator(mode="after")
+    def _offload_fits_stage(self) -> DeepSpeedSettings:
+        if self.offload == "optimizer+params" and self.zero not in (3, "auto"):
+            raise ValueError(f"offload 'optimizer+params' needs zero 3 (got zero {self.zero!r})")
+        if self.offload != "none" and self.zero in ("off", 0):
+            raise ValueError(f"offload '{self.offload}' needs a ZeRO stage >= 1 (got zero {self.zero!r})")
+        return self
+
+
 class StageConfig(Strict):
     """Optimisation hyper-parameters of one training stage (LLaVA-1.5 stage-1 defaults)."""
 
@@ -193,6 +249,7 @@ class StageConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     log_every: int = Field(1, ge=1, json_schema_extra=NOT_IDENTITY)
     checkpoint_every: int | None = Field(None, ge=1, json_schema_extra=NOT_IDENTITY)
+    deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings, json_schema_extra=NOT_IDENTITY)
 
 
 class Stage2Config(StageConfig):
@@ -230,6 +287,7 @@ class TrialConfig(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     stage1: StageConfig = Field(default_factory=StageConfig)
     stage2: Stage2Config = Field(default_factory=Stage2Config)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     seed: int = 0
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, json_schema_extra=NOT_IDENTITY)
 
@@ -251,8 +309,12 @@ class TrialConfig(Strict):
         return self
 
     def identity_exclude(self) -> set[str]:
-        """A stage that is switched off (and its data) does not change what a trial computes."""
-        return set() if self.stage2.enabled else {"stage2", "data.stage2"}
+        """A stage that is switched off (and its data), or evaluation when it is off, does not change what a
+        trial computes."""
+        out = set() if self.stage2.enabled else {"stage2", "data.stage2"}
+        if not self.eval.enabled:
+            out.add("eval")
+        return out
 
     @model_validator(mode="after")
     def _batch_divides(self) -> TrialConfig:

@@ -160,11 +160,13 @@ class Tracker:
         if batch:
             self.client.log_batch(run_id, metrics=batch)
 
-    def finish(self, run_id: str, summary: dict[str, Any]) -> None:
+    def finish(self, run_id: str, summary: dict[str, Any], step: int = 0) -> None:
+        """Log the trial's summary at `step` (its last training step, so that a final value of a metric
+        that also has a history, such as diag/tacs, extends its curve instead of adding a point at 0)."""
         numeric = {
             k: float(v) for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)
         }
-        self.log_metrics(run_id, numeric, step=0)
+        self.log_metrics(run_id, numeric, step=step)
         for key, value in summary.items():
             if not isinstance(value, int | float) or isinstance(value, bool):
                 self.client.set_tag(run_id, f"result.{key}", str(value))

@@ -102,6 +102,16 @@ def prepare_labels(
     return Path(view.path)
 
 
+def prepare_models(cfg: TrialConfig) -> None:
+    """Build the trial's tiny checkpoints (if it uses tiny ids) here, before any worker starts."""
+    from core.models.llm import get_llm_spec
+    from core.models.tiny import checkpoint_source
+    from core.models.vision import get_encoder_spec
+
+    checkpoint_source(get_llm_spec(cfg.model.llm), cfg.model.llm_path, "LLM")
+    checkpoint_source(get_encoder_spec(cfg.model.encoder), cfg.model.encoder_path, "vision encoder")
+
+
 def fit_stage(cfg: TrialConfig, payload: dict[str, Any], callbacks: list[Any] | None = None) -> None:
     """`payload["stage"]` in a Ray Train TorchTrainer; a relaunch under the same run name resumes from its
     latest checkpoint."""
@@ -130,10 +140,15 @@ def fit_stage(cfg: TrialConfig, payload: dict[str, Any], callbacks: list[Any] | 
 def run_step(
     cfg: TrialConfig, cell: dict[str, Any], stage: str, extra: dict[str, Any]
 ) -> tuple[Path, dict[str, Any]]:
-    """Run (or reuse) one training stage in its content-addressed directory; returns it and its summary."""
+    """Run (or reuse) one training stage in its content-addressed directory; returns it and its summary.
+
+    `extra` may carry `evaluate` (an `eval_payload` without this stage's directory, filled in here): a
+    one-worker stage then evaluates in its worker right after training, with the model it has in memory.
+    """
     from ray.tune.integration.ray_train import TuneReportCallback
 
     json_path, image_root = resolve_dataset(getattr(cfg.data, stage), stage)
+    prepare_models(cfg)
     step_dir = stage_dir(Path(cell["results_root"]), cfg, stage)
     step_dir.parent.mkdir(parents=True, exist_ok=True)
     # Trials sharing a stage result wait for each other instead of training it twice.
@@ -154,6 +169,11 @@ def run_step(
                 "step_dir": str(step_dir),
                 "data": {"json_path": str(json_path), "image_root": str(image_root)},
             }
+            if "evaluate" in extra:
+                ev = extra["evaluate"]
+                payload["evaluate"] = eval_payload(
+                    cfg, cell, stage, {**ev["stage_dirs"], stage: str(step_dir)}, ev["final"]
+                )
             fit_stage(cfg, payload, [TuneReportCallback()])
             (step_dir / DONE_MARKER).write_text("ok\n")
     result = json.loads((step_dir / "result.json").read_text())
@@ -162,8 +182,86 @@ def run_step(
     return step_dir, summary
 
 
+def eval_identity(cfg: TrialConfig, stage: str, final: bool) -> dict[str, Any]:
+    """What defines an evaluation's result: the stage it evaluates (with everything before it), whether it
+    is the trial's last, the evaluation settings and the prompt template."""
+    ident = identity_dict(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"enabled": True})}))
+    return {
+        "step": "eval",
+        "after": stage_identity(cfg, stage),
+        "final": final,
+        "eval": ident["eval"],
+        "template": cfg.stage2.template,
+    }
+
+
+def eval_payload(
+    cfg: TrialConfig, cell: dict[str, Any], stage: str, stage_dirs: dict[str, str], final: bool
+) -> dict[str, Any]:
+    """What an evaluation after `stage` needs, wherever it runs; `ident` names its directory."""
+    ident = eval_identity(cfg, stage, final)
+    out_dir = Path(cell["results_root"]) / "steps" / f"eval-{stage}-{content_hash(ident)}"
+    return {
+        "trial": cell["trial"],
+        "stage": stage,
+        "final": final,
+        "stage_dirs": stage_dirs,
+        "out_dir": str(out_dir),
+        "ident": ident,
+        "cache_dir": cell["cache_dir"],
+        "threads": max(1, int(cfg.resources.cpus_per_worker)),
+    }
+
+
+def run_eval_step(
+    cfg: TrialConfig, cell: dict[str, Any], stage: str, stage_dirs: dict[str, str], final: bool
+) -> tuple[Path, dict[str, float], bool]:
+    """Evaluate what `stage` left, unless done already (by an earlier run, another trial, or the training
+    worker itself right after training), in a Ray task holding one trial worker's resources; returns the
+    evaluation's directory, its metrics and whether it was reused."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from core.evaluation.step import build_eval_dir, evaluate_step, read_metrics
+
+    payload = eval_payload(cfg, cell, stage, stage_dirs, final)
+    res = cfg.resources
+    # Outside the Tune trial's placement group (a token bundle for the driver): the evaluation takes what
+    # one training worker had, now that the training workers are gone.
+    task = ray.remote(evaluate_step).options(
+        num_cpus=res.cpus_per_worker,
+        num_gpus=res.gpus_per_worker,
+        max_retries=0,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
+    )
+    out_dir = Path(payload["out_dir"])
+    ran = build_eval_dir(out_dir, payload["ident"], lambda: ray.get(task.remote(payload)))
+    return out_dir, read_metrics(out_dir), not ran
+
+
+def _report_curve(stage1_dir: Path) -> None:
+    """A reused stage 1 was trained (and its diagnostics curve logged) for another trial: log the curve
+    it left for this trial too."""
+    import ray.tune
+
+    from core.evaluation.diagnostics import CURVE_FILE
+
+    path = stage1_dir / CURVE_FILE
+    if not path.is_file():
+        return
+    rows: dict[int, dict[str, float]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[int(row.pop("step"))] = row
+    for step, row in sorted(rows.items()):
+        metrics = {f"diag/{k}": v for k, v in row.items()}
+        ray.tune.report({"seagrid": {"stage": "stage1", "step": step, "metrics": metrics}})
+
+
 def run_trial(config: dict[str, Any]) -> None:
-    """The Tune trainable: run (or reuse) stage 1, then stage 2 from its adapter; report a summary."""
+    """The Tune trainable: run (or reuse) stage 1, then stage 2 from its adapter, evaluating after each
+    when the trial asks for it; report a summary and the evaluation folders to log."""
     import os
 
     import ray.tune
@@ -173,10 +271,24 @@ def run_trial(config: dict[str, Any]) -> None:
     cfg = TrialConfig.model_validate(cell["trial"])
     summary: dict[str, Any] = {}
     extra: dict[str, Any] = {}
-    if cfg.stage1.enabled:
-        stage1, part = run_step(cfg, cell, "stage1", {})
+    stage_dirs: dict[str, str] = {}
+    artifacts: dict[str, str] = {}
+    stages = [s for s in ("stage1", "stage2") if getattr(cfg, s).enabled]
+    for stage in stages:
+        final = stage == stages[-1]
+        # One worker: evaluate in the training worker, with the model in memory (no second process).
+        in_worker = cfg.eval.enabled and cfg.resources.num_workers == 1
+        ev = {"evaluate": {"stage_dirs": dict(stage_dirs), "final": final}} if in_worker else {}
+        step_dir, part = run_step(cfg, cell, stage, {**extra, **ev})
         summary.update(part)
-        extra["stage1_dir"] = str(stage1)
-    if cfg.stage2.enabled:
-        summary.update(run_step(cfg, cell, "stage2", extra)[1])
-    ray.tune.report({"seagrid": {"final": summary}})
+        stage_dirs[stage] = str(step_dir)
+        if stage == "stage1":
+            extra["stage1_dir"] = str(step_dir)
+            if part["stage1/reused"]:
+                _report_curve(step_dir)
+        if cfg.eval.enabled:
+            out_dir, metrics, _ = run_eval_step(cfg, cell, stage, stage_dirs, final)
+            summary.update(metrics)
+            summary[f"eval_dir/{stage}"] = str(out_dir)
+            artifacts[f"eval/{stage}"] = str(out_dir)
+    ray.tune.report({"seagrid": {"final": summary, "artifacts": artifacts}})

@@ -122,7 +122,9 @@ def test_grid_end_to_end(tmp_path: Path, ray_session, capsys: pytest.CaptureFixt
 
 
 def test_two_gloo_workers_train_sea(tmp_path: Path, ray_session) -> None:
-    """num_workers from the spec: two CPU workers (gloo, DDP) run one SEA trial through both stages; rank 0 logs."""
+    """num_workers from the spec: two CPU workers (gloo) run one SEA trial through both stages, stage 1 under
+    DeepSpeed ZeRO-2 (a checkpoint written by both ranks into one Ray checkpoint), stage 2 under ZeRO-3
+    (the LLM partitioned across the two ranks, gathered to be saved); rank 0 logs."""
     spec_path = tmp_path / "ddp.yaml"
     spec_path.write_text(
         textwrap.dedent(
@@ -131,8 +133,10 @@ def test_two_gloo_workers_train_sea(tmp_path: Path, ray_session) -> None:
             base:
               method: {{name: sea, sea: {{top_n: 3}}}}
               data: {{stage1: {{source: synthetic, synthetic: {{num_samples: 64, seed: 11}}}}}}
-              stage1: {{lr: 0.01, global_batch_size: 16, micro_batch_size: 8, epochs: 1}}
-              stage2: {{enabled: true, lr: 0.001, global_batch_size: 8, micro_batch_size: 4, max_steps: 3}}
+              stage1: {{lr: 0.01, global_batch_size: 16, micro_batch_size: 8, epochs: 1, checkpoint_every: 2,
+                        deepspeed: {{zero: 2}}}}
+              stage2: {{enabled: true, lr: 0.001, global_batch_size: 8, micro_batch_size: 4, max_steps: 3,
+                        deepspeed: {{zero: 3}}}}
               resources: {{num_workers: 2, cpus_per_worker: 0.5}}
             output: {{root: {tmp_path / "results"}, tracking_uri: "sqlite:///{tmp_path / "mlflow.db"}"}}
             """
@@ -152,11 +156,23 @@ def test_two_gloo_workers_train_sea(tmp_path: Path, ray_session) -> None:
     # Stage 2 ran after stage 1, from its adapter, on the same two workers.
     assert [m.step for m in client.get_metric_history(run.info.run_id, "stage2/loss")] == [1, 2, 3]
     assert run.data.metrics["stage2/steps"] == 3
+    assert (run.data.metrics["stage1/zero"], run.data.metrics["stage2/zero"]) == (2, 3)
+    # The step-2 checkpoint holds rank 0's and rank 1's parts, merged by Ray.
+    (ckpt,) = [p for p in (tmp_path / "results" / "ray").glob("*-stage1/checkpoint_*") if p.is_dir()]
+    names = {p.name for p in ckpt.iterdir()}
+    assert {"position.json", "rng-rank0.pt", "rng-rank1.pt", "deepspeed"} <= names
+    shards = {p.name for p in (ckpt / "deepspeed" / "state").iterdir()}
+    assert {
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    } <= shards
+    llm = json.loads((Path(run.data.tags["result.stage2/dir"]) / "llm" / "config.json").read_text())
+    assert llm["num_hidden_layers"] >= 1
 
 
 def test_relaunched_trainer_resumes_from_ray_checkpoint(tmp_path: Path, ray_session) -> None:
-    """A TorchTrainer killed after its step-4 checkpoint and relaunched under the same run name resumes there
-    and ends with exactly the adapter of an uninterrupted run."""
+    """A TorchTrainer (DeepSpeed ZeRO-2) killed after its step-4 checkpoint and relaunched under the same run
+    name resumes there and ends with exactly the adapter of an uninterrupted run."""
     import os
 
     import torch
@@ -177,6 +193,7 @@ def test_relaunched_trainer_resumes_from_ray_checkpoint(tmp_path: Path, ray_sess
                 "micro_batch_size": 4,
                 "epochs": 2,
                 "checkpoint_every": 4,
+                "deepspeed": {"zero": 2},
             },
         }
     )

@@ -58,6 +58,16 @@ BAD_SPECS = [
     ("name: 'bad name!'\n", ["name", "pattern"]),
     ("name: x\nbase: {data: {stage1: {source: llava}}}\n", ["base.data.stage1", "json_path", "image_root"]),
     ("name: x\nbase: {stage1: {warmup_ratio: 1.5}}\n", ["base.stage1.warmup_ratio", "1.5"]),
+    (
+        "name: x\nbase: {method: {name: basic, basic: {das_weight: 0, sds_weight: 0}}}\n",
+        ["base.method.basic", "both 0", "use method llava"],
+    ),
+    ("name: x\nbase: {method: {basic: {weighting: quadratic}}}\n", ["base.method.basic.weighting", "'inc'"]),
+    ("name: x\nbase: {method: {name: sea+basci}}\n", ["base.method.name", "'sea+basic'", "sea+basci"]),
+    (
+        "name: x\nbase: {eval: {enabled: true, benchmarks: [{name: p, kind: pope, source: files}]}}\n",
+        ["base.eval.benchmarks[0]", "annotation_dir", "image_root"],
+    ),
     ("name: x\nbase: {stage2: {enabled: true, template: vicuna}}\n", ["base.stage2.template", "vicuna_v1"]),
     ("name: x\nbase: {stage1: {enabled: false}}\n", ["both false"]),
     ("name: x\ngrid: {axes: {seed: []}}\n", ["grid.axes.seed", "at least one value"]),
@@ -173,7 +183,10 @@ def test_id_is_slug_plus_hash_of_canonical_config(tmp_path: Path) -> None:
     ident["model"].pop("encoder_path")
     ident["stage1"].pop("log_every")
     ident["stage1"].pop("checkpoint_every")
-    ident["method"].pop("sea")  # llava trials: SEA settings are not in use
+    ident["stage1"].pop("deepspeed")  # where state lives, not what is computed
+    ident["method"].pop("sea")  # llava trials: SEA and BASIC settings are not in use
+    ident["method"].pop("basic")
+    ident.pop("eval")  # evaluation is off by default
     ident.pop("stage2")  # stage 2 is off by default: neither it nor its data define the result
     ident["data"].pop("stage2")
     ident["data"]["stage1"].pop("json_path")
@@ -209,6 +222,26 @@ def test_unused_method_settings_do_not_change_ids(tmp_path: Path) -> None:
     ]
     assert ids[0] == ids[1]  # a llava trial ignores SEA's knobs
     assert len({ids[0], ids[2], ids[3]}) == 3  # for a SEA trial they define the result
+
+
+def test_basic_settings_define_only_basic_trials(tmp_path: Path) -> None:
+    head = "name: g\nbase: {stage1: {global_batch_size: 32, micro_batch_size: 16}, method: "
+    texts = [
+        head + "{name: llava}}\n",
+        head + "{name: llava, basic: {layers: 4}}}\n",
+        head + "{name: basic}}\n",
+        head + "{name: basic, basic: {layers: 4}}}\n",
+        head + "{name: sea+basic}}\n",
+        head + "{name: sea, basic: {layers: 4}}}\n",
+        head + "{name: sea}}\n",
+    ]
+    trials = [expand(load_spec(write(tmp_path, t, f"b{i}.yaml")))[0] for i, t in enumerate(texts)]
+    h = [t.hash for t in trials]
+    assert h[0] == h[1] and h[5] == h[6]  # llava and sea ignore BASIC's knobs
+    assert len({h[0], h[2], h[3], h[4], h[6]}) == 5
+    # DeepSpeed settings say where state lives, not what is computed.
+    zero = "name: g\nbase: {stage1: {global_batch_size: 32, micro_batch_size: 16, deepspeed: {zero: 3}}}\n"
+    assert expand(load_spec(write(tmp_path, zero, "z.yaml")))[0].hash == h[0]
 
 
 def test_disabled_stage2_does_not_change_ids(tmp_path: Path) -> None:

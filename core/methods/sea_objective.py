@@ -23,7 +23,8 @@ class SeaObjective(Objective):
         self.grid = grid
         # In stage 1 the LLM is frozen, so the label embeddings (Eq. 10) are constants computed once.
         self.register_buffer("word_embeddings", word_embeddings.detach(), persistent=False)
-        self.log_tau = nn.Parameter(torch.tensor(math.log(cfg.tau_init)), requires_grad=cfg.learn_tau)
+        # Shape [1], not a scalar: DeepSpeed cannot broadcast 0-dim parameters.
+        self.log_tau = nn.Parameter(torch.tensor([math.log(cfg.tau_init)]), requires_grad=cfg.learn_tau)
         self.generator = torch.Generator().manual_seed(seed)
 
     def extra_loss(self, batch: dict[str, Any], out: Any) -> tuple[Tensor | None, dict[str, float]]:
@@ -34,7 +35,7 @@ class SeaObjective(Objective):
         )
         visual = out.visual_tokens[b.to(out.visual_tokens.device), p.to(out.visual_tokens.device)]
         text = self.word_embeddings[label.to(self.word_embeddings.device)].to(visual.device, visual.dtype)
-        tau = self.log_tau.exp()
+        tau = self.log_tau.exp().squeeze(0)
         align = sea_alignment_loss(visual, text, tau)
         metrics = {"loss/align": float(align.detach()), "tau": float(tau.detach()), "pairs": float(b.numel())}
         return self.cfg.align_weight * align, metrics

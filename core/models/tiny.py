@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from core.cache import build_once
+from core.cache import build_once, is_built
 from core.paths import cache_dir
 
 
@@ -44,10 +45,31 @@ class TinyBuilder:
             self.build(Path(out_dir), json.loads(json.dumps(dict(self.config))))
 
 
-def tiny_checkpoint_dir(model_id: str, builder: TinyBuilder) -> Path:
-    """The cache directory holding `model_id`'s tiny checkpoint, built on first use."""
+def tiny_checkpoint_dir(model_id: str, builder: TinyBuilder, *, wait_s: float = 900) -> Path:
+    """The cache directory holding `model_id`'s tiny checkpoint, built on first use.
+
+    Inside a process group only rank 0 builds: transformers' `save_pretrained` silently writes nothing on
+    any other rank, which would leave a checkpoint with a tokenizer and no model.
+    """
     target = cache_dir() / "models" / f"{model_id}-{builder.fingerprint}"
+    if is_built(target):
+        return target
+    if _distributed_rank() > 0:
+        deadline = time.monotonic() + wait_s
+        while not is_built(target):
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{target}: rank 0 did not build the tiny checkpoint within {wait_s:.0f} s"
+                )
+            time.sleep(0.2)
+        return target
     return build_once(target, builder)
+
+
+def _distributed_rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 class HasSource(Protocol):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -59,14 +59,22 @@ class VLM(nn.Module):
         self.llm = llm
         self.max_length = max_length
         self.adapter_name = adapter_name
+        # Called with the spliced inputs before the LLM runs, so a training objective can see where the
+        # visual tokens sit while the forward happens (BASIC's shallow-layer capture); empty by default.
+        self.splice_hooks: list[Callable[[SplicedInputs], None]] = []
 
     @property
     def num_visual_tokens(self) -> int:
         return self.vision.spec.num_patches
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Visual tokens `[B, m, D]`: adapter applied to the tower's patch features."""
-        features = self.vision(pixel_values)
+    def encode_images(self, pixel_values: torch.Tensor, *, detach_features: bool = False) -> torch.Tensor:
+        """Visual tokens `[B, m, D]`: adapter applied to the tower's patch features (computed without
+        gradient when `detach_features`, so a loss on the tokens reaches the adapter only)."""
+        if detach_features:
+            with torch.no_grad():
+                features = self.vision(pixel_values)
+        else:
+            features = self.vision(pixel_values)
         adapter_dtype = next(self.adapter.parameters()).dtype
         tokens = self.adapter(features.to(adapter_dtype))
         return tokens.to(self.llm.get_input_embeddings().weight.dtype)
@@ -144,6 +152,8 @@ class VLM(nn.Module):
 
     def forward(self, batch: Mapping[str, Any], *, output_hidden_states: bool = False) -> VLMOutput:
         spliced = self.splice(batch)
+        for hook in self.splice_hooks:
+            hook(spliced)
         out = self.llm(
             inputs_embeds=spliced.inputs_embeds,
             attention_mask=spliced.attention_mask,

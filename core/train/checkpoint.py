@@ -4,8 +4,10 @@ checkpoints go: Ray Train's checkpoints inside a trial, a plain folder outside R
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +34,45 @@ def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().clone() for name, p in module.named_parameters() if p.requires_grad}
 
 
+POSITION_FILE = "position.json"
+
+
+def rng_file(rank: int) -> str:
+    return f"rng-rank{rank}.pt"
+
+
+def save_position(
+    directory: Path, *, rank: int, position: Position, generators: dict[str, torch.Generator]
+) -> None:
+    """Rank 0 writes where training stands; every rank writes its own RNG states, since each rank draws
+    its own random numbers (SEA's pair sampling). Weights and optimizer are the stepper's to write."""
+    directory = Path(directory)
+    if rank == 0:
+        (directory / POSITION_FILE).write_text(json.dumps(asdict(position)))
+    rng = {
+        "torch_rng": torch.get_rng_state(),
+        "generators": {n: g.get_state() for n, g in generators.items()},
+    }
+    torch.save(rng, directory / rng_file(rank))
+
+
+def load_position(directory: Path, *, rank: int, generators: dict[str, torch.Generator]) -> Position:
+    """Restore what `save_position` wrote for this rank."""
+    path = Path(directory) / POSITION_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory}: no {POSITION_FILE}; not a seagrid training checkpoint")
+    rng_path = Path(directory) / rng_file(rank)
+    if rng_path.is_file():
+        rng = torch.load(rng_path, map_location="cpu", weights_only=False)
+        torch.set_rng_state(rng["torch_rng"])
+        for name, g in generators.items():
+            g.set_state(rng["generators"][name])
+    else:
+        # Written by another worker count: the data split differs anyway; keep this rank's fresh seeds.
+        warnings.warn(f"{directory}: no RNG state for rank {rank}; resuming with fresh seeds", stacklevel=2)
+    return Position(**json.loads(path.read_text()))
+
+
 def save_state(
     directory: Path,
     *,
@@ -39,18 +80,13 @@ def save_state(
     objective: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    position: Position,
-    generators: dict[str, torch.Generator],
 ) -> None:
-    """Write everything needed to continue exactly where training stands."""
+    """Trainable weights, objective, optimizer and scheduler in one file (plain PyTorch training)."""
     state = {
         "model": trainable_state(model),
         "objective": objective.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "position": asdict(position),
-        "torch_rng": torch.get_rng_state(),
-        "generators": {name: g.get_state() for name, g in generators.items()},
     }
     torch.save(state, Path(directory) / STATE_FILE)
 
@@ -62,12 +98,11 @@ def load_state(
     objective: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    generators: dict[str, torch.Generator],
-) -> Position:
+) -> None:
     """Restore what `save_state` wrote; a checkpoint from another model is an error naming the mismatch."""
     path = Path(directory) / STATE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{directory}: no {STATE_FILE}; not a seagrid training checkpoint")
+        raise FileNotFoundError(f"{directory}: no {STATE_FILE}; not a plain-PyTorch seagrid checkpoint")
     state = torch.load(path, map_location="cpu", weights_only=False)
     trainable = dict(model.named_parameters())
     missing = sorted(set(state["model"]) ^ {n for n, p in trainable.items() if p.requires_grad})
@@ -79,10 +114,6 @@ def load_state(
     objective.load_state_dict(state["objective"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    for name, g in generators.items():
-        g.set_state(state["generators"][name])
-    return Position(**state["position"])
 
 
 class Checkpoints(Protocol):
@@ -97,7 +128,8 @@ class RayCheckpoints:
     """Inside a Ray Train worker: metrics via `ray.train.report`, checkpoints in the run's storage.
 
     A relaunched TorchTrainer with the same run name and storage path finds its latest checkpoint through
-    `ray.train.get_checkpoint()`. Every rank reports; only rank 0 writes the checkpoint.
+    `ray.train.get_checkpoint()`. Every rank reports and writes its part of a checkpoint; Ray merges the
+    ranks' folders into one.
     """
 
     def __init__(self, rank: int) -> None:
@@ -117,7 +149,7 @@ class RayCheckpoints:
     def report(self, message: dict[str, Any], write: Callable[[Path], None] | None = None) -> None:
         import ray.train
 
-        if write is None or self.rank != 0:
+        if write is None:
             ray.train.report({"seagrid": message})
             return
         with tempfile.TemporaryDirectory() as tmp:

@@ -19,11 +19,19 @@ from core.train.checkpoint import (
     LocalCheckpoints,
     Position,
     RayCheckpoints,
-    load_state,
-    save_state,
+    load_position,
+    save_position,
     trainable_state,
 )
+from core.train.deepspeed_engine import (
+    DeepSpeedStepper,
+    deepspeed_config,
+    init_distributed,
+    make_optimizer,
+    resolve_zero,
+)
 from core.train.schedule import cosine_with_warmup, warmup_steps
+from core.train.steppers import TorchStepper, TrainModule
 
 RESULT_FILE = "result.json"
 
@@ -109,8 +117,8 @@ def run_stage(
     `checkpoints` (Ray Train's inside a trial); training resumes from its latest checkpoint if there is one.
     """
     from core.data import LlavaDataset, make_collate
-    from core.methods.objective import Objective, build_objective
-    from core.models import build_vlm, load_adapter, save_adapter
+    from core.methods.build import build_objective
+    from core.models import build_vlm, load_adapter
     from core.models.llm import get_llm_spec
     from grid.spec import METHODS_WITH_SEA, TrialConfig
 
@@ -156,14 +164,18 @@ def run_stage(
     )
     collate_fn = make_collate(tokenizer.pad_token_id)
     context: dict[str, Any] = {}
-    # SEA aligns against label embeddings that are constants only while the LLM is frozen: stage 1.
     if name == "stage1" and cfg.method.name in METHODS_WITH_SEA:
         dataset, collate_fn, context["sea"] = _sea_context(
             payload, dataset, vlm, tokenizer, cfg.seed * 1000 + rank
         )
     device = device or torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        # fp32 matmuls outside autocast (BASIC's vocabulary softmaxes) run on tensor cores.
+        torch.backends.cuda.matmul.allow_tf32 = True
     vlm.to(device)
-    objective = (build_objective(cfg.method, context) if name == "stage1" else Objective()).to(device)
+    context["vlm"] = vlm
+    objective = build_objective(cfg.method, context, stage=name).to(device)
     sampler = ResumableSampler(
         DistributedSampler(
             dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
@@ -175,11 +187,6 @@ def run_stage(
     accum, total = plan_steps(
         len(dataset), stage.micro_batch_size, world, stage.global_batch_size, stage.epochs, stage.max_steps
     )
-    model: torch.nn.Module = vlm
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            vlm, device_ids=[device.index] if device.type == "cuda" else None
-        )
     vision = {id(p) for p in vlm.vision.parameters()}
     main = [p for p in vlm.parameters() if p.requires_grad and id(p) not in vision]
     main += [p for p in objective.parameters() if p.requires_grad]
@@ -187,21 +194,49 @@ def run_stage(
     tower = [p for p in vlm.vision.parameters() if p.requires_grad]
     if tower:
         groups.append({"params": tower, "lr": stage.vision_lr})
-    params = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.AdamW(groups, lr=stage.lr, weight_decay=stage.weight_decay)
+    zero = resolve_zero(stage.deepspeed.zero, name, cfg.model.llm, use_gpu=device.type == "cuda")
+    offload = stage.deepspeed.offload if zero is not None else "none"
+    if zero is not None:
+        init_distributed(device)
+    optimizer = make_optimizer(groups, stage.lr, stage.weight_decay, offload)
     warm = warmup_steps(total, stage.warmup_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, total, warm))
+    if zero == 3:
+        _gather_embedding_table(objective, vlm)
+    module = TrainModule(vlm, objective)
+    stepper: TorchStepper | DeepSpeedStepper
+    if zero is None:
+        stepper = TorchStepper(
+            module, optimizer, scheduler, accumulation=accum, world=world, device=device, rank=rank
+        )
+    else:
+        ds_config = deepspeed_config(
+            zero=zero,
+            micro_batch_size=stage.micro_batch_size,
+            accumulation=accum,
+            hidden_size=vlm.llm.get_input_embeddings().embedding_dim,
+            offload=offload,
+        )
+        stepper = DeepSpeedStepper(module, optimizer, scheduler, ds_config)
+
+    # Every rank must agree on when to report (a report is a barrier); only rank 0 runs the probe.
+    every = _diagnostics_every(cfg, name, zero)
+    probe = _diagnostics_probe(cfg, vlm, tokenizer, step_dir) if every and rank == 0 else None
 
     generators = {"objective": objective.generator} if hasattr(objective, "generator") else {}
-    state = {"model": vlm, "objective": objective, "optimizer": optimizer, "scheduler": scheduler}
     pos = Position()
     with checkpoints.latest() as latest:
         if latest is not None:
-            pos = load_state(latest, generators=generators, **state)
+            stepper.load(latest)
+            pos = load_position(latest, rank=rank, generators=generators)
     resumed_from = pos.step
 
-    model.train()
-    micro_i, since_report, t0 = 0, 0, time.perf_counter()
+    def write_checkpoint(directory: Path) -> None:
+        stepper.save(directory)
+        save_position(directory, rank=rank, position=pos, generators=generators)
+
+    stepper.module.train()
+    since_report, t0 = 0, time.perf_counter()
     sums: dict[str, float] = {}
     last: dict[str, float] = {}
     interrupt_after = payload.get("interrupt_after_step")  # testing hook: simulate a killed worker
@@ -211,25 +246,12 @@ def run_stage(
             pos.batch_in_epoch += 1
             batch = _to_device(batch, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                out = model(batch)
-                loss, terms = objective.total(batch, out)
-            (loss / accum).backward()
+                loss, terms = stepper.module(batch)
             for key, value in {"loss": float(loss.detach()), **terms}.items():
                 sums[key] = sums.get(key, 0.0) + value
-            micro_i += 1
-            if micro_i % accum:
+            lr = stepper.micro_step(loss)
+            if lr is None:
                 continue
-            if world > 1:
-                # The objective's own parameters (SEA's log_tau) sit outside DDP: average their grads here.
-                for p in objective.parameters():
-                    if p.grad is not None:
-                        dist.all_reduce(p.grad)
-                        p.grad /= world
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             pos.step += 1
             since_report += 1
             last = {k: _mean_across_ranks(v / accum, world) for k, v in sorted(sums.items())}
@@ -237,16 +259,16 @@ def run_stage(
             pos.first_loss = last["loss"] if pos.first_loss is None else pos.first_loss
             step = pos.step
             save = bool(stage.checkpoint_every) and step % stage.checkpoint_every == 0 and step < total
-            if save or step % stage.log_every == 0 or step == total:
+            diagnose = bool(every) and (step % every == 0 or step == total)
+            if save or diagnose or step % stage.log_every == 0 or step == total:
                 elapsed = time.perf_counter() - t0
                 metrics = {f"{name}/{k}": v for k, v in last.items()}
+                if diagnose and probe is not None:
+                    metrics.update(probe(vlm, step))
                 metrics[f"{name}/lr"] = lr
                 metrics[f"{name}/samples_per_s"] = stage.global_batch_size * since_report / max(elapsed, 1e-9)
                 message = {"stage": name, "step": step, "total_steps": total, "metrics": metrics}
-                write = (
-                    (lambda d: save_state(d, position=pos, generators=generators, **state)) if save else None
-                )
-                checkpoints.report(message, write)
+                checkpoints.report(message, write_checkpoint if save else None)
                 t0, since_report = time.perf_counter(), 0
             if interrupt_after is not None and step >= interrupt_after:
                 raise RuntimeError(f"interrupted after step {step} (testing hook interrupt_after_step)")
@@ -261,21 +283,101 @@ def run_stage(
         "steps": total,
         "samples": len(dataset),
         "resumed_from_step": resumed_from,
+        "zero": zero,
     }
     result.update({f"final_{k.replace('/', '_')}": v for k, v in last.items() if k != "loss"})
+    _save_outputs(step_dir, name, vlm, tokenizer, objective, stepper, rank=rank, train_vision=bool(tower))
     if rank == 0:
-        save_adapter(vlm, step_dir / "adapter")
-        if name == "stage2":
-            vlm.llm.save_pretrained(step_dir / "llm")
-            tokenizer.save_pretrained(step_dir / "llm")
-            if tower:
-                torch.save(trainable_state(vlm.vision), step_dir / "vision_trainable.pt")
-        if any(p.numel() for p in objective.parameters()):
-            torch.save(objective.state_dict(), step_dir / "objective.pt")
         (step_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))
     if world > 1:
         dist.barrier()
+    elif payload.get("evaluate") and zero != 3:
+        _evaluate_in_worker(vlm, tokenizer, cfg, payload["evaluate"])
     return result
+
+
+def _evaluate_in_worker(vlm: Any, tokenizer: Any, cfg: Any, ev: dict[str, Any]) -> None:
+    """The evaluation step with the model still in memory (one worker): saves a second process loading it.
+    A failure here only warns: the grid's own evaluation step then runs (and reports) it."""
+    import warnings
+
+    from core.evaluation.step import build_eval_dir, evaluate_loaded
+
+    try:
+        build_eval_dir(Path(ev["out_dir"]), ev["ident"], lambda: evaluate_loaded(vlm, tokenizer, cfg, ev))
+    except Exception as err:  # noqa: BLE001
+        warnings.warn(
+            f"evaluation in the training worker failed ({err!r}); it runs again on its own", stacklevel=2
+        )
+
+
+def _gather_embedding_table(objective: torch.nn.Module, vlm: Any) -> None:
+    """Under ZeRO-3 the LLM's embedding table is partitioned across ranks: objectives that read it whole
+    (BASIC's L_sds) get it gathered, a collective every rank runs at the same point of each micro-step."""
+    import deepspeed
+
+    weight = vlm.llm.get_input_embeddings().weight
+
+    def gathered() -> torch.Tensor:
+        with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
+            return weight.detach().clone()
+
+    for part in objective.modules():
+        if hasattr(part, "embedding_table"):
+            part.embedding_table = gathered
+
+
+def _diagnostics_every(cfg: Any, stage: str, zero: int | None) -> int | None:
+    """How often stage 1 runs the alignment diagnostics, or None. ZeRO-3 partitions the weights the probe
+    would read on one rank: no curve then."""
+    every = cfg.eval.diagnostics.every_steps
+    if stage != "stage1" or not cfg.eval.enabled or not every:
+        return None
+    if zero == 3:
+        import warnings
+
+        warnings.warn("eval.diagnostics.every_steps is ignored under ZeRO-3 in stage 1", stacklevel=2)
+        return None
+    return every
+
+
+def _diagnostics_probe(cfg: Any, vlm: Any, tokenizer: Any, step_dir: Path) -> Any:
+    """Stage 1's diagnostics probe; its curve points also go to the step dir for the evaluation step."""
+    from core.evaluation.diagnostics import CURVE_FILE, DiagnosticsProbe
+
+    return DiagnosticsProbe(cfg.eval, vlm, tokenizer, curve_path=step_dir / CURVE_FILE)
+
+
+def _save_outputs(
+    step_dir: Path,
+    stage: str,
+    vlm: Any,
+    tokenizer: Any,
+    objective: torch.nn.Module,
+    stepper: TorchStepper | DeepSpeedStepper,
+    *,
+    rank: int,
+    train_vision: bool,
+) -> None:
+    """What later steps load: the adapter (always), the LLM and tokenizer (stage 2), the vision tower's
+    trained weights, the objective's parameters. Under ZeRO-3 the weights are gathered first (all ranks
+    take part); rank 0 writes."""
+    from core.models import save_adapter
+
+    with stepper.gathered(list(vlm.adapter.parameters()) + list(objective.parameters())):
+        if rank == 0:
+            save_adapter(vlm, step_dir / "adapter")
+            if any(p.numel() for p in objective.parameters()):
+                torch.save(objective.state_dict(), step_dir / "objective.pt")
+    if stage == "stage2":
+        llm_state = stepper.full_state_dict("vlm.llm.")  # ZeRO-3 only: consolidated on rank 0
+        if rank == 0:
+            vlm.llm.save_pretrained(step_dir / "llm", state_dict=llm_state)
+            tokenizer.save_pretrained(step_dir / "llm")
+        if train_vision:
+            with stepper.gathered([p for p in vlm.vision.parameters() if p.requires_grad]):
+                if rank == 0:
+                    torch.save(trainable_state(vlm.vision), step_dir / "vision_trainable.pt")
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

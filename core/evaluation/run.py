@@ -1,0 +1,134 @@
+"""The evaluation step of a trial: configured benchmarks, final diagnostics and pictures, written to a directory."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from core.evaluation.config import EvalConfig
+
+STAGES = ("stage1", "stage2")
+METRICS_FILE = "metrics.json"
+PREDICTIONS_DIR = "predictions"
+
+
+def metric_prefix(name: str, final: bool) -> str:
+    """`eval/<name>` for the trial's final model, `eval/<name>/before_stage2` after a non-final stage 1."""
+    return f"eval/{name}" if final else f"eval/{name}/before_stage2"
+
+
+def diag_name(metric: str, stage: str) -> str:
+    """`diag/<metric>` after stage 1 (continuing its training curve), `diag/<metric>/after_stage2` after stage 2."""
+    return f"diag/{metric}" if stage == "stage1" else f"diag/{metric}/after_stage2"
+
+
+def evaluate(
+    vlm: Any,
+    tokenizer: Any,
+    eval_cfg: EvalConfig,
+    *,
+    llm_id: str,
+    stage: str,
+    out_dir: str | Path,
+    heldout: Any = None,
+    words: Sequence[str] | None = None,
+    final: bool = True,
+    template: str | None = None,
+    tacs_curve: Sequence[tuple[int, float]] | None = None,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, float]:
+    """Run the benchmarks due after `stage`, the diagnostics and pictures; write files; return metrics.
+
+    `stage` is the stage that just finished ("stage1" or "stage2"); `final` says whether it is the
+    trial's last one (stage 1 with stage 2 disabled, or stage 2). Benchmarks run per their `when`
+    (default: text_mc after every stage, the others after the final one). `template` is the chat
+    template for prompts (default: the LLM's own; pass stage 2's override when it has one).
+    `heldout` (a diagnostics.Heldout) and `words` default to the configured held-out set and its words.
+    `tacs_curve` (step, TACS) points of stage 1 add `tacs_curve.png`.
+
+    Writes into `out_dir`: `metrics.json` ({"stage", "final", "llm_id", "template", "metrics",
+    "counts", "seconds"}), `predictions/<bench>.jsonl` per benchmark run, and with
+    diagnostics.pictures `patch_words.png`, `pca.png` (and `tacs_curve.png`). Returns {} without
+    writing anything when `eval_cfg.enabled` is false.
+    """
+    from core.evaluation.benchmarks import run_benchmark
+    from core.evaluation.diagnostics import (
+        compute_diagnostics,
+        curve_picture,
+        diagnostics_pictures,
+        load_heldout,
+    )
+    from core.models.llm import get_llm_spec
+
+    if stage not in STAGES:
+        raise ValueError(
+            f"stage={stage!r}: must be one of {', '.join(STAGES)} (the stage that just finished)"
+        )
+    if not eval_cfg.enabled:
+        return {}
+    say = log or (lambda _: None)
+    out = Path(out_dir)
+    (out / PREDICTIONS_DIR).mkdir(parents=True, exist_ok=True)
+    template = template or get_llm_spec(llm_id).chat_template
+    synthetic_dir = None
+    if eval_cfg.needs_synthetic():
+        from core.data.synthetic_eval import ensure_synthetic_eval
+
+        synthetic_dir = ensure_synthetic_eval(eval_cfg.synthetic_spec())
+
+    metrics: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    seconds: dict[str, float] = {}
+    due = [b for b in eval_cfg.benchmarks if b.runs_after(stage, final)]
+    say(
+        f"[eval] after {stage} ({'final' if final else 'not final'}): {len(due)} benchmark(s), template {template}"
+    )
+    for bench in due:
+        t0 = time.perf_counter()
+        found, preds = run_benchmark(
+            vlm,
+            tokenizer,
+            bench,
+            template,
+            synthetic_dir=synthetic_dir,
+            prefix=metric_prefix(bench.name, final),
+            image_mode=eval_cfg.image_mode,
+            batch_size=eval_cfg.batch_size,
+            max_new_tokens=eval_cfg.max_new_tokens,
+            log=log,
+        )
+        metrics.update(found)
+        counts[bench.name] = len(preds)
+        seconds[bench.name] = time.perf_counter() - t0
+        with (out / PREDICTIONS_DIR / f"{bench.name}.jsonl").open("w") as f:
+            for p in preds:
+                f.write(json.dumps(p) + "\n")
+
+    t0 = time.perf_counter()
+    if heldout is None:
+        heldout = load_heldout(eval_cfg, vlm, tokenizer, synthetic_dir=synthetic_dir)
+    result = compute_diagnostics(vlm, tokenizer, heldout, words, k=eval_cfg.diagnostics.tacs_k)
+    metrics.update({diag_name(k, stage): v for k, v in result.metrics.items()})
+    counts["diagnostics"] = len(heldout)
+    if eval_cfg.diagnostics.pictures:
+        diagnostics_pictures(result, heldout, vlm, out)
+        if tacs_curve:
+            curve_picture(tacs_curve, out / "tacs_curve.png")
+    seconds["diagnostics"] = time.perf_counter() - t0
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+    say(f"[eval] diagnostics on {len(heldout)} held-out images in {seconds['diagnostics']:.1f}s: {shown}")
+
+    summary = {
+        "stage": stage,
+        "final": final,
+        "llm_id": llm_id,
+        "template": template,
+        "metrics": metrics,
+        "counts": counts,
+        "seconds": seconds,
+    }
+    (out / METRICS_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return metrics

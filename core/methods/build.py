@@ -1,0 +1,49 @@
+"""Which objective a method trains with in each stage: an explicit registry from method name to builder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from core.methods.objective import CombinedObjective, Objective
+
+Builder = Callable[[Any, dict[str, Any], str], Objective | None]
+
+
+def _sea(method: Any, context: dict[str, Any], stage: str) -> Objective | None:
+    # SEA aligns against label embeddings that are constants only while the LLM is frozen: stage 1.
+    if stage != "stage1":
+        return None
+    from core.methods.sea_objective import SeaObjective
+
+    return SeaObjective(method.sea, **context["sea"])
+
+
+def _basic(method: Any, context: dict[str, Any], stage: str) -> Objective | None:
+    if not getattr(method.basic, stage):
+        return None
+    from core.methods.basic_objective import BasicObjective
+
+    return BasicObjective(method.basic, context["vlm"])
+
+
+# Each method is the sum of its parts; a stage where no part applies trains with the baseline objective.
+METHOD_PARTS: dict[str, tuple[Builder, ...]] = {
+    "llava": (),
+    "sea": (_sea,),
+    "basic": (_basic,),
+    "sea+basic": (_sea, _basic),
+}
+
+
+def build_objective(method: Any, context: dict[str, Any], *, stage: str) -> Objective:
+    """The objective of `method` (a grid.spec.MethodConfig) in `stage`; `context` holds what parts need
+    at build time (`vlm`; `sea`: label embeddings, grid, seed)."""
+    if method.name not in METHOD_PARTS:
+        raise ValueError(f"method.name: no objective for '{method.name}'; known: {', '.join(METHOD_PARTS)}")
+    parts = [o for build in METHOD_PARTS[method.name] if (o := build(method, context, stage)) is not None]
+    if not parts:
+        return Objective()
+    if len(parts) == 1:
+        return parts[0]
+    return CombinedObjective(parts)
