@@ -18,14 +18,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # Tiny models on a shared 2-core box: one intra-op thread is much faster than two fighting with Ray's
-    # workers (a tiny forward measured ~50x slower with 2 threads under load).
-    import torch
-
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope="module")
 def seagrid_cache(tmp_path_factory: pytest.TempPathFactory):
     """A fresh, empty SEAGRID_CACHE for one test module (the session-wide one stays untouched)."""

@@ -18,6 +18,20 @@ from grid.spec import SpecError, TrialConfig, parse_spec
 from grid.trial import prepare_labels, resolve_dataset
 
 
+@pytest.fixture(autouse=True)
+def own_process_group():
+    """The MASTER_*/RANK variables the one-process group sets are gone afterwards, so that Ray workers started
+    by later tests do not inherit them (the group itself stays: DeepSpeed keeps handles to it)."""
+    keys = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    before = {k: os.environ.get(k) for k in keys}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def test_config_is_llava_zero3_with_auto_resolved() -> None:
     # LLaVA-1.5's scripts/zero3.json with transformers' resolution of "auto" for hidden size 4096.
     expected_zero = {
@@ -31,6 +45,7 @@ def test_config_is_llava_zero3_with_auto_resolved() -> None:
         "stage3_max_live_parameters": 1_000_000_000,
         "stage3_max_reuse_distance": 1_000_000_000,
         "stage3_gather_16bit_weights_on_model_save": True,
+        "memory_efficient_linear": False,  # ours: no process-wide patch of F.linear
     }
     cfg = deepspeed_config(zero=3, micro_batch_size=16, accumulation=1, hidden_size=4096)
     assert cfg["zero_optimization"] == expected_zero
@@ -139,19 +154,27 @@ def test_zero2_and_zero3_match_plain_pytorch(tmp_path: Path) -> None:
     assert tau_p != 0 and torch.allclose(tau_p, tau_z, atol=1e-6)
 
     # Stage 2 under ZeRO-3: the LLM is partitioned while it trains and gathered to be saved.
+    linear = torch.nn.functional.linear
     s2_plain = run(plain, "stage2", tmp_path / "p2", stage1_dir=str(tmp_path / "p1"))
     s2_zero = run(zero, "stage2", tmp_path / "z2", stage1_dir=str(tmp_path / "p1"))
+    assert torch.nn.functional.linear is linear  # ZeRO-3 left the process's torch as it found it
     assert s2_zero["zero"] == 3
     assert s2_zero["final_loss"] == pytest.approx(s2_plain["final_loss"], rel=1e-4)
     llm_p = AutoModelForCausalLM.from_pretrained(tmp_path / "p2" / "llm")
     llm_z = AutoModelForCausalLM.from_pretrained(tmp_path / "z2" / "llm")
     zp = dict(llm_z.named_parameters())
+    # Adam divides by sqrt(v): a gradient near zero that rounds differently can move a weight by up to one
+    # step (lr = 2e-3). Tolerate a quarter of a step anywhere, and require nearly all weights to agree to 1e-5.
+    close = total = 0
     for name, p in llm_p.named_parameters():
         assert zp[name].shape == p.shape, name  # whole tensors, not ZeRO-3 partitions
-        torch.testing.assert_close(zp[name], p, rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(zp[name], p, rtol=0, atol=5e-4)
+        close += int(((zp[name] - p).abs() <= 1e-5).sum())
+        total += p.numel()
+    assert close / total > 0.999
     a, b = adapter(tmp_path / "p2"), adapter(tmp_path / "z2")
     for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=5e-4)
 
 
 def test_zero2_resume_gives_identical_weights(tmp_path: Path) -> None:
@@ -171,3 +194,26 @@ def test_zero2_resume_gives_identical_weights(tmp_path: Path) -> None:
     tau_b = torch.load(tmp_path / "resumed" / "objective.pt")["log_tau"]
     assert torch.equal(tau_a, tau_b)
     assert resumed["final_loss"] == straight["final_loss"]
+
+
+def test_zero3_stage2_resume_gives_identical_weights(tmp_path: Path) -> None:
+    """Stage 2 under ZeRO-3 (LLM and adapter partitioned): killed after its step-2 checkpoint and relaunched,
+    it ends with exactly the LLM and adapter of an uninterrupted run."""
+    cfg = config("off", 3)
+    cfg = cfg.model_copy(update={"stage2": cfg.stage2.model_copy(update={"checkpoint_every": 2})})
+    run(cfg, "stage1", tmp_path / "s1")
+    start = {"stage1_dir": str(tmp_path / "s1")}
+    straight = run(cfg, "stage2", tmp_path / "straight", **start)
+    assert straight["steps"] == 4
+    ckpts = LocalCheckpoints(tmp_path / "ckpt")
+    with pytest.raises(RuntimeError, match="interrupted after step 3"):
+        run(cfg, "stage2", tmp_path / "killed", ckpts, interrupt_after_step=3, **start)
+    resumed = run(cfg, "stage2", tmp_path / "resumed", LocalCheckpoints(tmp_path / "ckpt"), **start)
+    assert resumed["resumed_from_step"] == 2
+    a, b = adapter(tmp_path / "straight"), adapter(tmp_path / "resumed")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    llm_a = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "llm")
+    llm_b = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "resumed" / "llm").named_parameters())
+    for name, p in llm_a.named_parameters():
+        assert torch.equal(p, llm_b[name]), name

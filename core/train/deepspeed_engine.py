@@ -76,6 +76,10 @@ def deepspeed_config(
             stage3_max_live_parameters=int(1e9),
             stage3_max_reuse_distance=int(1e9),
             stage3_gather_16bit_weights_on_model_save=True,
+            # Its "memory efficient linear" replaces torch.nn.functional.linear for the whole process and
+            # never puts it back: everything run later in the process (the in-worker evaluation, other
+            # stages in a notebook) would compute with it.
+            memory_efficient_linear=False,
         )
     if offload != "none":
         zero_cfg["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
@@ -107,11 +111,16 @@ def init_distributed(device: torch.device) -> None:
     import deepspeed
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = 0, 1
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
-            os.environ.setdefault(key, value)
+    # DeepSpeed's engine reads these even when it joins an existing group.
+    local = str(torch.cuda.current_device()) if device.type == "cuda" else "0"
+    for key, value in (("RANK", str(rank)), ("WORLD_SIZE", str(world)), ("LOCAL_RANK", local)):
+        os.environ.setdefault(key, value)
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
 
 
