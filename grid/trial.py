@@ -215,10 +215,10 @@ def eval_payload(
 
 def run_eval_step(
     cfg: TrialConfig, cell: dict[str, Any], stage: str, stage_dirs: dict[str, str], final: bool
-) -> tuple[Path, dict[str, float], bool]:
+) -> tuple[Path, dict[str, float]]:
     """Evaluate what `stage` left, unless done already (by an earlier run, another trial, or the training
     worker itself right after training), in a Ray task holding one trial worker's resources; returns the
-    evaluation's directory, its metrics and whether it was reused."""
+    evaluation's directory and its metrics."""
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -235,8 +235,8 @@ def run_eval_step(
         scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
     )
     out_dir = Path(payload["out_dir"])
-    ran = build_eval_dir(out_dir, payload["ident"], lambda: ray.get(task.remote(payload)))
-    return out_dir, read_metrics(out_dir), not ran
+    build_eval_dir(out_dir, payload["ident"], lambda: ray.get(task.remote(payload)))
+    return out_dir, read_metrics(out_dir)
 
 
 def _report_curve(stage1_dir: Path) -> None:
@@ -287,7 +287,7 @@ def run_trial(config: dict[str, Any]) -> None:
             if part["stage1/reused"]:
                 _report_curve(step_dir)
         if cfg.eval.enabled:
-            out_dir, metrics, _ = run_eval_step(cfg, cell, stage, stage_dirs, final)
+            out_dir, metrics = run_eval_step(cfg, cell, stage, stage_dirs, final)
             summary.update(metrics)
             summary[f"eval_dir/{stage}"] = str(out_dir)
             artifacts[f"eval/{stage}"] = str(out_dir)

@@ -28,6 +28,7 @@ from grid.plots import llm_parameters
 from grid.report import _tacs_history, build_report
 from grid.spec import load_spec
 from grid.tracking import Tracker
+from grid.trial import run_eval_step
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -470,3 +471,18 @@ def test_real_grid_evaluates_into_served_store(mlflow_server: str, tmp_path: Pat
     report = build_report(spec_path, tracking_uri=url, console=quiet())
     cell = report.cell("eval/pope", {"method.name": "llava", "model.llm": "tiny-llama"})
     assert cell["mean"] == pytest.approx(metrics["eval/pope"]) and cell["n"] == 1
+
+    # The trial evaluated in its training worker; the grid's own evaluation step (a Ray task that loads
+    # the stage's saved weights) gives the same numbers.
+    (trial,) = expand(load_spec(spec_path))
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    other = {
+        "trial": trial.config.model_dump(mode="json"),
+        "results_root": str(tmp_path / "elsewhere"),
+        "cache_dir": os.environ["SEAGRID_CACHE"],
+    }
+    out_dir, again = run_eval_step(trial.config, other, "stage1", {"stage1": tags["result.stage1/dir"]}, True)
+    assert out_dir.parent.parent == tmp_path / "elsewhere" and (out_dir / "patch_words.png").is_file()
+    assert again.keys() == served["metrics"].keys()
+    for key, value in served["metrics"].items():
+        assert again[key] == pytest.approx(value, abs=1e-6), key
