@@ -8,6 +8,7 @@ import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -63,6 +64,25 @@ MIN_IMAGE_SIZE = 24  # below this a 3x3 cell is too small to draw recognisable s
 MAX_OBJECTS = min(len(SHAPES), len(COLOURS) - 1, 9)  # shapes and colours are distinct within an image
 
 
+def check_drawing(where: str, image_size: int, max_objects: int) -> None:
+    """The drawing settings every synthetic spec shares; errors name the spec's field."""
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"{where}.image_size={image_size}: must be >= {MIN_IMAGE_SIZE} so each 3x3 cell can hold a shape"
+        )
+    if not 1 <= max_objects <= MAX_OBJECTS:
+        raise ValueError(
+            f"{where}.max_objects={max_objects}: must be in 1..{MAX_OBJECTS} "
+            "(shapes and colours are distinct within an image)"
+        )
+
+
+def spec_digest(spec: Any, **versions: int | str) -> str:
+    """Short hash of a spec dataclass and the generator versions that wrote it: its cache directory's name."""
+    payload = json.dumps({**asdict(spec), **versions}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class SyntheticSpec:
     """What defines a synthetic dataset; equal specs give byte-identical files."""
@@ -75,21 +95,11 @@ class SyntheticSpec:
     def __post_init__(self) -> None:
         if self.num_samples < 1:
             raise ValueError(f"SyntheticSpec.num_samples={self.num_samples}: must be >= 1")
-        if self.image_size < MIN_IMAGE_SIZE:
-            raise ValueError(
-                f"SyntheticSpec.image_size={self.image_size}: must be >= {MIN_IMAGE_SIZE} "
-                "so each 3x3 cell can hold a shape"
-            )
-        if not 1 <= self.max_objects <= MAX_OBJECTS:
-            raise ValueError(
-                f"SyntheticSpec.max_objects={self.max_objects}: must be in 1..{MAX_OBJECTS} "
-                "(shapes and colours are distinct within an image)"
-            )
+        check_drawing("SyntheticSpec", self.image_size, self.max_objects)
 
     def digest(self) -> str:
         """Short hash of the spec and the generator version: the name of its cache directory."""
-        payload = json.dumps({**asdict(self), "generator": GENERATOR_VERSION}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+        return spec_digest(self, generator=GENERATOR_VERSION)
 
 
 @dataclass(frozen=True)

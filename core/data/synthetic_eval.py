@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,13 @@ from core.cache import build_once
 from core.data.synthetic import (
     COLOURS,
     GENERATOR_VERSION,
-    MAX_OBJECTS,
-    MIN_IMAGE_SIZE,
     SHAPES,
     PlacedObject,
     SyntheticSpec,
+    check_drawing,
     draw_sample,
     located,
+    spec_digest,
 )
 from core.data.synthetic_instruct import MIXES, NUMBER_WORDS, QUESTIONS, SIDES
 from core.paths import cache_dir
@@ -73,21 +72,14 @@ class SyntheticEvalSpec:
 
     def __post_init__(self) -> None:
         where = "SyntheticEvalSpec"
-        if self.image_size < MIN_IMAGE_SIZE:
-            raise ValueError(f"{where}.image_size={self.image_size}: must be >= {MIN_IMAGE_SIZE}")
-        if not 1 <= self.max_objects <= MAX_OBJECTS:
-            raise ValueError(f"{where}.max_objects={self.max_objects}: must be in 1..{MAX_OBJECTS}")
+        check_drawing(where, self.image_size, self.max_objects)
         for name in ("num_images", "num_heldout", "num_text_questions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{where}.{name}={getattr(self, name)}: must be >= 1")
 
     def digest(self) -> str:
         """Short hash of the spec and the generator versions: the name of its cache directory."""
-        payload = json.dumps(
-            {**asdict(self), "generator": EVAL_GENERATOR_VERSION, "drawing": GENERATOR_VERSION},
-            sort_keys=True,
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+        return spec_digest(self, generator=EVAL_GENERATOR_VERSION, drawing=GENERATOR_VERSION)
 
     def drawing_spec(self) -> SyntheticSpec:
         return SyntheticSpec(

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -14,13 +13,13 @@ from core.cache import build_once
 from core.data.synthetic import (
     COLOURS,
     GENERATOR_VERSION,
-    MAX_OBJECTS,
-    MIN_IMAGE_SIZE,
     SHAPES,
     PlacedObject,
     SyntheticSpec,
+    check_drawing,
     draw_sample,
     located,
+    spec_digest,
 )
 from core.paths import cache_dir
 
@@ -78,16 +77,7 @@ class InstructSpec:
     def __post_init__(self) -> None:
         if self.num_samples < 1:
             raise ValueError(f"InstructSpec.num_samples={self.num_samples}: must be >= 1")
-        if self.image_size < MIN_IMAGE_SIZE:
-            raise ValueError(
-                f"InstructSpec.image_size={self.image_size}: must be >= {MIN_IMAGE_SIZE} "
-                "so each 3x3 cell can hold a shape"
-            )
-        if not 1 <= self.max_objects <= MAX_OBJECTS:
-            raise ValueError(
-                f"InstructSpec.max_objects={self.max_objects}: must be in 1..{MAX_OBJECTS} "
-                "(shapes and colours are distinct within an image)"
-            )
+        check_drawing("InstructSpec", self.image_size, self.max_objects)
         if not 0.0 <= self.text_only_fraction <= 1.0:
             raise ValueError(
                 f"InstructSpec.text_only_fraction={self.text_only_fraction!r}: must be in [0, 1]"
@@ -97,11 +87,7 @@ class InstructSpec:
 
     def digest(self) -> str:
         """Short hash of the spec and both generator versions: the name of its cache directory."""
-        payload = json.dumps(
-            {**asdict(self), "generator": INSTRUCT_GENERATOR_VERSION, "drawing": GENERATOR_VERSION},
-            sort_keys=True,
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+        return spec_digest(self, generator=INSTRUCT_GENERATOR_VERSION, drawing=GENERATOR_VERSION)
 
     def drawing_spec(self) -> SyntheticSpec:
         """The stage-1 spec whose `draw_sample` draws this dataset's images."""
