@@ -353,10 +353,10 @@ def setup_random(args: argparse.Namespace, device: torch.device, dtype: torch.dt
 
 def bench_steps(setup: Setup, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Median forward+backward+optimizer step of each objective, alternated AB BA AB ... on the same batches."""
+    from core.config import SeaConfig
     from core.labels import make_collate_with_labels
     from core.methods.objective import Objective
     from core.methods.sea_objective import SeaObjective
-    from grid.spec import SeaConfig
 
     vlm = setup.vlm
     if args.gradient_checkpointing:

@@ -61,9 +61,10 @@ def report(args: argparse.Namespace, console: Console) -> int:
 
 def build_labels(spec_path: str, console: Console) -> int:
     """`just labels SPEC`: the label step of every SEA trial, in this process, with a progress bar."""
+    from core.data.resolve import resolve_dataset
+    from core.labels.prepare import prepare_labels
     from grid.expand import expand
     from grid.spec import METHODS_WITH_SEA, load_spec
-    from grid.trial import prepare_labels, resolve_dataset
 
     spec = load_spec(spec_path)
     trials = [t for t in expand(spec, spec_path) if t.config.method.name in METHODS_WITH_SEA]

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from grid.identity import content_hash, identity_dict
+from core.config.identity import content_hash, identity_dict
 from grid.spec import ExperimentSpec, SpecError, TrialConfig, describe_errors, did_you_mean
 
 

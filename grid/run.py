@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from ray.tune import Callback
 from rich.console import Console
 
 from core.paths import cache_dir
+from core.ray_session import ensure_ray
 from grid.expand import Trial
 from grid.plan import PlanRow, make_plan, plan_table
 from grid.spec import ExperimentSpec, load_spec
@@ -30,36 +30,6 @@ class GridResult:
     @property
     def failed(self) -> list[str]:
         return [t for t, s in self.status.items() if s == "failed"]
-
-
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Start a local Ray session (or join $RAY_ADDRESS) unless one is already up in this process."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    kwargs: dict[str, Any] = {
-        "include_dashboard": False,
-        "log_to_driver": os.environ.get("SEAGRID_RAY_LOGS") == "1",
-    }
-    if not os.environ.get("RAY_ADDRESS"):
-        kwargs["num_cpus"] = num_cpus or os.cpu_count()
-        # Locally the workers share this virtualenv; Ray's `uv run` hook would copy the working tree
-        # and build a second environment for every worker process (many seconds per trial).
-        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-        from ray._private import ray_constants
-
-        # Ray reads the variable once, at import; honour it even when ray was imported before us.
-        ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] not in (
-            "0",
-            "false",
-        )
-    env = {
-        k: os.environ[k]
-        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "SEAGRID_CACHE")
-        if k in os.environ
-    }
-    ray.init(runtime_env={"env_vars": env} if env else None, **kwargs)
 
 
 class GridCallback(Callback):

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
+from core.config.identity import flatten
 from grid.expand import Trial
-from grid.identity import flatten
 
 DEFAULT_STORE = Path("mlflow")
 PARENT_TAG = "seagrid.role"

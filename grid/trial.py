@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from core.cache import DONE_MARKER, is_built
-from grid.identity import content_hash, identity_dict
-from grid.spec import DatasetConfig, TrialConfig
+from core.config import TrialConfig
+from core.config.identity import content_hash, identity_dict
+from core.data.resolve import resolve_dataset
 
 # Ray Tune gives each trial this much (a token amount, so trials are limited by their workers'
 # resources, not by the driver that only waits on them).
@@ -40,66 +41,6 @@ def stage_identity(cfg: TrialConfig, stage: str) -> dict[str, Any]:
 def stage_dir(results_root: Path, cfg: TrialConfig, stage: str) -> Path:
     """results/steps/<stage>-<hash of what defines it>."""
     return Path(results_root) / "steps" / f"{stage}-{content_hash(stage_identity(cfg, stage))}"
-
-
-def resolve_dataset(ds: DatasetConfig, stage: str = "stage1") -> tuple[Path, Path]:
-    """(json path, image root) of a stage's dataset, generating synthetic data on first use
-    (captions for stage 1, instruction conversations for stage 2)."""
-    if ds.source == "synthetic":
-        if stage == "stage2":
-            from core.data.synthetic_instruct import InstructSpec, ensure_instruct
-
-            return ensure_instruct(InstructSpec(**ds.synthetic.model_dump()))
-        from core.data.synthetic import SyntheticSpec, ensure_synthetic
-
-        return ensure_synthetic(SyntheticSpec(**ds.synthetic.model_dump()))
-    assert ds.json_path and ds.image_root
-    json_path, image_root = Path(ds.json_path).expanduser(), Path(ds.image_root).expanduser()
-    if not json_path.is_file():
-        raise FileNotFoundError(f"data.{stage}.json_path: {json_path} does not exist")
-    if not image_root.is_dir():
-        raise FileNotFoundError(f"data.{stage}.image_root: {image_root} is not a directory")
-    return json_path, image_root
-
-
-def prepare_labels(
-    cfg: TrialConfig,
-    json_path: Path,
-    image_root: Path,
-    *,
-    progress: bool = False,
-    parallel: int | str | None = None,
-) -> Path:
-    """SEA's label step: the word list, the label store (built once, shared) and its view on the trial's grid.
-
-    ``parallel`` is ``ensure_store``'s: ``None`` extracts in this process, ``K`` in K Ray tasks (one GPU
-    each when the cluster has GPUs), ``"auto"`` by cluster and dataset size. Pass it from the driver
-    (``just labels``); inside a trial that holds the GPUs, the shards would wait for them.
-    """
-    from core.labels import caption_words, ensure_store, labels_for_grid, read_word_list
-    from core.models.vision import ENCODERS
-
-    sea = cfg.method.sea
-    if sea.words.source == "file":
-        assert sea.words.path
-        words = read_word_list(Path(sea.words.path).expanduser())
-    else:
-        words = caption_words(json_path, min_count=sea.words.min_count, max_words=sea.words.max_words)
-    store = ensure_store(
-        sea.labels_from or cfg.model.encoder,
-        words,
-        json_path,
-        image_root,
-        top_n=sea.top_n,
-        negate=sea.sign == "negated",
-        batch_size=sea.label_batch_size,
-        chunk_size=sea.label_chunk_words,
-        on_missing_image=cfg.data.stage1.on_missing_image,
-        progress=progress,
-        parallel=parallel,
-    )
-    view = labels_for_grid(store, ENCODERS[cfg.model.encoder].grid, sea.top_n, precompute=True)
-    return Path(view.path)
 
 
 def prepare_models(cfg: TrialConfig) -> None:

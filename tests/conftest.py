@@ -32,7 +32,7 @@ def ray_session():
     """One local Ray session shared by every test that needs it (starting one costs ~20 s)."""
     import ray
 
-    from grid.run import ensure_ray
+    from core.ray_session import ensure_ray
 
     ensure_ray(num_cpus=2)
     yield ray

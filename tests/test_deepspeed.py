@@ -11,11 +11,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from core.data.resolve import resolve_dataset
+from core.labels.prepare import prepare_labels
 from core.train.checkpoint import LocalCheckpoints
 from core.train.deepspeed_engine import deepspeed_config, resolve_zero
 from core.train.stage import run_stage
 from grid.spec import SpecError, TrialConfig, parse_spec
-from grid.trial import prepare_labels, resolve_dataset
 
 
 @pytest.fixture(autouse=True)

@@ -835,7 +835,7 @@ def test_invalid_config_names_the_field() -> None:
 
 
 def test_identity_leaves_out_paths_and_speed() -> None:
-    from grid.identity import identity_dict
+    from core.config.identity import identity_dict
 
     cfg = EvalConfig.model_validate(
         {

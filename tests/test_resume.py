@@ -9,10 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from core.data.resolve import resolve_dataset
+from core.labels.prepare import prepare_labels
 from core.train.checkpoint import LocalCheckpoints
 from core.train.stage import run_stage1
 from grid.spec import TrialConfig
-from grid.trial import prepare_labels, resolve_dataset
 
 
 def payload(tmp_path: Path, name: str, method: dict, **extra) -> dict:

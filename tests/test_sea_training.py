@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from core.data import LlavaDataset
+from core.data.resolve import resolve_dataset
 from core.evaluation.diagnostics import label_recall
 from core.labels import LabelStore, WithLabels
+from core.labels.prepare import prepare_labels
 from core.models import build_vlm, load_adapter
 from core.sea import label_embeddings
 from core.train.checkpoint import LocalCheckpoints
 from core.train.stage import run_stage1
 from grid.spec import TrialConfig
-from grid.trial import prepare_labels, resolve_dataset
 
 
 def trial(method: dict, encoder: str = "tiny-clip") -> TrialConfig:

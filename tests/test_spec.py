@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.config.identity import content_hash
 from grid.expand import expand
-from grid.identity import content_hash
 from grid.spec import SpecError, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parent.parent

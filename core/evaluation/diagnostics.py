@@ -233,8 +233,9 @@ def load_heldout(
         )
     if synthetic_dir is None:
         from core.data.synthetic_eval import ensure_synthetic_eval
+        from core.evaluation.config import synthetic_spec
 
-        synthetic_dir = ensure_synthetic_eval(eval_cfg.synthetic_spec())
+        synthetic_dir = ensure_synthetic_eval(synthetic_spec(eval_cfg))
     return synthetic_heldout(synthetic_dir, vlm, tokenizer, diag.heldout_samples)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from core.evaluation.config import EvalConfig
+from core.evaluation.config import EvalConfig, synthetic_spec
 
 STAGES = ("stage1", "stage2")
 METRICS_FILE = "metrics.json"
@@ -77,7 +77,7 @@ def evaluate(
     if eval_cfg.needs_synthetic():
         from core.data.synthetic_eval import ensure_synthetic_eval
 
-        synthetic_dir = ensure_synthetic_eval(eval_cfg.synthetic_spec())
+        synthetic_dir = ensure_synthetic_eval(synthetic_spec(eval_cfg))
 
     metrics: dict[str, float] = {}
     counts: dict[str, int] = {}

@@ -85,7 +85,7 @@ def evaluate_step(payload: dict[str, Any]) -> dict[str, float]:
     """
     import torch
 
-    from grid.spec import TrialConfig
+    from core.config import TrialConfig
 
     os.environ["SEAGRID_CACHE"] = payload["cache_dir"]
     torch.set_num_threads(max(1, int(payload.get("threads", 1))))

@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from core.cache import is_built
+from core.config.identity import content_hash
 from core.data.images import preprocess
 from core.labels.store import (
     CHECKABLE,
@@ -33,7 +34,6 @@ from core.labels.words import check_words, word_list_hash
 from core.models.vision import ENCODERS, get_encoder_spec
 from core.paths import cache_dir
 from core.sea import extract_labels
-from grid.identity import content_hash
 
 __all__ = [
     "dataset_identity",
@@ -251,7 +251,7 @@ def _cluster_gpus() -> int:
     import ray
 
     if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
-        from grid.run import ensure_ray
+        from core.ray_session import ensure_ray
 
         ensure_ray()
         return int(ray.cluster_resources().get("GPU", 0))
@@ -314,7 +314,7 @@ def extract_store(
 
     ``parallel`` (see :func:`resolve_parallel`) > 1 cuts the rows still to do into that many shards of
     whole batches (:func:`shard_bounds`) and extracts each in a Ray task (Ray is started or joined by
-    ``grid.run.ensure_ray`` if needed): one GPU per task when the cluster has GPUs (``device=None``;
+    ``core.ray_session.ensure_ray`` if needed): one GPU per task when the cluster has GPUs (``device=None``;
     ``"cpu"`` forces CPU tasks, each then gets the cluster's CPUs / shards), else CPU. Each task
     loads the encoder and encodes the words once, writes its rows into the store's arrays and commits
     its own ``progress-<k>.json``; this process holds the lock, shows one progress bar over all
@@ -549,7 +549,7 @@ def _run_shards_ray(
     """Extract shards ``todo`` in Ray tasks, calling ``on_poll`` every ``POLL_S``; a failure raises now."""
     import ray
 
-    from grid.run import ensure_ray
+    from core.ray_session import ensure_ray
 
     ensure_ray()
     resources = ray.cluster_resources()

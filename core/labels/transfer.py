@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from core.cache import is_built
+from core.config.identity import content_hash
 from core.labels.store import LabelStore, StoreWriter, locked, make_meta
 from core.sea import transfer_labels
-from grid.identity import content_hash
 
 __all__ = ["TransferredLabels", "labels_for_grid", "transfer_store", "transferred_labels"]
 

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from grid.identity import content_hash
+from core.config.identity import content_hash
 
 __all__ = [
     "ATTRIBUTE_WORDS",

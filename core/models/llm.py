@@ -12,10 +12,9 @@ if TYPE_CHECKING:
     import torch
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from core.config.facts import CHAT_TEMPLATES  # noqa: E402  (re-exported)
 from core.models.tiny import TinyBuilder, checkpoint_source
 from core.models.tiny_tokenizer import train_tiny_tokenizer
-
-CHAT_TEMPLATES = ("vicuna_v1", "llama3", "gemma", "phi3", "mistral")
 
 
 @dataclass(frozen=True)

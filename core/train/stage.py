@@ -116,11 +116,11 @@ def run_stage(
     returns the result summary that is also written to `result.json`. Metrics and checkpoints go to
     `checkpoints` (Ray Train's inside a trial); training resumes from its latest checkpoint if there is one.
     """
+    from core.config import METHODS_WITH_SEA, TrialConfig
     from core.data import LlavaDataset, make_collate
     from core.methods.build import build_objective
     from core.models import build_vlm, load_adapter
     from core.models.llm import get_llm_spec
-    from grid.spec import METHODS_WITH_SEA, TrialConfig
 
     os.environ["SEAGRID_CACHE"] = payload["cache_dir"]
     cfg = TrialConfig.model_validate(payload["trial"])
@@ -397,8 +397,8 @@ def _sea_context(
     if "labels" in payload:
         store = LabelStore.open(payload["labels"]["path"])
     else:
-        from grid.spec import TrialConfig
-        from grid.trial import prepare_labels
+        from core.config import TrialConfig
+        from core.labels.prepare import prepare_labels
 
         # The label step runs here, in the worker that has the accelerator and has torch imported anyway;
         # the store's own lock makes the other ranks (and other trials) wait for one extraction.

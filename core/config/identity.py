@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from grid.spec import NOT_IDENTITY
+from core.config.base import NOT_IDENTITY
 
 
 def identity_dict(model: BaseModel, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:

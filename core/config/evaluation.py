@@ -1,0 +1,193 @@
+"""Evaluation settings of a trial (benchmarks, diagnostics): strict pydantic sections of the config."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from core.config.base import NOT_IDENTITY, Strict
+
+BenchmarkKind = Literal["pope", "vqa", "mc", "text_mc"]
+Stage = Literal["after_stage1", "after_stage2"]
+PopeSplit = Literal["adversarial", "popular", "random"]
+
+# Which file fields each kind reads with source "files" (required ones first, then optional ones).
+REQUIRED_FILES: dict[str, tuple[str, ...]] = {
+    "pope": ("annotation_dir", "image_root"),
+    "vqa": ("question_file", "annotation_file", "image_root"),
+    "mc": ("question_file",),
+    "text_mc": ("question_file",),
+}
+OPTIONAL_FILES: dict[str, tuple[str, ...]] = {
+    "pope": ("question_file",),
+    "vqa": (),
+    "mc": ("image_root",),
+    "text_mc": (),
+}
+FILE_FIELDS = ("question_file", "annotation_file", "annotation_dir", "image_root")
+_FILE_HELP = {
+    "pope": "annotation_dir (the coco_pope_<split>.json files) and image_root; question_file optional "
+    "(LLaVA's llava_pope_test.jsonl)",
+    "vqa": "question_file (jsonl: question_id, image, text), annotation_file (answers) and image_root",
+    "mc": "question_file (jsonl or MMBench tsv); image_root when items name image files",
+    "text_mc": "question_file (MMLU csv, a directory of them, or jsonl)",
+}
+
+
+class BenchmarkConfig(Strict):
+    """One benchmark: what kind of scoring, where its files are, and when it runs.
+
+    `name` labels its metrics (`eval/<name>...`) and report columns. `when` None means: text_mc after
+    both stages (language retention: after stage 1 the LLM is untouched, so that is the "before"
+    number), every other kind after the trial's last stage only.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
+    kind: BenchmarkKind
+    source: Literal["synthetic", "files"] = "synthetic"
+    question_file: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
+    annotation_file: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
+    annotation_dir: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
+    image_root: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
+    splits: list[PopeSplit] = Field(
+        default_factory=lambda: ["adversarial", "popular", "random"], min_length=1
+    )
+    vqa_metric: Literal["vqa", "exact"] = Field(
+        "vqa", description="vqa: the official 10-annotator accuracy; exact: normalised exact match (GQA)"
+    )
+    mc_mode: Literal["loglik", "generate"] = "loglik"
+    max_samples: int | None = Field(None, ge=1, description="first N items (per split for POPE)")
+    prompt: str | None = Field(
+        None, description="user-turn format with {question}; default: the file's text as LLaVA uses it"
+    )
+    when: list[Stage] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> BenchmarkConfig:
+        given = [f for f in FILE_FIELDS if getattr(self, f) is not None]
+        if self.source == "synthetic":
+            if given:
+                raise ValueError(
+                    f"benchmark '{self.name}': {', '.join(given)} given but source is 'synthetic' "
+                    "(files are generated); set source: files to read your own files, or drop them"
+                )
+        else:
+            missing = [f for f in REQUIRED_FILES[self.kind] if getattr(self, f) is None]
+            if missing:
+                raise ValueError(
+                    f"benchmark '{self.name}': source 'files' with kind '{self.kind}' needs "
+                    f"{', '.join(missing)}; set {_FILE_HELP[self.kind]}"
+                )
+            allowed = set(REQUIRED_FILES[self.kind]) | set(OPTIONAL_FILES[self.kind])
+            extra = [f for f in given if f not in allowed]
+            if extra:
+                raise ValueError(
+                    f"benchmark '{self.name}': kind '{self.kind}' does not read {', '.join(extra)}; "
+                    f"it reads {_FILE_HELP[self.kind]}"
+                )
+        if self.prompt is not None and "{question}" not in self.prompt:
+            raise ValueError(
+                f"benchmark '{self.name}': prompt {self.prompt!r} has no {{question}} placeholder; "
+                "write e.g. '{question}\\nAnswer with a single word.'"
+            )
+        if self.when is not None and not self.when:
+            raise ValueError(
+                f"benchmark '{self.name}': when is empty, so it never runs; list after_stage1 and/or "
+                "after_stage2, or leave it unset for the default"
+            )
+        if len(set(self.splits)) != len(self.splits):
+            raise ValueError(f"benchmark '{self.name}': splits {self.splits} repeat a split")
+        return self
+
+    def identity_exclude(self) -> set[str]:
+        """Settings another kind would read do not change this benchmark's result."""
+        unused = {"splits"} if self.kind != "pope" else set()
+        if self.kind != "vqa":
+            unused.add("vqa_metric")
+        if self.kind not in ("mc", "text_mc"):
+            unused.add("mc_mode")
+        return unused
+
+    def runs_after(self, stage: str, final: bool) -> bool:
+        """Whether this benchmark runs when `stage` ("stage1"/"stage2") has just finished."""
+        if self.when is None:
+            return final or self.kind == "text_mc"
+        return f"after_{stage}" in self.when
+
+
+class DiagnosticsConfig(Strict):
+    """Alignment diagnostics (REFERENCE.md section 5) on a held-out caption set.
+
+    source "synthetic": the held-out set of the synthetic evaluation world, ground-truth words per
+    patch (no label extraction). "files": a LLaVA-format JSON (first gpt turn = caption) with its
+    image root; label_store (a finished SEA label store on the same patch grid) enables label recall,
+    words_file (one word per line) gives the nearest-word list when there is no store.
+    """
+
+    every_steps: int | None = Field(
+        None, ge=1, json_schema_extra=NOT_IDENTITY, description="stage-1 curve: diagnostics every N steps"
+    )
+    heldout_samples: int = Field(64, ge=1)
+    pictures: bool = Field(True, json_schema_extra=NOT_IDENTITY)
+    tacs_k: int = Field(10, ge=1)
+    source: Literal["synthetic", "files"] = "synthetic"
+    json_path: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
+    image_root: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
+    label_store: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
+    words_file: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
+
+    @model_validator(mode="after")
+    def _check(self) -> DiagnosticsConfig:
+        paths = [f for f in ("json_path", "image_root", "label_store", "words_file") if getattr(self, f)]
+        if self.source == "synthetic" and paths:
+            raise ValueError(
+                f"diagnostics: {', '.join(paths)} given but source is 'synthetic'; set source: files "
+                "to use your own held-out captions, or drop them"
+            )
+        if self.source == "files":
+            missing = [f for f in ("json_path", "image_root") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(
+                    f"diagnostics: source 'files' needs {', '.join(missing)} (a LLaVA-format caption "
+                    "JSON and its image root)"
+                )
+        return self
+
+
+class SyntheticEvalConfig(Strict):
+    """The synthetic evaluation world (core.data.synthetic_eval); match the training set's drawing."""
+
+    seed: int = 0
+    image_size: int = Field(128, ge=24)
+    max_objects: int = Field(3, ge=1, le=8)
+    num_images: int = Field(32, ge=1)
+    num_text_questions: int = Field(48, ge=1)
+
+
+class EvalConfig(Strict):
+    """The evaluation step of a trial: benchmarks, diagnostics and generation settings."""
+
+    enabled: bool = False
+    benchmarks: list[BenchmarkConfig] = []
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+    synthetic: SyntheticEvalConfig = Field(default_factory=SyntheticEvalConfig)
+    batch_size: int = Field(8, ge=1, json_schema_extra=NOT_IDENTITY)
+    max_new_tokens: int = Field(16, ge=1)
+    image_mode: Literal["pad", "square"] = Field(
+        "pad", description="image preprocessing for benchmarks (LLaVA-1.5 evaluates padded images)"
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> EvalConfig:
+        names = [b.name for b in self.benchmarks]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(
+                f"benchmarks: names {repeated} repeat; each name labels its own metrics, make them unique"
+            )
+        return self
+
+    def needs_synthetic(self) -> bool:
+        """Whether any benchmark or the diagnostics read the synthetic evaluation set."""
+        return self.diagnostics.source == "synthetic" or any(b.source == "synthetic" for b in self.benchmarks)
