@@ -1,0 +1,77 @@
+"""Materialise a step once: wait for a live holder, resume a dead one's partial output, rename on success."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.steps.lease import DEFAULT_LEASE_S, Lease
+from core.steps.status import (
+    failed_file,
+    final_dir,
+    is_success,
+    lock_file,
+    partial_dir,
+    write_failure,
+    write_success,
+)
+from core.steps.step import Step
+
+STEP_FILE = "step.json"
+
+
+@dataclass(frozen=True)
+class Materialized:
+    """A finished step's directory and whether an earlier run (any trial's, any grid's) had made it."""
+
+    path: Path
+    reused: bool
+
+
+def materialize(
+    step: Step,
+    root: Path,
+    build: Callable[[Path], Any],
+    *,
+    lease_s: float = DEFAULT_LEASE_S,
+    poll_s: float = 1.0,
+    on_wait: Callable[[dict[str, Any] | None], None] | None = None,
+) -> Materialized:
+    """Run `build(work_dir)` for `step` unless it is done; the directory of its finished output.
+
+    `build` writes into `work_dir` (`.<name>-<hash>.partial`, kept across attempts, so a step that can
+    resume finds what the last attempt left); on success the directory gets `.status` and is renamed to
+    `<name>-<hash>`. A failure records its traceback in `.<name>-<hash>.failed` and raises. Concurrent
+    callers (trials sharing the step, on any node that sees `root`) wait for the lease holder.
+    """
+    root = Path(root)
+    final = final_dir(root, step.dirname)
+    if is_success(final):
+        return Materialized(final, True)
+    lease = Lease(lock_file(root, step.dirname), lease_s, info={"step": step.dirname, "pid": os.getpid()})
+    lease.acquire(poll_s=poll_s, on_wait=on_wait)
+    try:
+        if is_success(final):  # finished by the holder we waited for
+            return Materialized(final, True)
+        if final.exists():  # a directory without SUCCESS: never a finished step
+            shutil.rmtree(final)
+        work = partial_dir(root, step.dirname)
+        work.mkdir(parents=True, exist_ok=True)
+        (work / STEP_FILE).write_text(json.dumps(step.describe(), indent=2, sort_keys=True))
+        try:
+            build(work)
+        except BaseException:
+            write_failure(root, step.dirname, lease.holder, traceback.format_exc())
+            raise
+        write_success(work, {"holder": lease.holder, "hash": step.hash})
+        os.rename(work, final)
+        failed_file(root, step.dirname).unlink(missing_ok=True)
+        return Materialized(final, False)
+    finally:
+        lease.release()
