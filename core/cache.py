@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import fcntl
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from core.steps.lease import Lease
 
 DONE_MARKER = ".done"
 
@@ -19,7 +20,7 @@ def is_built(target: Path) -> bool:
 def build_once(target: Path, build: Callable[[Path], None]) -> Path:
     """Run `build(tmp_dir)` and move the result to `target` unless it is already there.
 
-    A lock file beside `target` serialises concurrent builders (Ray workers starting together);
+    The steps' lease lock beside `target` serialises concurrent builders (Ray workers starting together);
     the build writes into a temporary sibling that is renamed only when complete, so an
     interrupted build never leaves a directory that looks finished.
     """
@@ -27,9 +28,7 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
     if is_built(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = target.parent / f".{target.name}.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with Lease(target.parent / f".{target.name}.lock"):
         if is_built(target):
             return target
         if target.exists():

@@ -60,23 +60,22 @@ def report(args: argparse.Namespace, console: Console) -> int:
 
 
 def build_labels(spec_path: str, console: Console) -> int:
-    """`just labels SPEC`: the label step of every SEA trial, in this process, with a progress bar."""
-    from core.data.resolve import resolve_dataset
+    """`just labels SPEC`: the label steps of every SEA trial, in this process, with a progress bar."""
     from core.labels.prepare import prepare_labels
+    from core.pipeline import label_steps
     from grid.expand import expand
-    from grid.spec import METHODS_WITH_SEA, load_spec
+    from grid.spec import load_spec, steps_root
 
     spec = load_spec(spec_path)
-    trials = [t for t in expand(spec, spec_path) if t.config.method.name in METHODS_WITH_SEA]
+    trials = [t for t in expand(spec, spec_path) if label_steps(t.config)]
     if not trials:
         console.print(f"{spec.name}: no trial uses SEA; no labels to build")
         return 0
+    root = steps_root(spec.output)
     done: dict[str, str] = {}
     for t in trials:
-        json_path, image_root = resolve_dataset(t.config.data.stage1)
-        path = prepare_labels(
-            t.config, json_path, image_root, progress=True, parallel=t.config.method.sea.label_parallel
-        )
+        parallel = t.config.method.sea.label_parallel
+        path = prepare_labels(t.config, root, progress=True, parallel=parallel)
         done.setdefault(str(path), t.id)
     for path, tid in done.items():
         console.print(f"labels for {tid} (and trials like it): {path}", soft_wrap=True, highlight=False)

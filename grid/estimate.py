@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.stages import STAGES
+
 # Assumptions (README, "GPU-hours estimate"): an A100-class GPU at 312 TFLOP/s bf16 peak, 35% model
-# FLOPs utilisation, and the text length of a typical sample in each stage of the LLaVA-1.5 data.
+# FLOPs utilisation; each stage's k and typical text length are in core.stages.STAGES.
 PEAK_FLOPS = 312e12
 MFU = 0.35
-TEXT_TOKENS = {"stage1": 64, "stage2": 400}
-# Stage 1 backpropagates through the frozen LLM's activations only (no weight gradients): ~4 N FLOPs per
-# token; stage 2 trains the LLM: ~6 N.
-FLOPS_PER_PARAM_TOKEN = {"stage1": 4.0, "stage2": 6.0}
 
 
 @dataclass(frozen=True)
@@ -27,6 +25,7 @@ def estimate_stage(
     stage: str, llm_params: float, num_samples: int, visual_tokens: int, epochs: float
 ) -> StageEstimate:
     """tokens = samples x epochs x (visual + text tokens); FLOPs = k x N x tokens; hours = FLOPs / (peak x MFU)."""
-    tokens = num_samples * epochs * (visual_tokens + TEXT_TOKENS[stage])
-    flops = FLOPS_PER_PARAM_TOKEN[stage] * llm_params * tokens
+    kind = STAGES[stage]
+    tokens = num_samples * epochs * (visual_tokens + kind.text_tokens)
+    flops = kind.flops_per_param_token * llm_params * tokens
     return StageEstimate(tokens, flops, flops / (PEAK_FLOPS * MFU) / 3600)

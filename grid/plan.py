@@ -125,6 +125,12 @@ def print_plan(spec_path: str | Path, console: Console | None = None) -> list[Pl
     console = console or Console()
     counts = {s: sum(r.status == s for r in rows) for s in sorted({r.status for r in rows})}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
-    extra = {r.trial.id: cost_columns(r.trial) for r in rows}
+    from grid.plan_steps import steps_of_trials, steps_text
+    from grid.spec import steps_root
+
+    steps = steps_of_trials(
+        [r.trial for r in rows], steps_root(spec.output), {r.trial.id: r.status for r in rows}
+    )
+    extra = {r.trial.id: {**cost_columns(r.trial), "steps": steps_text(steps[r.trial.id])} for r in rows}
     console.print(plan_table(f"{spec.name}: {len(rows)} trials ({summary})", rows, extra))
     return rows

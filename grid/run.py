@@ -14,7 +14,7 @@ from core.paths import cache_dir
 from core.ray_session import ensure_ray
 from grid.expand import Trial
 from grid.plan import PlanRow, make_plan, plan_table
-from grid.spec import ExperimentSpec, load_spec
+from grid.spec import ExperimentSpec, load_spec, steps_root
 from grid.tracking import Tracker
 
 
@@ -142,20 +142,20 @@ def _tune(
 ) -> None:
     import ray.tune
 
-    from grid.trial import DRIVER_RESOURCES, run_trial
+    from grid.trial import DRIVER_RESOURCES, TrialJob, run_trial
 
     ensure_ray()
     results_root = Path(spec.output.root).expanduser().resolve()
-    storage = results_root / "ray"
+    storage = results_root / "ray"  # Tune's own state; each stage's Train run lives beside it
     parent_id = tracker.parent_run()
     cells = [
-        {
-            "trial_id": t.id,
-            "trial": t.config.model_dump(mode="json"),
-            "results_root": str(results_root),
-            "cache_dir": str(cache_dir()),
-            "storage_path": str(storage),
-        }
+        TrialJob(
+            trial_id=t.id,
+            trial=t.config,
+            results_root=str(results_root),
+            steps_root=str(steps_root(spec.output)),
+            cache_dir=str(cache_dir()),
+        ).model_dump(mode="json")
         for t in todo
     ]
     callback = GridCallback(tracker, parent_id, {t.id: t for t in todo}, result, console)

@@ -44,8 +44,17 @@ class OutputConfig(Strict):
     """Where results go; none of this changes a trial's result."""
 
     root: str = "results"
+    steps_root: str | None = Field(
+        None, description="where steps (label stores, stages, evaluations) live; default <root>/steps"
+    )
     tracking_uri: str | None = None
     max_concurrent_trials: int | None = Field(None, ge=1)
+
+
+def steps_root(output: OutputConfig) -> Path:
+    """The steps root of a spec's output settings (absolute: Ray workers may run elsewhere)."""
+    root = output.steps_root or str(Path(output.root) / "steps")
+    return Path(root).expanduser().resolve()
 
 
 class ExperimentSpec(Strict):

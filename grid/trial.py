@@ -1,46 +1,33 @@
-"""One trial as a Ray Tune driver function: its steps in order, each in a content-addressed directory."""
+"""One trial as a Ray Tune driver function: materialise its step graph (labels, stages, evaluations)."""
 
 from __future__ import annotations
 
-import fcntl
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from core.cache import DONE_MARKER, is_built
-from core.config import TrialConfig
-from core.config.identity import content_hash, identity_dict
-from core.data.resolve import resolve_dataset
+from core.config import Strict, TrialConfig
+from core.pipeline import TrialSteps, trial_steps
+from core.steps import Materialized, Step, is_success, materialize
+from core.train.job import EvalJob, StageJob, make_stage_job
 
 # Ray Tune gives each trial this much (a token amount, so trials are limited by their workers'
 # resources, not by the driver that only waits on them).
 DRIVER_RESOURCES = {"cpu": 0, "memory": 1}
 
 
-def stage_identity(cfg: TrialConfig, stage: str) -> dict[str, Any]:
-    """What defines a stage's result; trials that agree on it share one step directory.
+class TrialJob(Strict):
+    """What the Tune trainable of one trial receives (as `config["cell"]`)."""
 
-    Stage 2 includes everything that defines the stage 1 it starts from (when stage 1 runs).
-    """
-    ident = identity_dict(cfg.model_copy(update={"stage2": cfg.stage2.model_copy(update={"enabled": True})}))
-    out = {
-        "step": stage,
-        "model": ident["model"],
-        "data": ident["data"][stage],
-        stage: ident[stage],
-        "seed": ident["seed"],
-    }
-    if stage == "stage1":
-        out["method"] = ident["method"]
-    elif cfg.stage1.enabled:
-        out["stage1"] = stage_identity(cfg, "stage1")
-    return out
+    trial_id: str
+    trial: TrialConfig
+    results_root: str
+    steps_root: str
+    cache_dir: str | None = None
 
-
-def stage_dir(results_root: Path, cfg: TrialConfig, stage: str) -> Path:
-    """results/steps/<stage>-<hash of what defines it>."""
-    return Path(results_root) / "steps" / f"{stage}-{content_hash(stage_identity(cfg, stage))}"
+    @property
+    def storage_path(self) -> str:
+        return str(Path(self.results_root) / "ray")
 
 
 def prepare_models(cfg: TrialConfig) -> None:
@@ -53,131 +40,136 @@ def prepare_models(cfg: TrialConfig) -> None:
     checkpoint_source(get_encoder_spec(cfg.model.encoder), cfg.model.encoder_path, "vision encoder")
 
 
-def fit_stage(cfg: TrialConfig, payload: dict[str, Any], callbacks: list[Any] | None = None) -> None:
-    """`payload["stage"]` in a Ray Train TorchTrainer; a relaunch under the same run name resumes from its
-    latest checkpoint."""
+def fit_stage(job: StageJob, callbacks: list[Any] | None = None) -> None:
+    """The job's stage in a Ray Train TorchTrainer; a relaunch under the same run name (the step's
+    directory name) resumes from its latest checkpoint, whichever trial launches it."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from core.train.stage import train_stage
 
-    res = cfg.resources
+    res = job.trial.resources
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
     trainer = TorchTrainer(
         train_stage,
-        train_loop_config=payload,
+        train_loop_config=job.model_dump(mode="json"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.num_workers, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker
         ),
         run_config=ray.train.RunConfig(
-            name=f"{payload['trial_id']}-{payload['stage']}",
-            storage_path=payload["storage_path"],
-            callbacks=callbacks or [],
+            name=job.run_name, storage_path=job.storage_path, callbacks=callbacks or []
         ),
     )
     trainer.fit()
 
 
-def run_step(
-    cfg: TrialConfig, cell: dict[str, Any], stage: str, extra: dict[str, Any]
-) -> tuple[Path, dict[str, Any]]:
-    """Run (or reuse) one training stage in its content-addressed directory; returns it and its summary.
-
-    `extra` may carry `evaluate` (an `eval_payload` without this stage's directory, filled in here): a
-    one-worker stage then evaluates in its worker right after training, with the model it has in memory.
-    """
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    json_path, image_root = resolve_dataset(getattr(cfg.data, stage), stage)
-    prepare_models(cfg)
-    step_dir = stage_dir(Path(cell["results_root"]), cfg, stage)
-    step_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Trials sharing a stage result wait for each other instead of training it twice.
-    with open(step_dir.parent / f".{step_dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        reused = is_built(step_dir)
-        if not reused:
-            if step_dir.exists():
-                shutil.rmtree(step_dir)
-            step_dir.mkdir(parents=True)
-            (step_dir / "step.json").write_text(
-                json.dumps(stage_identity(cfg, stage), indent=2, sort_keys=True)
-            )
-            payload = {
-                **cell,
-                **extra,
-                "stage": stage,
-                "step_dir": str(step_dir),
-                "data": {"json_path": str(json_path), "image_root": str(image_root)},
-            }
-            if "evaluate" in extra:
-                ev = extra["evaluate"]
-                payload["evaluate"] = eval_payload(
-                    cfg, cell, stage, {**ev["stage_dirs"], stage: str(step_dir)}, ev["final"]
-                )
-            fit_stage(cfg, payload, [TuneReportCallback()])
-            (step_dir / DONE_MARKER).write_text("ok\n")
-    result = json.loads((step_dir / "result.json").read_text())
-    summary = {f"{stage}/{k}": v for k, v in result.items()}
-    summary.update({f"{stage}/reused": reused, f"{stage}/dir": str(step_dir)})
-    return step_dir, summary
-
-
-def eval_identity(cfg: TrialConfig, stage: str, final: bool) -> dict[str, Any]:
-    """What defines an evaluation's result: the stage it evaluates (with everything before it), whether it
-    is the trial's last, the evaluation settings and the prompt template."""
-    ident = identity_dict(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"enabled": True})}))
-    return {
-        "step": "eval",
-        "after": stage_identity(cfg, stage),
-        "final": final,
-        "eval": ident["eval"],
-        "template": cfg.stage2.template,
-    }
-
-
-def eval_payload(
-    cfg: TrialConfig, cell: dict[str, Any], stage: str, stage_dirs: dict[str, str], final: bool
-) -> dict[str, Any]:
-    """What an evaluation after `stage` needs, wherever it runs; `ident` names its directory."""
-    ident = eval_identity(cfg, stage, final)
-    out_dir = Path(cell["results_root"]) / "steps" / f"eval-{stage}-{content_hash(ident)}"
-    return {
-        "trial": cell["trial"],
-        "stage": stage,
-        "final": final,
-        "stage_dirs": stage_dirs,
-        "out_dir": str(out_dir),
-        "ident": ident,
-        "cache_dir": cell["cache_dir"],
-        "threads": max(1, int(cfg.resources.cpus_per_worker)),
-    }
-
-
-def run_eval_step(
-    cfg: TrialConfig, cell: dict[str, Any], stage: str, stage_dirs: dict[str, str], final: bool
-) -> tuple[Path, dict[str, float]]:
-    """Evaluate what `stage` left, unless done already (by an earlier run, another trial, or the training
-    worker itself right after training), in a Ray task holding one trial worker's resources; returns the
-    evaluation's directory and its metrics."""
-    import ray
+def _task_options(step: Step) -> dict[str, Any]:
+    """A Ray task holding one worker's resources, outside the Tune trial's placement group (a token
+    bundle for the driver): label and evaluation steps run while no training worker holds them."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from core.evaluation.step import build_eval_dir, evaluate_step, read_metrics
+    r = step.resources
+    return {
+        "num_cpus": r.cpus,
+        "num_gpus": r.gpus,
+        "max_retries": 0,
+        "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=None),
+    }
 
-    payload = eval_payload(cfg, cell, stage, stage_dirs, final)
-    res = cfg.resources
-    # Outside the Tune trial's placement group (a token bundle for the driver): the evaluation takes what
-    # one training worker had, now that the training workers are gone.
-    task = ray.remote(evaluate_step).options(
-        num_cpus=res.cpus_per_worker,
-        num_gpus=res.gpus_per_worker,
-        max_retries=0,
-        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
+
+def _label_task(step: Step, root: str, cache: str | None) -> str:
+    from core.labels.prepare import run_label_step
+    from core.paths import using_cache_dir
+
+    with using_cache_dir(cache):
+        return str(materialize(step, Path(root), lambda out: run_label_step(step, Path(root), out)).path)
+
+
+def run_label_steps(job: TrialJob, steps: TrialSteps) -> None:
+    """SEA's label steps before training, with their own resources: shards over Ray tasks when
+    `label_parallel` asks for several (this driver coordinates), else one Ray task."""
+    import ray
+
+    from core.data.resolve import resolve_dataset
+    from core.labels.extract import image_records, resolve_parallel
+    from core.labels.prepare import run_label_step
+    from core.pipeline import LABELS
+
+    root = Path(job.steps_root)
+    for step in steps.labels:
+        if is_success(step.path(root)):
+            continue
+        shards = 1
+        if step.name == LABELS:
+            json_path, _ = resolve_dataset(step.config.data)
+            shards = resolve_parallel(job.trial.method.sea.label_parallel, len(image_records(json_path)[0]))
+        if shards > 1:
+            materialize(step, root, lambda out, s=step, n=shards: run_label_step(s, root, out, parallel=n))
+        else:
+            task = ray.remote(_label_task).options(**_task_options(step))
+            ray.get(task.remote(step, str(root), job.cache_dir))
+
+
+def run_stage_step(job: TrialJob, steps: TrialSteps, stage: str) -> tuple[Materialized, dict[str, Any]]:
+    """Run (or reuse) one training stage; returns its step directory and its summary. A one-worker
+    stage evaluates in its worker right after training, with the model it has in memory."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from core.pipeline import LABELS, TRANSFER
+
+    cfg, root = job.trial, Path(job.steps_root)
+    step = steps.stages[stage]
+    deps = {d.name: str(d.path(root)) for d in step.deps}
+    in_worker = cfg.eval.enabled and cfg.resources.num_workers == 1
+
+    def build(out: Path) -> None:
+        evaluate = None
+        if in_worker:
+            evaluate = _eval_job(job, stage).model_copy(update={"stage_dir": str(out)})
+        stage_job = make_stage_job(
+            cfg,
+            stage,
+            out,
+            stage1_dir=deps.get("stage1"),
+            labels_dir=deps.get(TRANSFER) or deps.get(LABELS),
+            cache_dir=job.cache_dir,
+            run_name=step.dirname,
+            storage_path=job.storage_path,
+            evaluate=evaluate,
+        )
+        fit_stage(stage_job, [TuneReportCallback()])
+
+    done = materialize(step, root, build)
+    result = json.loads((done.path / "result.json").read_text())
+    summary = {f"{stage}/{k}": v for k, v in result.items()}
+    summary.update({f"{stage}/reused": done.reused, f"{stage}/dir": str(done.path)})
+    return done, summary
+
+
+def _eval_job(job: TrialJob, stage: str) -> EvalJob:
+    return EvalJob(
+        trial=job.trial,
+        stage=stage,
+        steps_root=job.steps_root,
+        cache_dir=job.cache_dir,
+        threads=max(1, int(job.trial.resources.cpus_per_worker)),
     )
-    out_dir = Path(payload["out_dir"])
-    build_eval_dir(out_dir, payload["ident"], lambda: ray.get(task.remote(payload)))
-    return out_dir, read_metrics(out_dir)
+
+
+def run_eval_step(job: TrialJob, steps: TrialSteps, stage: str) -> tuple[Path, dict[str, float]]:
+    """Evaluate what `stage` left, unless done already (by an earlier run, another trial, or the training
+    worker itself right after training), in a Ray task holding one trial worker's resources."""
+    import ray
+
+    from core.evaluation.step import evaluate_step, read_metrics
+    from core.steps import is_success
+
+    step = steps.evals[stage]
+    path = step.path(Path(job.steps_root))
+    if not is_success(path):
+        task = ray.remote(evaluate_step).options(**_task_options(step))
+        ray.get(task.remote(_eval_job(job, stage)))
+    return path, read_metrics(path)
 
 
 def _report_curve(stage1_dir: Path) -> None:
@@ -201,35 +193,27 @@ def _report_curve(stage1_dir: Path) -> None:
 
 
 def run_trial(config: dict[str, Any]) -> None:
-    """The Tune trainable: run (or reuse) stage 1, then stage 2 from its adapter, evaluating after each
-    when the trial asks for it; report a summary and the evaluation folders to log."""
-    import os
-
+    """The Tune trainable: materialise the trial's steps in order (labels, stage 1, its evaluation,
+    stage 2, its evaluation); report a summary and the evaluation folders to log."""
     import ray.tune
 
-    cell = config["cell"]
-    os.environ["SEAGRID_CACHE"] = cell["cache_dir"]
-    cfg = TrialConfig.model_validate(cell["trial"])
+    from core.paths import using_cache_dir
+
+    job = TrialJob.model_validate(config["cell"])
     summary: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    stage_dirs: dict[str, str] = {}
     artifacts: dict[str, str] = {}
-    stages = [s for s in ("stage1", "stage2") if getattr(cfg, s).enabled]
-    for stage in stages:
-        final = stage == stages[-1]
-        # One worker: evaluate in the training worker, with the model in memory (no second process).
-        in_worker = cfg.eval.enabled and cfg.resources.num_workers == 1
-        ev = {"evaluate": {"stage_dirs": dict(stage_dirs), "final": final}} if in_worker else {}
-        step_dir, part = run_step(cfg, cell, stage, {**extra, **ev})
-        summary.update(part)
-        stage_dirs[stage] = str(step_dir)
-        if stage == "stage1":
-            extra["stage1_dir"] = str(step_dir)
-            if part["stage1/reused"]:
-                _report_curve(step_dir)
-        if cfg.eval.enabled:
-            out_dir, metrics = run_eval_step(cfg, cell, stage, stage_dirs, final)
-            summary.update(metrics)
-            summary[f"eval_dir/{stage}"] = str(out_dir)
-            artifacts[f"eval/{stage}"] = str(out_dir)
+    with using_cache_dir(job.cache_dir):
+        prepare_models(job.trial)
+        steps = trial_steps(job.trial)
+        run_label_steps(job, steps)
+        for stage in steps.stages:
+            done, part = run_stage_step(job, steps, stage)
+            summary.update(part)
+            if done.reused:
+                _report_curve(done.path)
+            if stage in steps.evals:
+                out_dir, metrics = run_eval_step(job, steps, stage)
+                summary.update(metrics)
+                summary[f"eval_dir/{stage}"] = str(out_dir)
+                artifacts[f"eval/{stage}"] = str(out_dir)
     ray.tune.report({"seagrid": {"final": summary, "artifacts": artifacts}})

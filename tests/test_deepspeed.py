@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from core.data.resolve import resolve_dataset
 from core.labels.prepare import prepare_labels
 from core.train.checkpoint import LocalCheckpoints
 from core.train.deepspeed_engine import deepspeed_config, resolve_zero
+from core.train.job import make_stage_job
 from core.train.stage import run_stage
 from grid.spec import SpecError, TrialConfig, parse_spec
 
@@ -120,19 +120,11 @@ def config(zero1: str | int, zero2: str | int, **stage1: object) -> TrialConfig:
 
 
 def run(cfg: TrialConfig, stage: str, step_dir: Path, checkpoints: LocalCheckpoints | None = None, **extra):
-    json_path, image_root = resolve_dataset(getattr(cfg.data, stage), stage)
     step_dir.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "stage": stage,
-        "trial": cfg.model_dump(mode="json"),
-        "cache_dir": os.environ["SEAGRID_CACHE"],
-        "step_dir": str(step_dir),
-        "data": {"json_path": str(json_path), "image_root": str(image_root)},
-        **extra,
-    }
-    if stage == "stage1":
-        payload["labels"] = {"path": str(prepare_labels(cfg, json_path, image_root))}
-    return run_stage(payload, checkpoints=checkpoints or LocalCheckpoints())
+    if stage == "stage1" and cfg.method.name == "sea":
+        extra["labels_dir"] = prepare_labels(cfg, step_dir.parent / "steps")
+    job = make_stage_job(cfg, stage, step_dir, **extra)
+    return run_stage(job, checkpoints=checkpoints or LocalCheckpoints())
 
 
 def adapter(step_dir: Path) -> dict[str, torch.Tensor]:

@@ -173,16 +173,16 @@ def test_two_gloo_workers_train_sea(tmp_path: Path, ray_session) -> None:
 def test_relaunched_trainer_resumes_from_ray_checkpoint(tmp_path: Path, ray_session) -> None:
     """A TorchTrainer (DeepSpeed ZeRO-2) killed after its step-4 checkpoint and relaunched under the same run
     name resumes there and ends with exactly the adapter of an uninterrupted run."""
-    import os
 
     import torch
     from ray.train import TrainingFailedError
     from safetensors.torch import load_file
 
     from core.train.checkpoint import LocalCheckpoints
-    from core.train.stage import run_stage1
+    from core.train.job import StageJob, make_stage_job
+    from core.train.stage import run_stage
     from grid.spec import TrialConfig
-    from grid.trial import fit_stage, resolve_dataset
+    from grid.trial import fit_stage
 
     cfg = TrialConfig.model_validate(
         {
@@ -197,25 +197,22 @@ def test_relaunched_trainer_resumes_from_ray_checkpoint(tmp_path: Path, ray_sess
             },
         }
     )
-    json_path, image_root = resolve_dataset(cfg.data.stage1)
 
-    def payload(name: str, **extra) -> dict:
+    def job(name: str, **extra) -> StageJob:
         (tmp_path / name).mkdir(exist_ok=True)
-        return {
-            "trial_id": "resume-test",
-            "stage": "stage1",
-            "trial": cfg.model_dump(mode="json"),
-            "cache_dir": os.environ["SEAGRID_CACHE"],
-            "storage_path": str(tmp_path / "ray"),
-            "step_dir": str(tmp_path / name),
-            "data": {"json_path": str(json_path), "image_root": str(image_root)},
+        return make_stage_job(
+            cfg,
+            "stage1",
+            tmp_path / name,
+            run_name="resume-test",
+            storage_path=str(tmp_path / "ray-runs"),
             **extra,
-        }
+        )
 
     with pytest.raises(TrainingFailedError):
-        fit_stage(cfg, payload("ray", interrupt_after_step=6))
-    fit_stage(cfg, payload("ray"))
-    run_stage1(payload("straight"), checkpoints=LocalCheckpoints())
+        fit_stage(job("ray", step_budget=6))
+    fit_stage(job("ray"))
+    run_stage(job("straight"), checkpoints=LocalCheckpoints())
     assert json.loads((tmp_path / "ray" / "result.json").read_text())["resumed_from_step"] == 4
 
     a = load_file(str(tmp_path / "straight" / "adapter" / "adapter.safetensors"))

@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,13 +23,14 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from rich.console import Console
 
+from core.pipeline import trial_steps
 from grid.cli import main
 from grid.expand import Trial, expand
 from grid.plots import llm_parameters
 from grid.report import _tacs_history, build_report
 from grid.spec import load_spec
 from grid.tracking import Tracker
-from grid.trial import run_eval_step
+from grid.trial import TrialJob, run_eval_step
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -476,13 +478,18 @@ def test_real_grid_evaluates_into_served_store(mlflow_server: str, tmp_path: Pat
     # the stage's saved weights) gives the same numbers.
     (trial,) = expand(load_spec(spec_path))
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
-    other = {
-        "trial": trial.config.model_dump(mode="json"),
-        "results_root": str(tmp_path / "elsewhere"),
-        "cache_dir": os.environ["SEAGRID_CACHE"],
-    }
-    out_dir, again = run_eval_step(trial.config, other, "stage1", {"stage1": tags["result.stage1/dir"]}, True)
-    assert out_dir.parent.parent == tmp_path / "elsewhere" and (out_dir / "patch_words.png").is_file()
+    elsewhere = tmp_path / "elsewhere" / "steps"
+    stage1 = Path(tags["result.stage1/dir"])
+    shutil.copytree(stage1, elsewhere / stage1.name)
+    other = TrialJob(
+        trial_id=trial.id,
+        trial=trial.config,
+        results_root=str(tmp_path / "elsewhere"),
+        steps_root=str(elsewhere),
+        cache_dir=os.environ["SEAGRID_CACHE"],
+    )
+    out_dir, again = run_eval_step(other, trial_steps(trial.config), "stage1")
+    assert out_dir.parent == elsewhere and (out_dir / "patch_words.png").is_file()
     assert again.keys() == served["metrics"].keys()
     for key, value in served["metrics"].items():
         assert again[key] == pytest.approx(value, abs=1e-6), key

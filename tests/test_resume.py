@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.data.resolve import resolve_dataset
 from core.labels.prepare import prepare_labels
 from core.train.checkpoint import LocalCheckpoints
-from core.train.stage import run_stage1
+from core.train.job import StageJob, StepBudgetReached, make_stage_job
+from core.train.stage import run_stage
 from grid.spec import TrialConfig
 
 
-def payload(tmp_path: Path, name: str, method: dict, **extra) -> dict:
+def payload(tmp_path: Path, name: str, method: dict, **extra) -> StageJob:
     cfg = TrialConfig.model_validate(
         {
             "method": method,
@@ -32,37 +31,28 @@ def payload(tmp_path: Path, name: str, method: dict, **extra) -> dict:
             },
         }
     )
-    json_path, image_root = resolve_dataset(cfg.data.stage1)
     step_dir = tmp_path / name
     step_dir.mkdir()
-    out = {
-        "trial": cfg.model_dump(mode="json"),
-        "cache_dir": os.environ["SEAGRID_CACHE"],
-        "step_dir": str(step_dir),
-        "data": {"json_path": str(json_path), "image_root": str(image_root)},
-        **extra,
-    }
-    if method["name"] == "sea":
-        out["labels"] = {"path": str(prepare_labels(cfg, json_path, image_root))}
-    return out
+    labels = prepare_labels(cfg, tmp_path / "steps") if method["name"] == "sea" else None
+    return make_stage_job(cfg, "stage1", step_dir, labels_dir=labels, **extra)
 
 
 @pytest.mark.parametrize("method", [{"name": "llava"}, {"name": "sea", "sea": {"top_n": 3}}])
 def test_resume_gives_identical_weights(tmp_path: Path, method: dict) -> None:
     straight = LocalCheckpoints(tmp_path / "ckpt-straight")
-    result = run_stage1(payload(tmp_path, "straight", method), checkpoints=straight)
+    result = run_stage(payload(tmp_path, "straight", method), checkpoints=straight)
     assert result["steps"] == 10
 
     ckpts = LocalCheckpoints(tmp_path / "ckpt-resumed")
-    with pytest.raises(RuntimeError, match="interrupted after step 6"):
-        run_stage1(payload(tmp_path, "killed", method, interrupt_after_step=6), checkpoints=ckpts)
+    with pytest.raises(StepBudgetReached, match="stopped at step 6"):
+        run_stage(payload(tmp_path, "killed", method, step_budget=6), checkpoints=ckpts)
     assert [p.name for p in sorted((tmp_path / "ckpt-resumed").glob("checkpoint-*"))] == [
         "checkpoint-00000004"
     ]
 
     # The relaunch starts from step 4 (the latest checkpoint), not from scratch.
     relaunch = LocalCheckpoints(tmp_path / "ckpt-resumed")
-    resumed = run_stage1(payload(tmp_path, "resumed", method), checkpoints=relaunch)
+    resumed = run_stage(payload(tmp_path, "resumed", method), checkpoints=relaunch)
     assert [m["step"] for m in relaunch.messages] == list(range(5, 11))
 
     a = load_file(str(tmp_path / "straight" / "adapter" / "adapter.safetensors"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,8 @@ from core.labels.prepare import prepare_labels
 from core.models import build_vlm, load_adapter
 from core.sea import label_embeddings
 from core.train.checkpoint import LocalCheckpoints
-from core.train.stage import run_stage1
+from core.train.job import make_stage_job
+from core.train.stage import run_stage
 from grid.spec import TrialConfig
 
 
@@ -39,18 +39,10 @@ def trial(method: dict, encoder: str = "tiny-clip") -> TrialConfig:
 
 
 def train(cfg: TrialConfig, step_dir: Path, labels: Path | None) -> tuple[dict, list[dict]]:
-    json_path, image_root = resolve_dataset(cfg.data.stage1)
     step_dir.mkdir(parents=True)
-    payload = {
-        "trial": cfg.model_dump(mode="json"),
-        "cache_dir": os.environ["SEAGRID_CACHE"],
-        "step_dir": str(step_dir),
-        "data": {"json_path": str(json_path), "image_root": str(image_root)},
-    }
-    if labels is not None:
-        payload["labels"] = {"path": str(labels)}
     checkpoints = LocalCheckpoints()
-    return run_stage1(payload, checkpoints=checkpoints), checkpoints.messages
+    job = make_stage_job(cfg, "stage1", step_dir, labels_dir=labels)
+    return run_stage(job, checkpoints=checkpoints), checkpoints.messages
 
 
 def recall_of(cfg: TrialConfig, step_dir: Path, store_path: Path) -> float:
@@ -70,8 +62,7 @@ def recall_of(cfg: TrialConfig, step_dir: Path, store_path: Path) -> float:
 def test_sea_raises_label_recall_over_baseline(tmp_path: Path) -> None:
     sea_cfg = trial({"name": "sea", "sea": {"top_n": 5, "words": {"min_count": 1}}})
     base_cfg = trial({"name": "llava"})
-    json_path, image_root = resolve_dataset(sea_cfg.data.stage1)
-    store_path = prepare_labels(sea_cfg, json_path, image_root)
+    store_path = prepare_labels(sea_cfg, tmp_path / "steps")
 
     sea_result, sea_reports = train(sea_cfg, tmp_path / "sea", store_path)
     base_result, _ = train(base_cfg, tmp_path / "base", None)
@@ -95,8 +86,7 @@ def test_sea_raises_label_recall_over_baseline(tmp_path: Path) -> None:
 
 def test_sea_with_labels_transferred_to_dinov2(tmp_path: Path) -> None:
     cfg = trial({"name": "sea", "sea": {"labels_from": "tiny-clip", "top_n": 5}}, encoder="tiny-dinov2")
-    json_path, image_root = resolve_dataset(cfg.data.stage1)
-    store_path = prepare_labels(cfg, json_path, image_root)
+    store_path = prepare_labels(cfg, tmp_path / "steps")
     store = LabelStore.open(store_path)
     assert tuple(store.grid) == (4, 4)  # moved from tiny-clip's 8x8 grid
     cfg = cfg.model_copy(update={"stage1": cfg.stage1.model_copy(update={"max_steps": 3})})

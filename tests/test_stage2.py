@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,10 +11,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from core.models import build_vlm
+from core.pipeline import trial_steps
 from core.train.checkpoint import LocalCheckpoints
+from core.train.job import make_stage_job
 from core.train.stage import run_stage
 from grid.spec import TrialConfig
-from grid.trial import resolve_dataset, stage_dir, stage_identity
 
 
 def config(train_vision: bool = False) -> TrialConfig:
@@ -41,18 +41,11 @@ def config(train_vision: bool = False) -> TrialConfig:
 
 
 def run(cfg: TrialConfig, stage: str, step_dir: Path, **extra) -> tuple[dict, list[dict]]:
-    json_path, image_root = resolve_dataset(getattr(cfg.data, stage), stage)
     step_dir.mkdir(parents=True)
-    payload = {
-        "stage": stage,
-        "trial": cfg.model_dump(mode="json"),
-        "cache_dir": os.environ["SEAGRID_CACHE"],
-        "step_dir": str(step_dir),
-        "data": {"json_path": str(json_path), "image_root": str(image_root)},
-        **extra,
-    }
     checkpoints = LocalCheckpoints()
-    return run_stage(payload, checkpoints=checkpoints), checkpoints.messages
+    return run_stage(
+        make_stage_job(cfg, stage, step_dir, **extra), checkpoints=checkpoints
+    ), checkpoints.messages
 
 
 @pytest.mark.parametrize("train_vision", [False, True])
@@ -81,10 +74,14 @@ def test_stage2_identity_includes_stage1() -> None:
     cfg = config()
     other_stage1 = cfg.model_copy(update={"stage1": cfg.stage1.model_copy(update={"lr": 0.02})})
     other_stage2 = cfg.model_copy(update={"stage2": cfg.stage2.model_copy(update={"lr": 0.02})})
-    root = Path("/results")
-    assert stage_dir(root, cfg, "stage1") != stage_dir(root, other_stage1, "stage1")
-    assert stage_dir(root, cfg, "stage2") != stage_dir(root, other_stage1, "stage2")
+
+    def dirname(c: TrialConfig, stage: str) -> str:
+        return trial_steps(c).stages[stage].dirname
+
+    assert dirname(cfg, "stage1") != dirname(other_stage1, "stage1")
+    assert dirname(cfg, "stage2") != dirname(other_stage1, "stage2")
     # Changing stage 2 leaves the shared stage-1 result alone.
-    assert stage_dir(root, cfg, "stage1") == stage_dir(root, other_stage2, "stage1")
-    assert stage_dir(root, cfg, "stage2") != stage_dir(root, other_stage2, "stage2")
-    assert stage_identity(cfg, "stage2")["stage1"] == stage_identity(cfg, "stage1")
+    assert dirname(cfg, "stage1") == dirname(other_stage2, "stage1")
+    assert dirname(cfg, "stage2") != dirname(other_stage2, "stage2")
+    steps = trial_steps(cfg)
+    assert steps.stages["stage2"].dep("stage1") == steps.stages["stage1"]

@@ -27,9 +27,7 @@ class Cfg(Strict):
 
 def test_hash_covers_name_identity_fields_and_dependencies():
     a = Step("labels", Cfg(value=1))
-    assert a.hash == content_hash(
-        {"name": "labels", "format": 1, "config": {"value": 1}, "deps": {}}
-    )
+    assert a.hash == content_hash({"name": "labels", "format": 1, "config": {"value": 1}, "deps": {}})
     assert Step("labels", Cfg(value=1, where="/x")).hash == a.hash  # not identity
     assert Step("labels", Cfg(value=2)).hash != a.hash
     assert Step("other", Cfg(value=1)).hash != a.hash

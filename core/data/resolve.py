@@ -11,7 +11,9 @@ def resolve_dataset(ds: DatasetConfig, stage: str = "stage1") -> tuple[Path, Pat
     """(json path, image root) of a stage's dataset, generating synthetic data on first use
     (captions for stage 1, instruction conversations for stage 2)."""
     if ds.source == "synthetic":
-        if stage == "stage2":
+        from core.stages import STAGES
+
+        if STAGES[stage].data_kind == "instructions":
             from core.data.synthetic_instruct import InstructSpec, ensure_instruct
 
             return ensure_instruct(InstructSpec(**ds.synthetic.model_dump()))

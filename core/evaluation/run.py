@@ -22,7 +22,9 @@ def metric_prefix(name: str, final: bool) -> str:
 
 def diag_name(metric: str, stage: str) -> str:
     """`diag/<metric>` after stage 1 (continuing its training curve), `diag/<metric>/after_stage2` after stage 2."""
-    return f"diag/{metric}" if stage == "stage1" else f"diag/{metric}/after_stage2"
+    from core.stages import STAGES
+
+    return f"diag/{metric}{STAGES[stage].diag_suffix}"
 
 
 def evaluate(

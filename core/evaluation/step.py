@@ -1,18 +1,22 @@
-"""The evaluation step of a trial, in a worker: load the model a training stage left, run `evaluate`."""
+"""The evaluation step of a trial: load the model a training stage left (or take one in memory), evaluate."""
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.cache import DONE_MARKER, is_built
+from core.steps import Step, materialize
+from core.train.job import EvalJob
 
 METRICS_FILE = "metrics.json"
+
+
+def eval_step_of(job: EvalJob) -> tuple[Step, Path]:
+    """The job's step in its trial's graph, and the steps root."""
+    from core.pipeline import trial_steps
+
+    return trial_steps(job.trial).evals[job.stage], Path(job.steps_root)
 
 
 def load_trained(cfg: Any, stage: str, stage_dirs: dict[str, str], device: Any = None) -> tuple[Any, Any]:
@@ -21,9 +25,10 @@ def load_trained(cfg: Any, stage: str, stage_dirs: dict[str, str], device: Any =
     import torch
 
     from core.models import build_vlm, load_adapter
+    from core.stages import STAGES
 
     step_dir = Path(stage_dirs[stage])
-    llm_path = str(step_dir / "llm") if stage == "stage2" else cfg.model.llm_path
+    llm_path = str(step_dir / "llm") if STAGES[stage].trains_llm else cfg.model.llm_path
     vlm, tokenizer = build_vlm(
         cfg.model.llm,
         cfg.model.encoder,
@@ -45,17 +50,31 @@ def load_trained(cfg: Any, stage: str, stage_dirs: dict[str, str], device: Any =
     return vlm, tokenizer
 
 
-def evaluate_loaded(vlm: Any, tokenizer: Any, cfg: Any, payload: dict[str, Any]) -> dict[str, float]:
-    """`evaluate` on a model already in memory (the training worker's, or one `load_trained` built)."""
+def _stage_dirs(job: EvalJob) -> dict[str, str]:
+    from core.pipeline import stage_dirs, trial_steps
+
+    dirs = stage_dirs(trial_steps(job.trial), Path(job.steps_root), job.stage)
+    if job.stage_dir:
+        dirs[job.stage] = job.stage_dir
+    return dirs
+
+
+def evaluate_loaded(vlm: Any, tokenizer: Any, job: EvalJob) -> dict[str, float]:
+    """`evaluate` on a model already in memory (the training worker's, or one `load_trained` built),
+    writing into `job.out_dir`."""
     import torch
 
     from core.evaluation.diagnostics import CURVE_FILE, read_curve
     from core.evaluation.run import evaluate
 
+    assert job.out_dir, "evaluate_loaded writes into job.out_dir (the step's work directory)"
+    cfg = job.trial
+    step, _ = eval_step_of(job)
+    dirs = _stage_dirs(job)
     device = next(vlm.parameters()).device
     curve: list[tuple[int, float]] = []
-    if "stage1" in payload["stage_dirs"]:
-        curve = read_curve(Path(payload["stage_dirs"]["stage1"]) / CURVE_FILE)
+    if "stage1" in dirs:
+        curve = read_curve(Path(dirs["stage1"]) / CURVE_FILE)
     was_training = vlm.training
     vlm.eval()
     try:
@@ -68,9 +87,9 @@ def evaluate_loaded(vlm: Any, tokenizer: Any, cfg: Any, payload: dict[str, Any])
                 tokenizer,
                 cfg.eval,
                 llm_id=cfg.model.llm,
-                stage=payload["stage"],
-                out_dir=payload["out_dir"],
-                final=payload["final"],
+                stage=job.stage,
+                out_dir=job.out_dir,
+                final=step.config.final,
                 template=cfg.stage2.template,
                 tacs_curve=curve or None,
             )
@@ -78,39 +97,25 @@ def evaluate_loaded(vlm: Any, tokenizer: Any, cfg: Any, payload: dict[str, Any])
         vlm.train(was_training)
 
 
-def evaluate_step(payload: dict[str, Any]) -> dict[str, float]:
-    """Evaluate after `payload["stage"]` in a process of its own (a Ray task): load what the stage left.
-
-    payload: trial (config), stage, final, stage_dirs {stage: step dir}, out_dir, cache_dir, threads.
-    """
+def evaluate_step(job: dict[str, Any] | EvalJob) -> dict[str, float]:
+    """Evaluate after `job.stage` in a process of its own (a Ray task): materialise the step, loading what
+    the stage left. Returns its metrics (reused when another process already evaluated)."""
     import torch
 
-    from core.config import TrialConfig
+    from core.paths import using_cache_dir
 
-    os.environ["SEAGRID_CACHE"] = payload["cache_dir"]
-    torch.set_num_threads(max(1, int(payload.get("threads", 1))))
-    cfg = TrialConfig.model_validate(payload["trial"])
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    vlm, tokenizer = load_trained(cfg, payload["stage"], payload["stage_dirs"], device)
-    return evaluate_loaded(vlm, tokenizer, cfg, payload)
+    job = EvalJob.model_validate(job)
+    torch.set_num_threads(max(1, job.threads))
+    step, root = eval_step_of(job)
 
+    def build(out: Path) -> None:
+        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        vlm, tokenizer = load_trained(job.trial, job.stage, _stage_dirs(job), device)
+        evaluate_loaded(vlm, tokenizer, job.model_copy(update={"out_dir": str(out)}))
 
-def build_eval_dir(out_dir: Path, ident: dict[str, Any], run: Callable[[], Any]) -> bool:
-    """Run `run()` (which writes the evaluation into `out_dir`) unless a finished evaluation is there;
-    a lock beside the directory makes concurrent trials wait for one another. True if it ran."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if is_built(out_dir):
-            return False
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        out_dir.mkdir(parents=True)
-        (out_dir / "step.json").write_text(json.dumps(ident, indent=2, sort_keys=True))
-        run()
-        (out_dir / DONE_MARKER).write_text("ok\n")
-    return True
+    with using_cache_dir(job.cache_dir):
+        done = materialize(step, root, build)
+    return read_metrics(done.path)
 
 
 def read_metrics(out_dir: str | Path) -> dict[str, float]:

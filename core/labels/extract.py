@@ -32,7 +32,7 @@ from core.labels.store import (
 )
 from core.labels.words import check_words, word_list_hash
 from core.models.vision import ENCODERS, get_encoder_spec
-from core.paths import cache_dir
+from core.paths import cache_dir, using_cache_dir
 from core.sea import extract_labels
 
 __all__ = [
@@ -525,12 +525,12 @@ def _extract_shard(
     max_batches: int | None,
 ) -> int:
     """Ray task: extract shard ``shard`` of the store at ``out_dir`` from where it stopped; rows done."""
-    os.environ["SEAGRID_CACHE"] = cache  # tiny encoders are built in, and read from, the driver's cache
     if device == "cpu":
         torch.set_num_threads(cpus)
     here = torch.device(device)
-    tower, word_features = _load(job, here)
-    with ShardWriter.open(out_dir, shard) as writer:
+    # Tiny encoders are built in, and read from, the driver's cache.
+    with using_cache_dir(cache), ShardWriter.open(out_dir, shard) as writer:
+        tower, word_features = _load(job, here)
         _fill(writer, tower, word_features, here, job, ids, images, max_batches=max_batches)
         return writer.done - writer.start
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -58,14 +57,11 @@ CHECKABLE = (
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock for the store at ``path`` (a lock file beside it, as core.cache uses)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    """Hold an exclusive lock for the store at ``path`` (the steps' lease lock beside it: no ``flock``)."""
+    from core.steps.lease import Lease
+
+    with Lease(path.parent / f".{path.name}.lock"):
+        yield
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -21,7 +21,7 @@ from core.config.identity import content_hash
 from core.labels.store import LabelStore, StoreWriter, locked, make_meta
 from core.sea import transfer_labels
 
-__all__ = ["TransferredLabels", "labels_for_grid", "transfer_store", "transferred_labels"]
+__all__ = ["TransferredLabels", "labels_for_grid", "transfer_into", "transfer_store", "transferred_labels"]
 
 
 def _grid(name: str, grid: Sequence[int]) -> tuple[int, int]:
@@ -88,6 +88,14 @@ def transfer_store(
     identity = {"step": "labels-transfer", "source": store.path.name, "grid": list(dst), "top_n": top_n}
     base = Path(root) if root is not None else store.path.parent
     path = base / f"labels-{store.encoder}-to-{dst[0]}x{dst[1]}-{content_hash(identity)}"
+    if not is_built(path):
+        with locked(path):
+            if not is_built(path):
+                transfer_into(store, path, dst, top_n, batch_size=batch_size, device=device)
+    return LabelStore.open(path, _transfer_expected(store, dst, top_n))
+
+
+def _transfer_meta(store: LabelStore, dst: tuple[int, int], top_n: int) -> dict[str, Any]:
     meta = make_meta(
         encoder=store.encoder,
         words=store.words,
@@ -99,33 +107,50 @@ def transfer_store(
         score_dtype=store.meta["score_dtype"],
     )
     meta["transferred_from"] = {"grid": list(store.grid), "store": store.path.name}
-    expected = {k: meta[k] for k in ("encoder", "word_list_hash", "top_n", "grid", "num_images", "sign")}
-    if is_built(path):
-        return LabelStore.open(path, expected)
+    return meta
+
+
+def _transfer_expected(store: LabelStore, dst: tuple[int, int], top_n: int) -> dict[str, Any]:
+    meta = _transfer_meta(store, dst, top_n)
+    return {k: meta[k] for k in ("encoder", "word_list_hash", "top_n", "grid", "num_images", "sign")}
+
+
+def transfer_into(
+    store: LabelStore,
+    path: Path,
+    dst_grid: Sequence[int],
+    top_n: int,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> LabelStore:
+    """Write ``store`` moved to ``dst_grid`` as a store at ``path`` (resumes from its progress; the caller
+    holds the lock). Its ``meta.json`` has the source's encoder, words and dataset, the target ``grid``
+    and ``top_n``, and ``transferred_from`` (source grid and store name)."""
+    dst = _grid("dst_grid", dst_grid)
+    meta = _transfer_meta(store, dst, top_n)
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    with locked(path):
-        if not is_built(path):
-            writer = StoreWriter.create_or_resume(path, meta, store.words, store.ids, store.images)
-            src_index, src_score = store._open_arrays()
-            n_rows = len(store)
-            for start in range(writer.done, n_rows, batch_size):
-                stop = min(start + batch_size, n_rows)
-                index, score = transfer_labels(
-                    torch.from_numpy(np.array(src_index[start:stop], dtype=np.int64)).to(dev),
-                    torch.from_numpy(np.array(src_score[start:stop], dtype=np.float32)).to(dev),
-                    store.grid,
-                    dst,
-                    top_n,
-                )
-                # Scores here are sums of stored scores; cast to the store dtype like extraction does.
-                idx = index.cpu().numpy().astype(np.int32)
-                val = score.cpu().numpy().astype(meta["score_dtype"])
-                idx[val <= 0], val[val <= 0] = -1, 0
-                writer.write(start, idx, val)
-                writer.commit(stop)
-            writer.missing = list(store.missing_ids)
-            writer.finish()
-    return LabelStore.open(path, expected)
+    writer = StoreWriter.create_or_resume(Path(path), meta, store.words, store.ids, store.images)
+    src_index, src_score = store._open_arrays()
+    n_rows = len(store)
+    for start in range(writer.done, n_rows, batch_size):
+        stop = min(start + batch_size, n_rows)
+        index, score = transfer_labels(
+            torch.from_numpy(np.array(src_index[start:stop], dtype=np.int64)).to(dev),
+            torch.from_numpy(np.array(src_score[start:stop], dtype=np.float32)).to(dev),
+            store.grid,
+            dst,
+            top_n,
+        )
+        # Scores here are sums of stored scores; cast to the store dtype like extraction does.
+        idx = index.cpu().numpy().astype(np.int32)
+        val = score.cpu().numpy().astype(meta["score_dtype"])
+        idx[val <= 0], val[val <= 0] = -1, 0
+        writer.write(start, idx, val)
+        writer.commit(stop)
+    writer.missing = list(store.missing_ids)
+    writer.finish()
+    return LabelStore.open(path, _transfer_expected(store, dst, top_n))
 
 
 def labels_for_grid(

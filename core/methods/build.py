@@ -12,7 +12,9 @@ Builder = Callable[[Any, dict[str, Any], str], Objective | None]
 
 def _sea(method: Any, context: dict[str, Any], stage: str) -> Objective | None:
     # SEA aligns against label embeddings that are constants only while the LLM is frozen: stage 1.
-    if stage != "stage1":
+    from core.stages import STAGES
+
+    if not STAGES[stage].sea_applies:
         return None
     from core.methods.sea_objective import SeaObjective
 
@@ -20,7 +22,9 @@ def _sea(method: Any, context: dict[str, Any], stage: str) -> Objective | None:
 
 
 def _basic(method: Any, context: dict[str, Any], stage: str) -> Objective | None:
-    if not getattr(method.basic, stage):
+    from core.stages import STAGES
+
+    if not STAGES[stage].basic_applies(method):
         return None
     from core.methods.basic_objective import BasicObjective
 

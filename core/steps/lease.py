@@ -8,6 +8,7 @@ taken in between is put back rather than stolen.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -111,8 +112,7 @@ class Lease:
             return
         moved = read_lock(aside)
         if moved is not None and moved.get("holder") != judged.get("holder") and not is_stale(moved):
-            try:
-                os.link(aside, self.path)  # fails if a third process took the lock meanwhile: fine
-            except FileExistsError:
-                pass
+            # Fails if a third process took the lock meanwhile: then that one holds it, as it should.
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.path)
         aside.unlink(missing_ok=True)

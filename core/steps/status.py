@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from core.steps.lease import is_stale, read_lock
 STATUS_FILE = ".status"
 
 
-class StepStatus(str, Enum):
+class StepStatus(StrEnum):
     """Where a step stands."""
 
     NEW = "new"

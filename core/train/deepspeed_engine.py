@@ -29,8 +29,10 @@ def resolve_zero(zero: str | int, stage: str, llm_id: str, *, use_gpu: bool) -> 
     if zero == "auto":
         if not use_gpu:
             return None
-        if stage == "stage1":
-            return 2
+        from core.stages import STAGES
+
+        if STAGES[stage].zero_auto is not None:
+            return STAGES[stage].zero_auto
         from core.models.llm import get_llm_spec
 
         return get_llm_spec(llm_id).deepspeed_stage

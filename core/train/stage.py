@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from core.config import METHODS_WITH_SEA
+from core.paths import using_cache_dir
+from core.stages import STAGES
 from core.train.checkpoint import (
     Checkpoints,
     LocalCheckpoints,
@@ -30,8 +32,11 @@ from core.train.deepspeed_engine import (
     make_optimizer,
     resolve_zero,
 )
+from core.train.job import EvalJob, StageJob, StepBudgetReached
 from core.train.schedule import cosine_with_warmup, warmup_steps
 from core.train.steppers import TorchStepper, TrainModule
+
+Stepper = TorchStepper | DeepSpeedStepper
 
 RESULT_FILE = "result.json"
 
@@ -84,54 +89,102 @@ def plan_steps(
     return accum, min(total, max_steps) if max_steps else total
 
 
-def train_stage(payload: dict[str, Any]) -> None:
-    """The Ray Train worker function: `payload["stage"]` with this worker's rank, metrics via ray.train.report."""
+def train_stage(job: dict[str, Any] | StageJob) -> None:
+    """The Ray Train worker function: the job's stage with this worker's rank, metrics via ray.train.report."""
     import ray.train.torch
 
+    job = StageJob.model_validate(job)
     rank, world = _ray_context()
     run_stage(
-        payload, rank=rank, world=world, checkpoints=RayCheckpoints(rank), device=ray.train.torch.get_device()
+        job, rank=rank, world=world, checkpoints=RayCheckpoints(rank), device=ray.train.torch.get_device()
     )
 
 
-def run_stage1(payload: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-    """`run_stage` for stage 1 (adapter alignment)."""
-    return run_stage({**payload, "stage": "stage1"}, **kwargs)
-
-
 def run_stage(
-    payload: dict[str, Any],
+    job: StageJob,
     *,
     rank: int = 0,
     world: int = 1,
     checkpoints: Checkpoints | None = None,
     device: torch.device | None = None,
 ) -> dict[str, Any]:
-    """Run one stage; rank 0 saves what it trained into the step dir.
+    """Run one stage; rank 0 saves what it trained into `job.out_dir`; returns the result summary (also
+    written to `result.json`).
 
-    Stage 1 trains the adapter on captions (`plain` template, square images, the method's extra loss
-    terms); stage 2 starts from stage 1's adapter (`payload["stage1_dir"]`) and trains adapter + LLM (and
-    the vision tower at its own learning rate when asked) on conversations in the LLM's chat template,
-    padded images. `payload` holds the trial config, the step directory and resolved data paths (see grid.trial);
-    returns the result summary that is also written to `result.json`. Metrics and checkpoints go to
-    `checkpoints` (Ray Train's inside a trial); training resumes from its latest checkpoint if there is one.
+    What a stage trains, on which data and template, comes from `core.stages.STAGES`: stage 1 the adapter
+    on captions (plain template, square images, the method's extra loss terms); stage 2 adapter + LLM (and
+    the vision tower at its own learning rate when asked) from stage 1's adapter, on conversations in the
+    LLM's chat template with padded images. Metrics and checkpoints go to `checkpoints` (Ray Train's in a
+    trial); training resumes from its latest checkpoint if there is one.
     """
-    from core.config import METHODS_WITH_SEA, TrialConfig
-    from core.data import LlavaDataset, make_collate
-    from core.methods.build import build_objective
-    from core.models import build_vlm, load_adapter
-    from core.models.llm import get_llm_spec
+    with using_cache_dir(job.cache_dir):
+        return _run_stage(job, rank, world, checkpoints or LocalCheckpoints(), device or torch.device("cpu"))
 
-    os.environ["SEAGRID_CACHE"] = payload["cache_dir"]
-    cfg = TrialConfig.model_validate(payload["trial"])
-    name = payload.get("stage", "stage1")
-    stage = getattr(cfg, name)
-    data_cfg = getattr(cfg.data, name)
-    step_dir = Path(payload["step_dir"])
-    checkpoints = checkpoints or LocalCheckpoints()
+
+def _run_stage(
+    job: StageJob, rank: int, world: int, checkpoints: Checkpoints, device: torch.device
+) -> dict[str, Any]:
+    cfg, settings = job.trial, job.settings
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
     torch.manual_seed(cfg.seed)
+    vlm, tokenizer = build_model(job)
+    dataset, collate_fn, context = build_data(job, vlm, tokenizer, rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        # fp32 matmuls outside autocast (BASIC's vocabulary softmaxes) run on tensor cores.
+        torch.backends.cuda.matmul.allow_tf32 = True
+    vlm.to(device)
+    from core.methods.build import build_objective
 
+    objective = build_objective(cfg.method, {**context, "vlm": vlm}, stage=job.stage).to(device)
+    sampler = ResumableSampler(
+        DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
+        )
+    )
+    loader = DataLoader(
+        dataset, batch_size=settings.micro_batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=True
+    )
+    accum, total = plan_steps(
+        len(dataset),
+        settings.micro_batch_size,
+        world,
+        settings.global_batch_size,
+        settings.epochs,
+        settings.max_steps,
+    )
+    stepper, zero = build_stepper(job, vlm, objective, accum, total, world, rank, device)
+    every = _diagnostics_every(job, zero)
+    # Every rank must agree on when to report (a report is a barrier); only rank 0 runs the probe.
+    probe = _diagnostics_probe(cfg, vlm, tokenizer, Path(job.out_dir)) if every and rank == 0 else None
+    loop = _Loop(job, stepper, loader, sampler, checkpoints, accum, total, world, rank, device, every, probe)
+    pos, last = loop.run(objective, vlm)
+    result = {
+        "first_loss": pos.first_loss,
+        "final_loss": last.get("loss"),
+        "steps": total,
+        "samples": len(dataset),
+        "resumed_from_step": loop.resumed_from,
+        "zero": zero,
+    }
+    result.update({f"final_{k.replace('/', '_')}": v for k, v in last.items() if k != "loss"})
+    tower = any(p.requires_grad for p in vlm.vision.parameters())
+    out_dir = Path(job.out_dir)
+    _save_outputs(out_dir, job.stage, vlm, tokenizer, objective, stepper, rank=rank, train_vision=tower)
+    if rank == 0:
+        (out_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))
+    if world > 1:
+        dist.barrier()
+    elif job.evaluate is not None and zero != 3:
+        _evaluate_in_worker(vlm, tokenizer, job.evaluate)
+    return result
+
+
+def build_model(job: StageJob) -> tuple[Any, Any]:
+    """The VLM with what this stage trains unfrozen (stage 2 starts from stage 1's adapter)."""
+    from core.models import build_vlm, load_adapter
+
+    cfg, settings = job.trial, job.settings
     vlm, tokenizer = build_vlm(
         cfg.model.llm,
         cfg.model.encoder,
@@ -139,172 +192,198 @@ def run_stage(
         llm_path=cfg.model.llm_path,
         encoder_path=cfg.model.encoder_path,
     )
-    if name == "stage1":
+    if not job.kind.trains_llm:
         vlm.freeze_for_stage1()
-        template, image_mode = "plain", "square"
-    else:
-        if payload.get("stage1_dir"):
-            load_adapter(vlm, Path(payload["stage1_dir"]) / "adapter")
-        vlm.freeze_for_stage2(train_vision=stage.train_vision)
-        if stage.gradient_checkpointing:
-            vlm.llm.gradient_checkpointing_enable()
-        template, image_mode = stage.template or get_llm_spec(cfg.model.llm).chat_template, "pad"
+        return vlm, tokenizer
+    if job.stage1_dir:
+        load_adapter(vlm, Path(job.stage1_dir) / "adapter")
+    vlm.freeze_for_stage2(train_vision=settings.train_vision)
+    if settings.gradient_checkpointing:
+        vlm.llm.gradient_checkpointing_enable()
+    return vlm, tokenizer
+
+
+def build_data(
+    job: StageJob, vlm: Any, tokenizer: Any, rank: int
+) -> tuple[Any, Callable[..., dict[str, Any]], dict[str, Any]]:
+    """The stage's dataset in its template and image mode, its collate function, and what the method's
+    objective needs at build time (SEA: the labels of `job.labels_dir`)."""
+    from core.data import LlavaDataset, make_collate
+    from core.models.llm import get_llm_spec
+
+    cfg, kind = job.trial, job.kind
+    data_cfg = kind.dataset(cfg)
     enc = vlm.vision.spec
     dataset = LlavaDataset(
-        payload["data"]["json_path"],
-        payload["data"]["image_root"],
+        job.json_path,
+        job.image_root,
         tokenizer,
-        template,
+        kind.template(cfg, get_llm_spec(cfg.model.llm).chat_template),
         image_size=enc.image_size,
         mean=enc.mean,
         std=enc.std,
-        image_mode=image_mode,
+        image_mode=kind.image_mode,
         on_missing_image=data_cfg.on_missing_image,
         max_unsupervised_fraction=data_cfg.max_unsupervised_fraction,
     )
-    collate_fn = make_collate(tokenizer.pad_token_id)
-    context: dict[str, Any] = {}
-    if name == "stage1" and cfg.method.name in METHODS_WITH_SEA:
-        dataset, collate_fn, context["sea"] = _sea_context(
-            payload, dataset, vlm, tokenizer, cfg.seed * 1000 + rank
-        )
-    device = device or torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        # fp32 matmuls outside autocast (BASIC's vocabulary softmaxes) run on tensor cores.
-        torch.backends.cuda.matmul.allow_tf32 = True
-    vlm.to(device)
-    context["vlm"] = vlm
-    objective = build_objective(cfg.method, context, stage=name).to(device)
-    sampler = ResumableSampler(
-        DistributedSampler(
-            dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
-        )
-    )
-    loader = DataLoader(
-        dataset, batch_size=stage.micro_batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=True
-    )
-    accum, total = plan_steps(
-        len(dataset), stage.micro_batch_size, world, stage.global_batch_size, stage.epochs, stage.max_steps
-    )
+    if kind.sea_applies and cfg.method.name in METHODS_WITH_SEA:
+        if not job.labels_dir:
+            raise ValueError(
+                f"{job.stage} of a '{cfg.method.name}' trial needs its label step's store (job.labels_dir); "
+                "the trial's step graph (core.pipeline.trial_steps) materialises it before training"
+            )
+        return _sea_context(Path(job.labels_dir), dataset, vlm, tokenizer, cfg.seed * 1000 + rank)
+    return dataset, make_collate(tokenizer.pad_token_id), {}
+
+
+def build_stepper(
+    job: StageJob,
+    vlm: Any,
+    objective: torch.nn.Module,
+    accum: int,
+    total: int,
+    world: int,
+    rank: int,
+    device: torch.device,
+) -> tuple[Stepper, int | None]:
+    """The optimizer (main group, vision tower group), the schedule and the stepper: plain PyTorch / DDP,
+    or a DeepSpeed engine with the resolved ZeRO stage."""
+    cfg, settings = job.trial, job.settings
     vision = {id(p) for p in vlm.vision.parameters()}
     main = [p for p in vlm.parameters() if p.requires_grad and id(p) not in vision]
     main += [p for p in objective.parameters() if p.requires_grad]
-    groups = [{"params": main, "lr": stage.lr}]
+    groups = [{"params": main, "lr": settings.lr}]
     tower = [p for p in vlm.vision.parameters() if p.requires_grad]
     if tower:
-        groups.append({"params": tower, "lr": stage.vision_lr})
-    zero = resolve_zero(stage.deepspeed.zero, name, cfg.model.llm, use_gpu=device.type == "cuda")
-    offload = stage.deepspeed.offload if zero is not None else "none"
+        groups.append({"params": tower, "lr": settings.vision_lr})
+    zero = resolve_zero(settings.deepspeed.zero, job.stage, cfg.model.llm, use_gpu=device.type == "cuda")
+    offload = settings.deepspeed.offload if zero is not None else "none"
     if zero is not None:
         init_distributed(device)
-    optimizer = make_optimizer(groups, stage.lr, stage.weight_decay, offload)
-    warm = warmup_steps(total, stage.warmup_ratio)
+    optimizer = make_optimizer(groups, settings.lr, settings.weight_decay, offload)
+    warm = warmup_steps(total, settings.warmup_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, total, warm))
     if zero == 3:
         _gather_embedding_table(objective, vlm)
     module = TrainModule(vlm, objective)
-    stepper: TorchStepper | DeepSpeedStepper
     if zero is None:
         stepper = TorchStepper(
             module, optimizer, scheduler, accumulation=accum, world=world, device=device, rank=rank
         )
-    else:
-        ds_config = deepspeed_config(
-            zero=zero,
-            micro_batch_size=stage.micro_batch_size,
-            accumulation=accum,
-            hidden_size=vlm.llm.get_input_embeddings().embedding_dim,
-            offload=offload,
-        )
-        stepper = DeepSpeedStepper(module, optimizer, scheduler, ds_config)
-
-    # Every rank must agree on when to report (a report is a barrier); only rank 0 runs the probe.
-    every = _diagnostics_every(cfg, name, zero)
-    probe = _diagnostics_probe(cfg, vlm, tokenizer, step_dir) if every and rank == 0 else None
-
-    generators = {"objective": objective.generator} if hasattr(objective, "generator") else {}
-    pos = Position()
-    with checkpoints.latest() as latest:
-        if latest is not None:
-            stepper.load(latest)
-            pos = load_position(latest, rank=rank, generators=generators)
-    resumed_from = pos.step
-
-    def write_checkpoint(directory: Path) -> None:
-        stepper.save(directory)
-        save_position(directory, rank=rank, position=pos, generators=generators)
-
-    stepper.module.train()
-    since_report, t0 = 0, time.perf_counter()
-    sums: dict[str, float] = {}
-    last: dict[str, float] = {}
-    interrupt_after = payload.get("interrupt_after_step")  # testing hook: simulate a killed worker
-    while pos.step < total:
-        sampler.start(pos.epoch, skip=pos.batch_in_epoch * stage.micro_batch_size)
-        for batch in loader:
-            pos.batch_in_epoch += 1
-            batch = _to_device(batch, device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss, terms = stepper.module(batch)
-            for key, value in {"loss": float(loss.detach()), **terms}.items():
-                sums[key] = sums.get(key, 0.0) + value
-            lr = stepper.micro_step(loss)
-            if lr is None:
-                continue
-            pos.step += 1
-            since_report += 1
-            last = {k: _mean_across_ranks(v / accum, world) for k, v in sorted(sums.items())}
-            sums = {}
-            pos.first_loss = last["loss"] if pos.first_loss is None else pos.first_loss
-            step = pos.step
-            save = bool(stage.checkpoint_every) and step % stage.checkpoint_every == 0 and step < total
-            diagnose = bool(every) and (step % every == 0 or step == total)
-            if save or diagnose or step % stage.log_every == 0 or step == total:
-                elapsed = time.perf_counter() - t0
-                metrics = {f"{name}/{k}": v for k, v in last.items()}
-                if diagnose and probe is not None:
-                    metrics.update(probe(vlm, step))
-                metrics[f"{name}/lr"] = lr
-                metrics[f"{name}/samples_per_s"] = stage.global_batch_size * since_report / max(elapsed, 1e-9)
-                message = {"stage": name, "step": step, "total_steps": total, "metrics": metrics}
-                checkpoints.report(message, write_checkpoint if save else None)
-                t0, since_report = time.perf_counter(), 0
-            if interrupt_after is not None and step >= interrupt_after:
-                raise RuntimeError(f"interrupted after step {step} (testing hook interrupt_after_step)")
-            if step >= total:
-                break
-        else:
-            pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
-
-    result = {
-        "first_loss": pos.first_loss,
-        "final_loss": last.get("loss"),
-        "steps": total,
-        "samples": len(dataset),
-        "resumed_from_step": resumed_from,
-        "zero": zero,
-    }
-    result.update({f"final_{k.replace('/', '_')}": v for k, v in last.items() if k != "loss"})
-    _save_outputs(step_dir, name, vlm, tokenizer, objective, stepper, rank=rank, train_vision=bool(tower))
-    if rank == 0:
-        (step_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))
-    if world > 1:
-        dist.barrier()
-    elif payload.get("evaluate") and zero != 3:
-        _evaluate_in_worker(vlm, tokenizer, cfg, payload["evaluate"])
-    return result
+        return stepper, None
+    ds_config = deepspeed_config(
+        zero=zero,
+        micro_batch_size=settings.micro_batch_size,
+        accumulation=accum,
+        hidden_size=vlm.llm.get_input_embeddings().embedding_dim,
+        offload=offload,
+    )
+    return DeepSpeedStepper(module, optimizer, scheduler, ds_config), zero
 
 
-def _evaluate_in_worker(vlm: Any, tokenizer: Any, cfg: Any, ev: dict[str, Any]) -> None:
+class _Loop:
+    """The optimisation loop of a stage: micro-steps, logging, diagnostics, checkpoints, resume."""
+
+    def __init__(
+        self,
+        job: StageJob,
+        stepper: Stepper,
+        loader: DataLoader,
+        sampler: ResumableSampler,
+        checkpoints: Checkpoints,
+        accum: int,
+        total: int,
+        world: int,
+        rank: int,
+        device: torch.device,
+        every: int | None,
+        probe: Any,
+    ) -> None:
+        self.job, self.stepper, self.loader, self.sampler = job, stepper, loader, sampler
+        self.checkpoints, self.accum, self.total = checkpoints, accum, total
+        self.world, self.rank, self.device, self.every, self.probe = world, rank, device, every, probe
+        self.resumed_from = 0
+
+    def run(self, objective: torch.nn.Module, vlm: Any) -> tuple[Position, dict[str, float]]:
+        generators = {"objective": objective.generator} if hasattr(objective, "generator") else {}
+        pos = Position()
+        with self.checkpoints.latest() as latest:
+            if latest is not None:
+                self.stepper.load(latest)
+                pos = load_position(latest, rank=self.rank, generators=generators)
+        self.resumed_from = pos.step
+
+        def write_checkpoint(directory: Path) -> None:
+            self.stepper.save(directory)
+            save_position(directory, rank=self.rank, position=pos, generators=generators)
+
+        self.stepper.module.train()
+        self._since, self._t0 = 0, time.perf_counter()
+        sums: dict[str, float] = {}
+        last: dict[str, float] = {}
+        micro = self.job.settings.micro_batch_size
+        while pos.step < self.total:
+            self.sampler.start(pos.epoch, skip=pos.batch_in_epoch * micro)
+            for batch in self.loader:
+                pos.batch_in_epoch += 1
+                batch = _to_device(batch, self.device)
+                with torch.autocast(
+                    self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
+                ):
+                    loss, terms = self.stepper.module(batch)
+                for key, value in {"loss": float(loss.detach()), **terms}.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                lr = self.stepper.micro_step(loss)
+                if lr is None:
+                    continue
+                pos.step += 1
+                self._since += 1
+                last = {k: _mean_across_ranks(v / self.accum, self.world) for k, v in sorted(sums.items())}
+                sums = {}
+                pos.first_loss = last["loss"] if pos.first_loss is None else pos.first_loss
+                self._after_step(pos.step, last, lr, vlm, write_checkpoint)
+                if pos.step >= self.total:
+                    break
+            else:
+                pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
+        return pos, last
+
+    def _after_step(
+        self, step: int, last: dict[str, float], lr: float, vlm: Any, write_checkpoint: Callable[[Path], None]
+    ) -> None:
+        """Report (with diagnostics and a checkpoint when due); stop at the job's step budget."""
+        settings, name = self.job.settings, self.job.stage
+        save = bool(settings.checkpoint_every) and step % settings.checkpoint_every == 0 and step < self.total
+        diagnose = bool(self.every) and (step % self.every == 0 or step == self.total)
+        if save or diagnose or step % settings.log_every == 0 or step == self.total:
+            elapsed = time.perf_counter() - self._t0
+            metrics = {f"{name}/{k}": v for k, v in last.items()}
+            if diagnose and self.probe is not None:
+                metrics.update(self.probe(vlm, step))
+            metrics[f"{name}/lr"] = lr
+            metrics[f"{name}/samples_per_s"] = settings.global_batch_size * self._since / max(elapsed, 1e-9)
+            message = {"stage": name, "step": step, "total_steps": self.total, "metrics": metrics}
+            self.checkpoints.report(message, write_checkpoint if save else None)
+            self._t0, self._since = time.perf_counter(), 0
+        if self.job.step_budget is not None and step >= self.job.step_budget and step < self.total:
+            raise StepBudgetReached(f"{name} stopped at step {step}: job.step_budget={self.job.step_budget}")
+
+
+def _evaluate_in_worker(vlm: Any, tokenizer: Any, ev: EvalJob) -> None:
     """The evaluation step with the model still in memory (one worker): saves a second process loading it.
     A failure here only warns: the grid's own evaluation step then runs (and reports) it."""
     import warnings
 
-    from core.evaluation.step import build_eval_dir, evaluate_loaded
+    from core.evaluation.step import eval_step_of, evaluate_loaded
+    from core.steps import materialize
 
     try:
-        build_eval_dir(Path(ev["out_dir"]), ev["ident"], lambda: evaluate_loaded(vlm, tokenizer, cfg, ev))
+        step, root = eval_step_of(ev)
+        materialize(
+            step,
+            root,
+            lambda out: evaluate_loaded(vlm, tokenizer, ev.model_copy(update={"out_dir": str(out)})),
+        )
     except Exception as err:  # noqa: BLE001
         warnings.warn(
             f"evaluation in the training worker failed ({err!r}); it runs again on its own", stacklevel=2
@@ -327,16 +406,17 @@ def _gather_embedding_table(objective: torch.nn.Module, vlm: Any) -> None:
             part.embedding_table = gathered
 
 
-def _diagnostics_every(cfg: Any, stage: str, zero: int | None) -> int | None:
-    """How often stage 1 runs the alignment diagnostics, or None. ZeRO-3 partitions the weights the probe
-    would read on one rank: no curve then."""
+def _diagnostics_every(job: StageJob, zero: int | None) -> int | None:
+    """How often the stage runs the alignment diagnostics while training, or None. ZeRO-3 partitions the
+    weights the probe would read on one rank: no curve then."""
+    cfg = job.trial
     every = cfg.eval.diagnostics.every_steps
-    if stage != "stage1" or not cfg.eval.enabled or not every:
+    if not job.kind.curve or not cfg.eval.enabled or not every:
         return None
     if zero == 3:
         import warnings
 
-        warnings.warn("eval.diagnostics.every_steps is ignored under ZeRO-3 in stage 1", stacklevel=2)
+        warnings.warn(f"eval.diagnostics.every_steps is ignored under ZeRO-3 in {job.stage}", stacklevel=2)
         return None
     return every
 
@@ -369,7 +449,7 @@ def _save_outputs(
             save_adapter(vlm, step_dir / "adapter")
             if any(p.numel() for p in objective.parameters()):
                 torch.save(objective.state_dict(), step_dir / "objective.pt")
-    if stage == "stage2":
+    if STAGES[stage].trains_llm:
         llm_state = stepper.full_state_dict("vlm.llm.")  # ZeRO-3 only: consolidated on rank 0
         if rank == 0:
             vlm.llm.save_pretrained(step_dir / "llm", state_dict=llm_state)
@@ -388,24 +468,14 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def _sea_context(
-    payload: dict[str, Any], dataset: Any, vlm: Any, tokenizer: Any, seed: int
+    labels_dir: Path, dataset: Any, vlm: Any, tokenizer: Any, seed: int
 ) -> tuple[Any, Callable[..., dict[str, Any]], dict[str, Any]]:
     """SEA's labelled dataset, its collate function and the objective's build context."""
     from core.labels import LabelStore, WithLabels, make_collate_with_labels
     from core.sea import label_embeddings
 
-    if "labels" in payload:
-        store = LabelStore.open(payload["labels"]["path"])
-    else:
-        from core.config import TrialConfig
-        from core.labels.prepare import prepare_labels
-
-        # The label step runs here, in the worker that has the accelerator and has torch imported anyway;
-        # the store's own lock makes the other ranks (and other trials) wait for one extraction.
-        cfg = TrialConfig.model_validate(payload["trial"])
-        data = payload["data"]
-        store = LabelStore.open(prepare_labels(cfg, Path(data["json_path"]), Path(data["image_root"])))
+    store = LabelStore.open(labels_dir)
     with torch.no_grad():
         words = label_embeddings(store.words, tokenizer, vlm.llm.get_input_embeddings())
-    context = {"word_embeddings": words, "grid": tuple(vlm.vision.spec.grid), "seed": seed}
+    context = {"sea": {"word_embeddings": words, "grid": tuple(vlm.vision.spec.grid), "seed": seed}}
     return WithLabels(dataset, store), make_collate_with_labels(tokenizer.pad_token_id), context
