@@ -158,7 +158,7 @@ def test_two_gloo_workers_train_sea(tmp_path: Path, ray_session) -> None:
     assert run.data.metrics["stage2/steps"] == 3
     assert (run.data.metrics["stage1/zero"], run.data.metrics["stage2/zero"]) == (2, 3)
     # The step-2 checkpoint holds rank 0's and rank 1's parts, merged by Ray.
-    (ckpt,) = [p for p in (tmp_path / "results" / "ray").glob("*-stage1/checkpoint_*") if p.is_dir()]
+    (ckpt,) = [p for p in (tmp_path / "results" / "ray").glob("stage1-*/checkpoint_*") if p.is_dir()]
     names = {p.name for p in ckpt.iterdir()}
     assert {"position.json", "rng-rank0.pt", "rng-rank1.pt", "deepspeed"} <= names
     shards = {p.name for p in (ckpt / "deepspeed" / "state").iterdir()}

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from core.evaluation.config import EvalConfig, synthetic_spec
+from core.stages import STAGES
 
-STAGES = ("stage1", "stage2")
 METRICS_FILE = "metrics.json"
 PREDICTIONS_DIR = "predictions"
 
@@ -22,8 +22,6 @@ def metric_prefix(name: str, final: bool) -> str:
 
 def diag_name(metric: str, stage: str) -> str:
     """`diag/<metric>` after stage 1 (continuing its training curve), `diag/<metric>/after_stage2` after stage 2."""
-    from core.stages import STAGES
-
     return f"diag/{metric}{STAGES[stage].diag_suffix}"
 
 
@@ -56,13 +54,6 @@ def evaluate(
     diagnostics.pictures `patch_words.png`, `pca.png` (and `tacs_curve.png`). Returns {} without
     writing anything when `eval_cfg.enabled` is false.
     """
-    from core.evaluation.benchmarks import run_benchmark
-    from core.evaluation.diagnostics import (
-        compute_diagnostics,
-        curve_picture,
-        diagnostics_pictures,
-        load_heldout,
-    )
     from core.models.llm import get_llm_spec
 
     if stage not in STAGES:
@@ -89,39 +80,16 @@ def evaluate(
         f"[eval] after {stage} ({'final' if final else 'not final'}): {len(due)} benchmark(s), template {template}"
     )
     for bench in due:
-        t0 = time.perf_counter()
-        found, preds = run_benchmark(
-            vlm,
-            tokenizer,
-            bench,
-            template,
-            synthetic_dir=synthetic_dir,
-            prefix=metric_prefix(bench.name, final),
-            image_mode=eval_cfg.image_mode,
-            batch_size=eval_cfg.batch_size,
-            max_new_tokens=eval_cfg.max_new_tokens,
-            log=log,
+        found, n, secs = _run_benchmark(
+            vlm, tokenizer, bench, eval_cfg, template, synthetic_dir, final, out, log
         )
         metrics.update(found)
-        counts[bench.name] = len(preds)
-        seconds[bench.name] = time.perf_counter() - t0
-        with (out / PREDICTIONS_DIR / f"{bench.name}.jsonl").open("w") as f:
-            for p in preds:
-                f.write(json.dumps(p) + "\n")
-
-    t0 = time.perf_counter()
-    if heldout is None:
-        heldout = load_heldout(eval_cfg, vlm, tokenizer, synthetic_dir=synthetic_dir)
-    result = compute_diagnostics(vlm, tokenizer, heldout, words, k=eval_cfg.diagnostics.tacs_k)
-    metrics.update({diag_name(k, stage): v for k, v in result.metrics.items()})
-    counts["diagnostics"] = len(heldout)
-    if eval_cfg.diagnostics.pictures:
-        diagnostics_pictures(result, heldout, vlm, out)
-        if tacs_curve:
-            curve_picture(tacs_curve, out / "tacs_curve.png")
-    seconds["diagnostics"] = time.perf_counter() - t0
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
-    say(f"[eval] diagnostics on {len(heldout)} held-out images in {seconds['diagnostics']:.1f}s: {shown}")
+        counts[bench.name], seconds[bench.name] = n, secs
+    found, n, secs = _run_diagnostics(
+        vlm, tokenizer, eval_cfg, stage, out, heldout, words, synthetic_dir, tacs_curve, say
+    )
+    metrics.update(found)
+    counts["diagnostics"], seconds["diagnostics"] = n, secs
 
     summary = {
         "stage": stage,
@@ -134,3 +102,70 @@ def evaluate(
     }
     (out / METRICS_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return metrics
+
+
+def _run_benchmark(
+    vlm: Any,
+    tokenizer: Any,
+    bench: Any,
+    eval_cfg: EvalConfig,
+    template: str,
+    synthetic_dir: Path | None,
+    final: bool,
+    out: Path,
+    log: Callable[[str], None] | None,
+) -> tuple[dict[str, float], int, float]:
+    """One benchmark: its metrics, item count and seconds; predictions to `predictions/<name>.jsonl`."""
+    from core.evaluation.benchmarks import run_benchmark
+
+    t0 = time.perf_counter()
+    found, preds = run_benchmark(
+        vlm,
+        tokenizer,
+        bench,
+        template,
+        synthetic_dir=synthetic_dir,
+        prefix=metric_prefix(bench.name, final),
+        image_mode=eval_cfg.image_mode,
+        batch_size=eval_cfg.batch_size,
+        max_new_tokens=eval_cfg.max_new_tokens,
+        log=log,
+    )
+    with (out / PREDICTIONS_DIR / f"{bench.name}.jsonl").open("w") as f:
+        for p in preds:
+            f.write(json.dumps(p) + "\n")
+    return found, len(preds), time.perf_counter() - t0
+
+
+def _run_diagnostics(
+    vlm: Any,
+    tokenizer: Any,
+    eval_cfg: EvalConfig,
+    stage: str,
+    out: Path,
+    heldout: Any,
+    words: Sequence[str] | None,
+    synthetic_dir: Path | None,
+    tacs_curve: Sequence[tuple[int, float]] | None,
+    say: Callable[[str], None],
+) -> tuple[dict[str, float], int, float]:
+    """TACS, modality gap and label recall on the held-out set (named for `stage`), and the pictures."""
+    from core.evaluation.diagnostics import (
+        compute_diagnostics,
+        curve_picture,
+        diagnostics_pictures,
+        load_heldout,
+    )
+
+    t0 = time.perf_counter()
+    if heldout is None:
+        heldout = load_heldout(eval_cfg, vlm, tokenizer, synthetic_dir=synthetic_dir)
+    result = compute_diagnostics(vlm, tokenizer, heldout, words, k=eval_cfg.diagnostics.tacs_k)
+    if eval_cfg.diagnostics.pictures:
+        diagnostics_pictures(result, heldout, vlm, out)
+        if tacs_curve:
+            curve_picture(tacs_curve, out / "tacs_curve.png")
+    seconds = time.perf_counter() - t0
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+    say(f"[eval] diagnostics on {len(heldout)} held-out images in {seconds:.1f}s: {shown}")
+    return {diag_name(k, stage): v for k, v in result.metrics.items()}, len(heldout), seconds

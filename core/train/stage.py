@@ -34,9 +34,7 @@ from core.train.deepspeed_engine import (
 )
 from core.train.job import EvalJob, StageJob, StepBudgetReached
 from core.train.schedule import cosine_with_warmup, warmup_steps
-from core.train.steppers import TorchStepper, TrainModule
-
-Stepper = TorchStepper | DeepSpeedStepper
+from core.train.steppers import Stepper, TorchStepper, TrainModule
 
 RESULT_FILE = "result.json"
 
@@ -434,7 +432,7 @@ def _save_outputs(
     vlm: Any,
     tokenizer: Any,
     objective: torch.nn.Module,
-    stepper: TorchStepper | DeepSpeedStepper,
+    stepper: Stepper,
     *,
     rank: int,
     train_vision: bool,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -26,6 +26,26 @@ class TrainModule(nn.Module):
         with self.objective.forward_context(self.vlm):
             out = self.vlm(batch)
         return self.objective.total(batch, out)
+
+
+class Stepper(Protocol):
+    """What the loop needs from a way of stepping (plain PyTorch / DDP, or a DeepSpeed engine)."""
+
+    @property
+    def module(self) -> nn.Module: ...
+
+    def micro_step(self, loss: torch.Tensor) -> float | None:
+        """Backward one micro-batch; after the last of an accumulation, step and return the lr."""
+
+    def save(self, directory: Path) -> None: ...
+
+    def load(self, directory: Path) -> None: ...
+
+    def gathered(self, params: Sequence[nn.Parameter]) -> contextlib.AbstractContextManager[None]:
+        """A context in which `params` are whole on every rank (a no-op unless sharded)."""
+
+    def full_state_dict(self, prefix: str) -> dict[str, torch.Tensor] | None:
+        """The consolidated weights under `prefix` on rank 0 when sharded, else None (use the module's)."""
 
 
 class TorchStepper:
