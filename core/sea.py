@@ -28,6 +28,7 @@ __all__ = [
     "sample_pairs",
     "sea_alignment_loss",
     "transfer_labels",
+    "used_word_ids",
 ]
 
 _LOW32 = 0xFFFFFFFF
