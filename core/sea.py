@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "LabelRows",
     "extract_labels",
+    "label_embedding_rows",
     "label_embeddings",
     "sample_pairs",
     "sea_alignment_loss",
     "transfer_labels",
+    "used_word_ids",
 ]
 
 _LOW32 = 0xFFFFFFFF
@@ -440,6 +445,77 @@ def label_embeddings(words: Sequence[str], tokenizer: Any, embedding: nn.Module 
         0, owner, rows.to(acc)
     )
     return (sums / counts[:, None].to(acc)).to(rows.dtype)
+
+
+def used_word_ids(index: np.ndarray, num_words: int, *, chunk_rows: int = 1024) -> np.ndarray:
+    """Sorted word ids that occur in a label index array ``[N, ...]`` (``-1`` = empty slot).
+
+    Reads ``chunk_rows`` rows at a time, so a memory-mapped 558K-image store is scanned without being
+    loaded; the working memory is a ``num_words`` flag array plus one chunk.
+    """
+    seen = np.zeros(num_words, dtype=bool)
+    for start in range(0, len(index), chunk_rows):
+        ids = np.asarray(index[start : start + chunk_rows]).ravel()
+        ids = ids[ids >= 0]
+        if ids.size and int(ids.max()) >= num_words:
+            raise ValueError(
+                f"label index rows {start}..{start + chunk_rows - 1} hold word id {int(ids.max())}, "
+                f"outside the word list of {num_words}; the store and the word list do not match"
+            )
+        seen[ids] = True
+    return np.flatnonzero(seen)
+
+
+@dataclass(frozen=True)
+class LabelRows:
+    """Label embeddings of a subset of the word list: ``rows[k]`` belongs to word ``word_ids[k]``.
+
+    ``word_ids`` is int64, sorted and unique; ``rows`` is ``[k, D]`` in the LLM embedding's dtype.
+    """
+
+    word_ids: Tensor
+    rows: Tensor
+
+    def to(self, device: torch.device | str) -> LabelRows:
+        return LabelRows(self.word_ids.to(device), self.rows.to(device))
+
+    def positions(self, label: Tensor, *, check: bool = True) -> Tensor:
+        """Row positions of word ids ``label`` (any shape); ``check`` (a device sync) rejects unknown ids."""
+        ids = label.to(self.word_ids.device, torch.int64)
+        pos = torch.searchsorted(self.word_ids, ids).clamp_(max=max(len(self.word_ids) - 1, 0))
+        if check and not bool((self.word_ids[pos] == ids).all()):
+            missing = ids[self.word_ids[pos] != ids].unique()[:5].tolist()
+            raise ValueError(f"word ids {missing} have no label embedding row; build the rows for them")
+        return pos
+
+    def lookup(self, label: Tensor, *, check: bool = True) -> Tensor:
+        """The label embeddings of word ids ``label``: ``[*label.shape, D]``."""
+        return self.rows[self.positions(label, check=check)]
+
+
+def label_embedding_rows(
+    words: Sequence[str],
+    word_ids: Sequence[int] | np.ndarray | Tensor,
+    tokenizer: Any,
+    embedding: nn.Module | Tensor,
+    *,
+    chunk: int = 65536,
+) -> LabelRows:
+    """``label_embeddings`` of only the words ``word_ids`` (e.g. ``used_word_ids`` of a label store).
+
+    The whole ``[q, D]`` table is never built: at 7B a 4M-word list would be 65 GB in float32 on every
+    rank. Rows are made ``chunk`` words at a time in the embedding's dtype and equal the full table's
+    rows exactly (the same per-word tokens and sums).
+    """
+    ids = torch.as_tensor(np.asarray(word_ids, dtype=np.int64)).unique(sorted=True)
+    if len(ids) and (int(ids[0]) < 0 or int(ids[-1]) >= len(words)):
+        raise ValueError(f"word_ids must lie in 0..{len(words) - 1}, got {int(ids[0])}..{int(ids[-1])}")
+    parts = [
+        label_embeddings([words[i] for i in ids[start : start + chunk].tolist()], tokenizer, embedding)
+        for start in range(0, len(ids), chunk)
+    ]
+    rows = torch.cat(parts) if parts else label_embeddings([], tokenizer, embedding)
+    return LabelRows(ids.to(rows.device), rows)
 
 
 def sea_alignment_loss(visual: Tensor, text: Tensor, tau: float | Tensor) -> Tensor:

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from core.sea import extract_labels, label_embeddings, sample_pairs, sea_alignment_loss, transfer_labels
+from core.sea import (
+    extract_labels,
+    label_embedding_rows,
+    label_embeddings,
+    sample_pairs,
+    sea_alignment_loss,
+    transfer_labels,
+    used_word_ids,
+)
 
 # Chi-square critical values at p = 0.001 (fixed seeds make every draw below reproducible).
 CHI2_CRIT_001 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47}
@@ -623,3 +632,26 @@ def test_alignment_loss_low_precision_inputs_and_bad_input() -> None:
             sea_alignment_loss(visual, text, bad)
     with pytest.raises(ValueError, match="tau"):
         sea_alignment_loss(visual, text, torch.ones(2))
+
+
+def test_label_embedding_rows_equal_the_full_table_on_the_rows_used() -> None:
+    tokenizer, _ = train_tokenizer("bytelevel")
+    torch.manual_seed(16)
+    embedding = torch.nn.Embedding(len(tokenizer), 6).to(torch.bfloat16)
+    words = WORDS * 3  # 30 words; a label store uses a few of them
+    index = np.full((5, 4, 3), -1, dtype=np.int32)
+    index[0, 0, :2] = [17, 3]
+    index[2, 1, 0] = 29
+    index[4, 3, :] = [3, 8, 0]
+    used = used_word_ids(index, len(words), chunk_rows=2)
+    assert used.tolist() == [0, 3, 8, 17, 29]
+    full = label_embeddings(words, tokenizer, embedding)
+    subset = label_embedding_rows(words, used, tokenizer, embedding, chunk=2)
+    assert subset.rows.dtype == torch.bfloat16 and subset.rows.shape == (5, 6)
+    assert torch.equal(subset.rows, full[torch.as_tensor(used)])
+    labels = torch.as_tensor(index[index >= 0], dtype=torch.int64)
+    assert torch.equal(subset.lookup(labels), full[labels])
+    with pytest.raises(ValueError, match=r"word ids \[1\] have no label embedding row"):
+        subset.lookup(torch.tensor([3, 1]))
+    with pytest.raises(ValueError, match="word id 29, outside the word list of 20"):
+        used_word_ids(index, 20)

@@ -225,12 +225,10 @@ def test_empty_answer_still_supervises_the_end_of_turn(template: str, tokenizers
     )
 
 
-@pytest.mark.parametrize("template", ["vicuna_v1", "gemma", "phi3", "mistral"])
-def test_segments_match_whole_string_tokenisation(template: str, tokenizers: dict) -> None:
-    # Byte-level BPE never merges across these boundaries (a special token, or ":" / "]" then the
-    # answer's leading space, or "\n" then a letter), so the ids equal whole-string tokenisation.
-    # llama3 is left out: a GPT-2 regex splits "\n\nA" as "\n", "\n", "A" but a segment-final "\n\n"
-    # as one pre-token (masked header text only; covered by the decode tests).
+@pytest.mark.parametrize("template", CHAT_TEMPLATES)
+def test_ids_match_whole_string_tokenisation(template: str, tokenizers: dict) -> None:
+    # The whole prompt is tokenised at once (tests/test_prompt_tokenisation.py checks this for
+    # random conversations and every tokenizer family).
     tokenizer = tokenizers[template]
     prompt = TWO_ROUNDS[template][0].replace("<image>\n", "").removeprefix(BOS[template] or "")
     bos = [] if BOS[template] is None else [tokenizer.bos_token_id]

@@ -26,27 +26,21 @@ As in LLaVA's `preprocess_multimodal`, a human turn holding `<image>` is rewritt
 `<bos>` is added exactly when the tokenizer adds a bos by default (Llama-3's bos is
 `<|begin_of_text|>`, Gemma's `<bos>`).
 
-Segment-wise tokenisation. Every segment is tokenised on its own (no special tokens added) and
-the ids are concatenated; the labels are the ids of the supervised segments and IGNORE_INDEX
-elsewhere, so "answer + end-of-turn token supervised, nothing else" holds by construction, with
-no offset arithmetic to go out of step with the tokenizer. It can differ from tokenising the whole
-string at once only where a merge or a word-start marker would cross a segment boundary. The
-boundaries are placed where tokenizers split anyway: right after a special token (header end,
-end-of-turn, `[/INST]`), after a newline, or between "ASSISTANT:" / "[/INST]" and the answer's
-leading space, which starts a new pre-token in byte-level BPE (GPT-2/Llama-3 regex) and is turned
-into the answer's own "▁" by a Metaspace tokenizer (which prepends no second "▁" to a segment
-that already starts with one). So the answer's first token is the one the whole string would
-give. What remains:
-- masked text only: a whitespace run at the end of a masked segment (the "\\n\\n" after a Llama-3
-  header, with a GPT-2-style regex) may be split differently, and a Metaspace tokenizer that marks
-  the first word of a text with "▁" does so for a masked segment that follows an end-of-turn
-  token (round 2's "USER:"), which is what LLaVA's own legacy Llama tokenizer does after `</s>`;
-- the text on either side of `<image>` is tokenised separately, exactly as LLaVA's
-  `tokenizer_image_token` does;
-- a legacy sentencepiece normaliser that prefixes "▁" to every piece (Phi-3) gives an answer that
-  follows "\\n" a leading "▁", as it does to every piece after a special token in whole-string mode.
-Labels are never affected by these, and inference must build its prompt from the same masked
-segments (`ChatFormat.segments` with no answer), so training and generation see the same ids.
+Whole-prompt tokenisation. The segments are joined into the prompt exactly as rendered above and
+the prompt is tokenised at once, as LLaVA does (`tokenizer_image_token`: the text on either side of
+`<image>` is tokenised on its own, the placeholder put between), so the ids are the ones the model
+sees whatever the tokenizer family: byte-level BPE (Llama-3), sentencepiece with `legacy: true` or
+`legacy: false` (Vicuna, Mistral; no word-start marker after `</s>` when non-legacy), without a
+dummy prefix (Gemma), or with a normaliser prefixing "▁" after every special token (Phi-3's
+tokenizer.json). The labels come from the tokenizer's character offsets: a token is supervised
+when it covers a character of a supervised segment (an answer and its end-of-turn token), else it
+is IGNORE_INDEX. The boundaries sit where tokenizers split anyway (after a special token, before
+the answer's leading space, after a newline), so the supervised tokens decode to exactly the
+answers; a token that a tokenizer merges across a boundary (an answer starting with whitespace
+after a newline) is supervised, since the answer's characters are in it. Offsets need a fast
+(tokenizers-backed) tokenizer, which is what transformers loads for every LLM in the registry.
+Generation prompts are built by the same function from the same segments (`ChatFormat.segments`
+with no last answer), so they are the prefix of the training ids up to the answer.
 """
 
 from __future__ import annotations
@@ -241,31 +235,55 @@ def _check_tokenizer(fmt: ChatFormat, tokenizer: Any) -> bool:
     return adds_bos
 
 
-def encode_segments(segments: Sequence[tuple[str, bool]], tokenizer: Any, add_bos: bool) -> Encoded:
-    """Tokenise each segment on its own (one batched call) and concatenate; label the supervised ones.
+def _render(segments: Sequence[tuple[str, bool]]) -> tuple[str, bytearray]:
+    """The prompt text and a per-character flag: 1 where the character belongs to a supervised segment."""
+    text = "".join(segment for segment, _ in segments)
+    supervised = bytearray(len(text))
+    at = 0
+    for segment, is_supervised in segments:
+        if is_supervised:
+            if DEFAULT_IMAGE_TOKEN in segment:
+                raise ValueError(f"a supervised segment contains {DEFAULT_IMAGE_TOKEN!r}: {segment!r}")
+            supervised[at : at + len(segment)] = b"\x01" * len(segment)
+        at += len(segment)
+    return text, supervised
 
-    `<image>` in a masked segment becomes IMAGE_TOKEN_INDEX (labelled IGNORE_INDEX), the text on
-    either side tokenised separately as in `tokenizer_image_token`.
+
+def _chunk_offsets(tokenizer: Any, chunks: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """(ids, character offsets) of each chunk, tokenised on its own without special tokens (one call)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            f"tokenizer {tokenizer_name(tokenizer)!r} ({type(tokenizer).__name__}) gives no character "
+            "offsets, which the chat templates use to find the answers; load the fast (tokenizers-backed) "
+            "tokenizer of this LLM (AutoTokenizer does unless use_fast=False)"
+        )
+    batch = tokenizer(chunks, add_special_tokens=False, return_offsets_mapping=True)
+    return [
+        (list(ids), list(offsets)) for ids, offsets in zip(batch.input_ids, batch.offset_mapping, strict=True)
+    ]
+
+
+def encode_segments(segments: Sequence[tuple[str, bool]], tokenizer: Any, add_bos: bool) -> Encoded:
+    """Tokenise the whole prompt that `segments` render to; supervise the tokens covering supervised text.
+
+    `<image>` (only in masked segments) becomes IMAGE_TOKEN_INDEX (labelled IGNORE_INDEX), the text
+    on either side tokenised on its own as in `tokenizer_image_token`; a bos comes first when `add_bos`.
     """
-    pieces: list[tuple[str, bool, bool]] = []  # (text, supervised, image placeholder before it)
-    for text, supervised in segments:
-        chunks = text.split(DEFAULT_IMAGE_TOKEN)
-        if supervised and len(chunks) > 1:
-            raise ValueError(f"a supervised segment contains {DEFAULT_IMAGE_TOKEN!r}: {text!r}")
-        pieces.extend((chunk, supervised, position > 0) for position, chunk in enumerate(chunks))
-    texts = [text for text, _, _ in pieces if text]
-    batch = iter(tokenizer(texts, add_special_tokens=False).input_ids if texts else [])
+    text, supervised = _render(segments)
+    chunks = text.split(DEFAULT_IMAGE_TOKEN)
     input_ids: list[int] = [tokenizer.bos_token_id] if add_bos else []
     labels: list[int] = [IGNORE_INDEX] * len(input_ids)
-    for text, supervised, image_before in pieces:
-        if image_before:
+    start = 0
+    for position, (ids, offsets) in enumerate(_chunk_offsets(tokenizer, chunks)):
+        if position > 0:
             input_ids.append(IMAGE_TOKEN_INDEX)
             labels.append(IGNORE_INDEX)
-        if not text:
-            continue
-        ids = list(next(batch))
-        input_ids.extend(ids)
-        labels.extend(ids if supervised else [IGNORE_INDEX] * len(ids))
+        for token, (first, last) in zip(ids, offsets, strict=True):
+            # A zero-width token (a marker the tokenizer inserted) belongs to the character it precedes.
+            covered = supervised.find(1, start + first, start + max(last, first + 1)) >= 0
+            input_ids.append(token)
+            labels.append(token if covered else IGNORE_INDEX)
+        start += len(chunks[position]) + len(DEFAULT_IMAGE_TOKEN)
     return Encoded(input_ids=input_ids, labels=labels)
 
 

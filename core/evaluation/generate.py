@@ -68,9 +68,13 @@ def generation_prompt_ids(template: str, question: str, tokenizer: Any, *, has_i
 
 def answer_ids(template: str, answer: str, tokenizer: Any) -> list[int]:
     """Ids of an assistant answer continuing a generation prompt (answer prefix + text, no end of turn),
-    tokenised on its own as the supervised segment is in training."""
-    text = _format(template).answer_prefix + answer
-    return list(tokenizer(text, add_special_tokens=False).input_ids)
+    tokenised after the assistant header as the whole training prompt is (the tokens after the header
+    do not depend on what precedes it)."""
+    fmt = _format(template)
+    encoded = encode_segments(
+        [(fmt.user_suffix, False), (fmt.answer_prefix + answer, True)], tokenizer, False
+    )
+    return [label for label in encoded.labels if label != IGNORE_INDEX]
 
 
 def stop_token_ids(template: str, tokenizer: Any) -> list[int]:
