@@ -155,7 +155,7 @@ def unit_text_features(tower: Any, words: list[str]) -> Tensor:
 def setup_pretrained(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, work: Path) -> Setup:
     """Models as training loads them; labels extracted from the synthetic dataset into ``work``."""
     from core.data import LlavaDataset
-    from core.labels import WithLabels, caption_words, extract_store
+    from core.labels import ExtractJob, WithLabels, caption_words, extract_store
     from core.models import build_vlm, get_encoder_spec, load_encoder
     from core.sea import label_embeddings
 
@@ -182,16 +182,18 @@ def setup_pretrained(args: argparse.Namespace, device: torch.device, dtype: torc
     print(f"extracting labels of {args.num_samples} images against {len(words)} words ...", file=sys.stderr)
     start = time.perf_counter()
     store = extract_store(
-        args.encoder,
-        words,
-        json_path,
-        image_root,
+        ExtractJob(
+            args.encoder,
+            words,
+            json_path,
+            image_root,
+            top_n=args.top_n,
+            batch_size=args.extract_batch,
+            encoder_path=args.encoder_path,
+            chunk_size=args.chunk_size,
+        ),
         work / "labels",
-        top_n=args.top_n,
-        batch_size=args.extract_batch,
-        encoder_path=args.encoder_path,
         device=device,
-        chunk_size=args.chunk_size,
         progress=False,
     )
     seconds = time.perf_counter() - start

@@ -21,6 +21,7 @@ from core.data.templates import TEMPLATES, Encoded, register_template
 from core.labels import (
     ATTRIBUTE_WORDS,
     DEFAULT_STOP_WORDS,
+    ExtractJob,
     LabelStore,
     TransferredLabels,
     WithLabels,
@@ -57,7 +58,7 @@ def words(data: tuple[Path, Path]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def store(seagrid_cache: Path, data: tuple[Path, Path], words: list[str]) -> LabelStore:
-    return ensure_store("tiny-clip", words, *data, top_n=TOP_N, batch_size=BATCH, progress=False)
+    return ensure_store(ExtractJob("tiny-clip", words, *data, top_n=TOP_N, batch_size=BATCH), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -176,9 +177,12 @@ def test_store_is_reused_not_recomputed(
         raise AssertionError("a finished store was recomputed")
 
     monkeypatch.setattr(extract_mod, "_fill", fail)
-    again = ensure_store("tiny-clip", words, *data, top_n=TOP_N, batch_size=4, progress=False)
+    again = ensure_store(ExtractJob("tiny-clip", words, *data, top_n=TOP_N, batch_size=4), progress=False)
     assert again.path == store.path
-    assert extract_store("tiny-clip", words, *data, store.path, top_n=TOP_N, progress=False) is not None
+    assert (
+        extract_store(ExtractJob("tiny-clip", words, *data, top_n=TOP_N), store.path, progress=False)
+        is not None
+    )
     assert (store.path / "index.npy").stat().st_mtime_ns == mtime
     # Anything that defines the content gives another directory.
     other = extract_mod.store_identity("tiny-clip", words, {"x": 1}, top_n=TOP_N)
@@ -190,7 +194,10 @@ def test_interrupted_extraction_resumes(
 ) -> None:
     out = tmp_path / "partial"
     assert (
-        extract_store("tiny-clip", words, *data, out, batch_size=BATCH, progress=False, max_batches=1) is None
+        extract_store(
+            ExtractJob("tiny-clip", words, *data, batch_size=BATCH), out, progress=False, max_batches=1
+        )
+        is None
     )
     assert json.loads((out / "progress.json").read_text())["done"] == BATCH and not is_built(out)
     with pytest.raises(ValueError, match=r"unfinished extraction \(8 images done"):
@@ -204,7 +211,7 @@ def test_interrupted_extraction_resumes(
         return real(patch_features, *args, **kwargs)
 
     monkeypatch.setattr(extract_mod, "extract_labels", counting)
-    resumed = extract_store("tiny-clip", words, *data, out, batch_size=BATCH, progress=False)
+    resumed = extract_store(ExtractJob("tiny-clip", words, *data, batch_size=BATCH), out, progress=False)
     assert resumed is not None and is_built(out)
     assert seen == [BATCH, BATCH]  # only the rows after the first batch were computed
     for got, want in zip(_arrays(resumed), _arrays(store), strict=True):
@@ -213,9 +220,9 @@ def test_interrupted_extraction_resumes(
 
 def test_resume_refuses_other_content(data: tuple[Path, Path], words: list[str], tmp_path: Path) -> None:
     out = tmp_path / "partial"
-    extract_store("tiny-clip", words, *data, out, batch_size=BATCH, progress=False, max_batches=1)
+    extract_store(ExtractJob("tiny-clip", words, *data, batch_size=BATCH), out, progress=False, max_batches=1)
     with pytest.raises(ValueError, match=r"unfinished store has top_n=10 but this extraction has top_n=5"):
-        extract_store("tiny-clip", words, *data, out, top_n=5, progress=False)
+        extract_store(ExtractJob("tiny-clip", words, *data, top_n=5), out, progress=False)
 
 
 def test_open_mismatch_names_the_field(store: LabelStore) -> None:
@@ -265,7 +272,8 @@ def test_store_pickles_without_its_arrays(store: LabelStore) -> None:
 
 def test_float16_store(store: LabelStore, data: tuple[Path, Path], words: list[str]) -> None:
     half = ensure_store(
-        "tiny-clip", words, *data, top_n=TOP_N, batch_size=BATCH, progress=False, score_dtype="float16"
+        ExtractJob("tiny-clip", words, *data, top_n=TOP_N, batch_size=BATCH, score_dtype="float16"),
+        progress=False,
     )
     assert half.path != store.path and half.meta["score_dtype"] == "float16"
     index, score = _arrays(store)
@@ -280,7 +288,7 @@ def test_encoder_without_text_tower_needs_labels_from(
     data: tuple[Path, Path], words: list[str], tmp_path: Path
 ) -> None:
     with pytest.raises(ValueError, match="tiny-dinov2.*no text tower.*sea.labels_from"):
-        extract_store("tiny-dinov2", words, *data, tmp_path / "x", progress=False)
+        extract_store(ExtractJob("tiny-dinov2", words, *data), tmp_path / "x", progress=False)
     with pytest.raises(ValueError, match="sea.labels_from"):
         resolve_label_encoder("tiny-dinov2")
     assert resolve_label_encoder("tiny-dinov2", "tiny-clip") == "tiny-clip"
@@ -342,14 +350,9 @@ def test_with_labels_and_collate(data: tuple[Path, Path], words: list[str], tmp_
     json_path.write_text(json.dumps(mixed))
 
     labels = ensure_store(
-        "tiny-clip",
-        words,
-        json_path,
-        root,
+        ExtractJob("tiny-clip", words, json_path, root, batch_size=3, on_missing_image="skip"),
         root=tmp_path / "labels",
-        batch_size=3,
         progress=False,
-        on_missing_image="skip",
     )
     assert labels.missing_ids == [records[2]["id"]] and len(labels) == 8
     assert (labels[2][0] == -1).all() and (labels[2][1] == 0).all()

@@ -13,7 +13,7 @@ import pytest
 import core.labels.extract as extract_mod
 from core.cache import is_built
 from core.data import SyntheticSpec, ensure_synthetic
-from core.labels import LabelStore, caption_words, ensure_store, extract_store
+from core.labels import ExtractJob, LabelStore, caption_words, ensure_store, extract_store
 from core.labels.extract import resolve_parallel, shard_bounds
 from core.labels.store import read_shards
 
@@ -48,7 +48,7 @@ def reference(data: tuple[Path, Path], words: list[str], tmp_path_factory: pytes
     """The store extracted in this process, the way every existing caller does."""
     out = tmp_path_factory.mktemp("reference") / "store"
     store = extract_store(
-        "tiny-clip", words, *data, out, batch_size=BATCH, on_missing_image="skip", progress=False
+        ExtractJob("tiny-clip", words, *data, batch_size=BATCH, on_missing_image="skip"), out, progress=False
     )
     assert store is not None
     return out
@@ -58,8 +58,8 @@ def _files(store: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(store.iterdir()) if p.is_file()}
 
 
-def _kw() -> dict:
-    return {"batch_size": BATCH, "on_missing_image": "skip", "progress": False}
+def _job(words, data) -> ExtractJob:
+    return ExtractJob("tiny-clip", words, *data, batch_size=BATCH, on_missing_image="skip")
 
 
 def test_shard_bounds_cut_whole_batches_evenly() -> None:
@@ -122,7 +122,7 @@ def test_parallel_store_is_byte_identical(
     monkeypatch.setattr(extract_mod, "_fill", no_local_work)
     monkeypatch.setattr(extract_mod, "_load", no_local_work)
     monkeypatch.setattr(extract_mod, "_run_shards_ray", run_holding_lock)
-    store = ensure_store("tiny-clip", words, *data, root=tmp_path, parallel=2, **_kw())
+    store = ensure_store(_job(words, data), root=tmp_path, parallel=2, progress=False)
     assert shards_seen == [[0, 1]]
     assert isinstance(store, LabelStore) and is_built(store.path)
     got, want = _files(store.path), _files(reference)
@@ -140,7 +140,7 @@ def test_interrupted_parallel_extraction_resumes(
 ) -> None:
     out = tmp_path / "partial"
     # One batch per shard: shard 0 (rows 0:8) finishes, shard 1 (rows 8:24) stops after rows 8:16.
-    assert extract_store("tiny-clip", words, *data, out, parallel=2, max_batches=1, **_kw()) is None
+    assert extract_store(_job(words, data), out, parallel=2, max_batches=1, progress=False) is None
     shards = read_shards(out)
     assert [(s["start"], s["done"], s["stop"]) for s in shards] == [(0, 8, 8), (8, 16, 24)]
     assert [len(s["missing"]) for s in shards] == [1, 0] and not is_built(out)
@@ -153,7 +153,7 @@ def test_interrupted_parallel_extraction_resumes(
     index.flush()
     del index
     # Another K does not re-cut a started extraction: the same two shards are resumed.
-    resumed = extract_store("tiny-clip", words, *data, out, parallel=3, **_kw())
+    resumed = extract_store(_job(words, data), out, parallel=3, progress=False)
     assert resumed is not None and is_built(out) and read_shards(out) == []
     got, want = np.load(out / "index.npy"), np.load(reference / "index.npy")
     assert (got[:16] == 12345).all()
@@ -166,7 +166,7 @@ def test_parallel_interruption_resumes_in_process(
     ray_session, reference: Path, data: tuple[Path, Path], words: list[str], tmp_path: Path, monkeypatch
 ) -> None:
     out = tmp_path / "partial"
-    assert extract_store("tiny-clip", words, *data, out, parallel=2, max_batches=1, **_kw()) is None
+    assert extract_store(_job(words, data), out, parallel=2, max_batches=1, progress=False) is None
     seen: list[int] = []
     real = extract_mod.extract_labels
 
@@ -175,7 +175,7 @@ def test_parallel_interruption_resumes_in_process(
         return real(patch_features, *args, **kwargs)
 
     monkeypatch.setattr(extract_mod, "extract_labels", counting)
-    resumed = extract_store("tiny-clip", words, *data, out, **_kw())  # parallel=None: the shards, here
+    resumed = extract_store(_job(words, data), out, progress=False)  # parallel=None: the shards, here
     assert resumed is not None and seen == [BATCH - 1]  # shard 1's last batch; row 20's image is missing
     assert _files(out) == _files(reference)
 
@@ -185,5 +185,7 @@ def test_failed_shard_fails_the_extraction(
 ) -> None:
     out = tmp_path / "failing"
     with pytest.raises(FileNotFoundError, match="image not found"):
-        extract_store("tiny-clip", words, *data, out, batch_size=BATCH, progress=False, parallel=2)
+        extract_store(
+            ExtractJob("tiny-clip", words, *data, batch_size=BATCH), out, progress=False, parallel=2
+        )
     assert not is_built(out) and len(read_shards(out)) == 2  # resumable, shard by shard

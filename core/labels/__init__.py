@@ -18,6 +18,7 @@ _EXPORTS = {
     "FORMAT_VERSION": "store",
     "LabelStore": "store",
     "dataset_identity": "extract",
+    "ExtractJob": "extract",
     "ensure_store": "extract",
     "resolve_parallel": "extract",
     "shard_bounds": "extract",

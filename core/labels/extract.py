@@ -36,6 +36,7 @@ from core.paths import cache_dir, using_cache_dir
 from core.sea import _acc_dtype, _decode_keys, _ranking_keys, extract_labels
 
 __all__ = [
+    "ExtractJob",
     "dataset_identity",
     "ensure_store",
     "extract_store",
@@ -146,20 +147,64 @@ def store_dir(root: str | Path | None, identity: Mapping[str, Any]) -> Path:
 
 
 @dataclass(frozen=True)
-class _Job:
-    """What every batch of one extraction is computed with (shipped to the Ray workers as is)."""
+class ExtractJob:
+    """One extraction: what labels are computed from and how (shipped to the Ray workers as is).
+
+    ``encoder_id`` labels the images of the LLaVA JSON ``json_path`` (files under ``image_root``) with
+    the top ``top_n`` of ``words`` per patch (``negate``: SEA's -cos sign); ``batch_size`` images per
+    forward pass, ``chunk_size`` words scored at once, ``num_workers`` image-decoding processes;
+    ``on_missing_image="skip"`` leaves a missing image's row empty (listed in ``missing_ids``).
+    """
 
     encoder_id: str
     words: tuple[str, ...]
+    json_path: Path
     image_root: Path
-    encoder_path: str | None
-    top_n: int
-    negate: bool
-    batch_size: int
-    chunk_size: int | None
-    score_dtype: str
-    num_workers: int
-    skip_missing: bool
+    top_n: int = 10
+    negate: bool = True
+    batch_size: int = 32
+    encoder_path: str | None = None
+    chunk_size: int | None = None
+    score_dtype: str = "float32"
+    num_workers: int = 0
+    on_missing_image: str = "fail"
+    # "exact": every word scored in float64 (`extract_labels`); a fast dtype picks candidates with that
+    # matmul and rescores them exactly (`select_labels`, equal results); "auto": bfloat16 on CUDA, else exact.
+    scoring: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not get_encoder_spec(self.encoder_id).has_text_tower:
+            resolve_label_encoder(self.encoder_id)  # raises, pointing at sea.labels_from
+        object.__setattr__(self, "words", tuple(check_words(self.words)))
+        object.__setattr__(self, "json_path", Path(self.json_path))
+        object.__setattr__(self, "image_root", Path(self.image_root))
+        if self.encoder_path is not None:
+            object.__setattr__(self, "encoder_path", str(self.encoder_path))
+        bs = self.batch_size
+        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+            raise ValueError(f"batch_size={bs!r}: must be an int >= 1")
+        if self.on_missing_image not in ("fail", "skip"):
+            raise ValueError(f"on_missing_image={self.on_missing_image!r}: must be 'fail' or 'skip'")
+        if self.scoring not in ("auto", "exact", *_FAST_DTYPES):
+            allowed = ", ".join(("auto", "exact", *_FAST_DTYPES))
+            raise ValueError(f"scoring={self.scoring!r}: unknown; allowed: {allowed}")
+
+    def scorer(
+        self, device: torch.device
+    ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """The function scoring a batch of patch features against the word features on `device`."""
+        fast = self.scoring
+        if fast == "auto":
+            fast = "bfloat16" if device.type == "cuda" else "exact"
+        if fast == "exact":
+            return lambda feats, words: extract_labels(
+                feats, words, top_n=self.top_n, negate=self.negate, chunk_size=self.chunk_size
+            )
+        return lambda feats, words: select_labels(feats, words, self.top_n, negate=self.negate, fast=fast)
+
+    @property
+    def skip_missing(self) -> bool:
+        return self.on_missing_image == "skip"
 
 
 class _Images(Dataset):
@@ -408,23 +453,12 @@ def resolve_parallel(parallel: int | str | None, num_images: int) -> int:
 
 
 def extract_store(
-    encoder_id: str,
-    words: Sequence[str],
-    json_path: str | Path,
-    image_root: str | Path,
+    job: ExtractJob,
     out_dir: str | Path,
     *,
-    top_n: int = 10,
-    negate: bool = True,
-    batch_size: int = 32,
-    encoder_path: str | Path | None = None,
     device: str | torch.device | None = None,
-    chunk_size: int | None = None,
     progress: bool = True,
-    score_dtype: str = "float32",
     dataset: Mapping[str, Any] | None = None,
-    num_workers: int = 0,
-    on_missing_image: str = "fail",
     max_batches: int | None = None,
     parallel: int | str | None = None,
 ) -> LabelStore | None:
@@ -454,53 +488,33 @@ def extract_store(
     ``parallel`` is now (in this process when it is 1). The store directory must be on a filesystem
     every Ray node sees.
     """
-    spec = get_encoder_spec(encoder_id)
-    if not spec.has_text_tower:
-        resolve_label_encoder(encoder_id)  # raises, pointing at sea.labels_from
-    words = check_words(words)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}: must be an int >= 1")
-    if on_missing_image not in ("fail", "skip"):
-        raise ValueError(f"on_missing_image={on_missing_image!r}: must be 'fail' or 'skip'")
-    out_dir, image_root = Path(out_dir), Path(image_root)
-    ids, images = image_records(json_path)
+    spec = get_encoder_spec(job.encoder_id)
+    out_dir = Path(out_dir)
+    ids, images = image_records(job.json_path)
     if not ids:
-        raise ValueError(f"json_path={json_path}: no record has an image, so there is nothing to label")
+        raise ValueError(f"json_path={job.json_path}: no record has an image, so there is nothing to label")
     shards_wanted = resolve_parallel(parallel, len(ids))
     meta = make_meta(
-        encoder=encoder_id,
-        words=words,
-        dataset=dict(dataset) if dataset is not None else dataset_identity(json_path),
-        top_n=top_n,
-        sign="negated" if negate else "plain",
+        encoder=job.encoder_id,
+        words=job.words,
+        dataset=dict(dataset) if dataset is not None else dataset_identity(job.json_path),
+        top_n=job.top_n,
+        sign="negated" if job.negate else "plain",
         grid=spec.grid,
         num_images=len(ids),
-        score_dtype=score_dtype,
-    )
-    job = _Job(
-        encoder_id=encoder_id,
-        words=tuple(words),
-        image_root=image_root,
-        encoder_path=str(encoder_path) if encoder_path is not None else None,
-        top_n=top_n,
-        negate=negate,
-        batch_size=batch_size,
-        chunk_size=chunk_size,
-        score_dtype=score_dtype,
-        num_workers=num_workers,
-        skip_missing=on_missing_image == "skip",
+        score_dtype=job.score_dtype,
     )
     with locked(out_dir):
         if is_built(out_dir):
             return LabelStore.open(out_dir, {k: meta[k] for k in CHECKABLE})
-        writer = StoreWriter.create_or_resume(out_dir, meta, words, ids, images)
+        writer = StoreWriter.create_or_resume(out_dir, meta, job.words, ids, images)
         shards = writer.shards()
         if not shards and shards_wanted > 1:
-            bounds = shard_bounds(writer.done, writer.stop, shards_wanted, batch_size)
+            bounds = shard_bounds(writer.done, writer.stop, shards_wanted, job.batch_size)
             if len(bounds) > 1:  # one shard would be this process's work with Ray's start-up on top
                 writer.plan_shards(bounds)
                 shards = writer.shards()
-        with _progress_bar(encoder_id, len(ids), progress) as bar:
+        with _progress_bar(job.encoder_id, len(ids), progress) as bar:
             task = bar.add_task("extract", total=len(ids), completed=writer.done + _shard_rows(shards))
             todo = [s["shard"] for s in shards if s["done"] < s["stop"]]
             if todo and shards_wanted > 1:
@@ -564,7 +578,7 @@ def _read_shards_quietly(out_dir: Path) -> list[dict[str, Any]]:
         return []
 
 
-def _load(job: _Job, device: torch.device) -> tuple[Any, torch.Tensor]:
+def _load(job: ExtractJob, device: torch.device) -> tuple[Any, torch.Tensor]:
     """The encoder (with its text tower) on ``device`` and the unit word features in its joint space."""
     from core.models.towers import load_encoder
 
@@ -578,7 +592,7 @@ def _fill(
     tower: Any,
     word_features: torch.Tensor,
     device: torch.device,
-    job: _Job,
+    job: ExtractJob,
     ids: Sequence[str],
     images: Sequence[str],
     *,
@@ -592,6 +606,7 @@ def _fill(
         rows, batch_size=job.batch_size, num_workers=job.num_workers, collate_fn=_collate_images
     )
     m, top_n = spec.num_patches, job.top_n
+    scorer = job.scorer(device)
     ran = 0
     with torch.inference_mode():
         for pixels, present in itertools.islice(loader, max_batches):
@@ -605,9 +620,7 @@ def _fill(
                         f"encoder {job.encoder_id!r} gave {feats.shape[1]} patch tokens, its spec grid "
                         f"{spec.grid} says {m}"
                     )
-                got_index, got_score = extract_labels(
-                    feats.float(), word_features, top_n=top_n, negate=job.negate, chunk_size=job.chunk_size
-                )
+                got_index, got_score = scorer(feats.float(), word_features)
                 index[present], score[present] = got_index.cpu(), got_score.cpu()
             start = writer.done
             writer.write(start, *_to_rows(index, score, job.score_dtype))
@@ -622,7 +635,7 @@ def _fill(
 def _run_here(
     writer: StoreWriter,
     shards: Sequence[int] | None,
-    job: _Job,
+    job: ExtractJob,
     ids: Sequence[str],
     images: Sequence[str],
     *,
@@ -646,7 +659,7 @@ def _run_here(
 def _extract_shard(
     out_dir: str,
     shard: int,
-    job: _Job,
+    job: ExtractJob,
     ids: list[str],
     images: list[str],
     cache: str,
@@ -668,7 +681,7 @@ def _extract_shard(
 def _run_shards_ray(
     out_dir: Path,
     todo: Sequence[int],
-    job: _Job,
+    job: ExtractJob,
     ids: list[str],
     images: list[str],
     *,
@@ -716,64 +729,37 @@ def _run_shards_ray(
 
 
 def ensure_store(
-    encoder_id: str,
-    words: Sequence[str],
-    json_path: str | Path,
-    image_root: str | Path,
+    job: ExtractJob,
     *,
     root: str | Path | None = None,
     dataset: Mapping[str, Any] | None = None,
-    top_n: int = 10,
-    negate: bool = True,
-    score_dtype: str = "float32",
-    batch_size: int = 32,
-    encoder_path: str | Path | None = None,
     device: str | torch.device | None = None,
-    chunk_size: int | None = None,
-    num_workers: int = 0,
-    on_missing_image: str = "fail",
     progress: bool = True,
     parallel: int | str | None = None,
 ) -> LabelStore:
     """The finished store for (encoder, words, dataset, top_n, sign, score dtype), built or resumed if needed.
 
-    Content-addressed under ``root`` (default ``cache_dir()/"labels"``) by :func:`store_identity`, so
-    every trial and grid that needs the same labels shares one store. ``parallel``: ``None`` (the
-    default) extracts in this process, ``K`` in K Ray tasks, ``"auto"`` decides by cluster and dataset
-    size (:func:`resolve_parallel`); the store is the same either way.
+    Content-addressed under ``root`` (default ``cache_dir()/"labels"``) by :func:`store_identity`, for
+    library use outside a grid; a grid's trials get theirs from their label step (core.pipeline), which
+    calls :func:`extract_store` in the step's directory. ``parallel``: ``None`` (the default) extracts in
+    this process, ``K`` in K Ray tasks, ``"auto"`` decides by cluster and dataset size
+    (:func:`resolve_parallel`); the store is the same either way.
     """
-    dataset = dict(dataset) if dataset is not None else dataset_identity(json_path)
-    identity = store_identity(encoder_id, words, dataset, top_n=top_n, negate=negate, score_dtype=score_dtype)
+    dataset = dict(dataset) if dataset is not None else dataset_identity(job.json_path)
+    identity = store_identity(
+        job.encoder_id, job.words, dataset, top_n=job.top_n, negate=job.negate, score_dtype=job.score_dtype
+    )
     path = store_dir(root, identity)
     expected = {
-        "encoder": encoder_id,
+        "encoder": job.encoder_id,
         "word_list_hash": identity["word_list_hash"],
         "dataset": dataset,
-        "top_n": top_n,
+        "top_n": job.top_n,
         "sign": identity["sign"],
-        "grid": get_encoder_spec(encoder_id).grid,
-        "score_dtype": score_dtype,
+        "grid": get_encoder_spec(job.encoder_id).grid,
+        "score_dtype": job.score_dtype,
     }
-    if is_built(path):
-        return LabelStore.open(path, expected)
-    store = extract_store(
-        encoder_id,
-        words,
-        json_path,
-        image_root,
-        path,
-        top_n=top_n,
-        negate=negate,
-        batch_size=batch_size,
-        encoder_path=encoder_path,
-        device=device,
-        chunk_size=chunk_size,
-        progress=progress,
-        score_dtype=score_dtype,
-        dataset=dataset,
-        num_workers=num_workers,
-        on_missing_image=on_missing_image,
-        parallel=parallel,
-    )
-    assert store is not None  # no max_batches: extraction runs to the end or raises
+    if not is_built(path):
+        store = extract_store(job, path, device=device, progress=progress, dataset=dataset, parallel=parallel)
+        assert store is not None  # no max_batches: extraction runs to the end or raises
     return LabelStore.open(path, expected)

@@ -29,17 +29,16 @@ def build_labels(
     the cluster has GPUs), "auto" by cluster and dataset size.
     """
     from core.data.resolve import resolve_dataset
-    from core.labels import extract_store
+    from core.labels.extract import ExtractJob, extract_store
 
     json_path, image_root = resolve_dataset(config.data)
     sea, trial = config.trial.method.sea, config.trial
     encoder_path = trial.model.encoder_path if config.encoder == trial.model.encoder else None
-    extract_store(
+    job = ExtractJob(
         config.encoder,
-        label_words(config, json_path),
+        tuple(label_words(config, json_path)),
         json_path,
         image_root,
-        out_dir,
         top_n=config.top_n,
         negate=config.sign == "negated",
         batch_size=sea.label_batch_size,
@@ -47,9 +46,8 @@ def build_labels(
         encoder_path=encoder_path,
         score_dtype=config.score_dtype,
         on_missing_image=config.data.on_missing_image,
-        progress=progress,
-        parallel=parallel,
     )
+    extract_store(job, out_dir, progress=progress, parallel=parallel)
 
 
 def build_transfer(config: TransferStepConfig, source_dir: Path, out_dir: Path) -> None:
