@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from core.methods.objective import Objective
-from core.sea import sample_pairs, sea_alignment_loss
+from core.sea import LabelRows, sample_pairs, sea_alignment_loss
 
 
 class SeaObjective(Objective):
@@ -17,12 +17,21 @@ class SeaObjective(Objective):
 
     needs_labels = True
 
-    def __init__(self, cfg: Any, *, word_embeddings: Tensor, grid: tuple[int, int], seed: int) -> None:
+    def __init__(
+        self, cfg: Any, *, word_embeddings: Tensor | LabelRows, grid: tuple[int, int], seed: int
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.grid = grid
-        # In stage 1 the LLM is frozen, so the label embeddings (Eq. 10) are constants computed once.
-        self.register_buffer("word_embeddings", word_embeddings.detach(), persistent=False)
+        # In stage 1 the LLM is frozen, so the label embeddings (Eq. 10) are constants computed once: only
+        # the rows of the words the label store uses (a full 4M-word table is 65 GB at 7B in float32).
+        rows = (
+            word_embeddings
+            if isinstance(word_embeddings, LabelRows)
+            else LabelRows(torch.arange(len(word_embeddings)), word_embeddings)
+        )
+        self.register_buffer("label_rows", rows.rows.detach(), persistent=False)
+        self.register_buffer("label_ids", rows.word_ids, persistent=False)
         # Shape [1], not a scalar: DeepSpeed cannot broadcast 0-dim parameters.
         self.log_tau = nn.Parameter(torch.tensor([math.log(cfg.tau_init)]), requires_grad=cfg.learn_tau)
         self.generator = torch.Generator().manual_seed(seed)
@@ -34,7 +43,9 @@ class SeaObjective(Objective):
             batch["label_index"], batch["label_score"], self.grid, self.cfg.window, self.generator
         )
         visual = out.visual_tokens[b.to(out.visual_tokens.device), p.to(out.visual_tokens.device)]
-        text = self.word_embeddings[label.to(self.word_embeddings.device)].to(visual.device, visual.dtype)
+        # Every id a batch samples came from the store the rows were built for: no per-step check (a sync).
+        rows = LabelRows(self.label_ids, self.label_rows)
+        text = rows.lookup(label.to(self.label_ids.device), check=False).to(visual.device, visual.dtype)
         tau = self.log_tau.exp().squeeze(0)
         align = sea_alignment_loss(visual, text, tau)
         metrics = {"loss/align": float(align.detach()), "tau": float(tau.detach()), "pairs": float(b.numel())}

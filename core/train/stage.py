@@ -470,10 +470,13 @@ def _sea_context(
 ) -> tuple[Any, Callable[..., dict[str, Any]], dict[str, Any]]:
     """SEA's labelled dataset, its collate function and the objective's build context."""
     from core.labels import LabelStore, WithLabels, make_collate_with_labels
-    from core.sea import label_embeddings
+    from core.sea import label_embedding_rows, used_word_ids
 
     store = LabelStore.open(labels_dir)
+    index, _ = store._open_arrays()
     with torch.no_grad():
-        words = label_embeddings(store.words, tokenizer, vlm.llm.get_input_embeddings())
-    context = {"sea": {"word_embeddings": words, "grid": tuple(vlm.vision.spec.grid), "seed": seed}}
+        rows = label_embedding_rows(
+            store.words, used_word_ids(index, len(store.words)), tokenizer, vlm.llm.get_input_embeddings()
+        )
+    context = {"sea": {"word_embeddings": rows, "grid": tuple(vlm.vision.spec.grid), "seed": seed}}
     return WithLabels(dataset, store), make_collate_with_labels(tokenizer.pad_token_id), context
