@@ -67,3 +67,15 @@ def test_trial_ids_of_every_spec_are_unchanged():
     for rel, ids in expected.items():
         spec = load_spec(REPO / rel)
         assert [t.id for t in expand(spec, rel)] == ids, rel
+
+
+def test_a_setting_added_later_renames_nothing_until_set():
+    from core.config import TrialConfig
+    from core.config.identity import identity_dict
+    from core.pipeline import trial_steps
+
+    base = TrialConfig()
+    assert "group_by_length" not in identity_dict(base)["stage1"]
+    grouped = TrialConfig.model_validate({"stage1": {"group_by_length": "modality"}})
+    assert identity_dict(grouped)["stage1"]["group_by_length"] == "modality"
+    assert trial_steps(grouped).stages["stage1"].hash != trial_steps(base).stages["stage1"].hash

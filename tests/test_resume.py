@@ -16,6 +16,7 @@ from grid.spec import TrialConfig
 
 
 def payload(tmp_path: Path, name: str, method: dict, **extra) -> StageJob:
+    order = method.pop("group_by_length", "off")
     cfg = TrialConfig.model_validate(
         {
             "method": method,
@@ -28,6 +29,7 @@ def payload(tmp_path: Path, name: str, method: dict, **extra) -> StageJob:
                 "micro_batch_size": 4,
                 "epochs": 2,
                 "checkpoint_every": 4,
+                "group_by_length": order,
             },
         }
     )
@@ -37,22 +39,32 @@ def payload(tmp_path: Path, name: str, method: dict, **extra) -> StageJob:
     return make_stage_job(cfg, "stage1", step_dir, labels_dir=labels, **extra)
 
 
-@pytest.mark.parametrize("method", [{"name": "llava"}, {"name": "sea", "sea": {"top_n": 3}}])
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"name": "llava"},
+        {"name": "sea", "sea": {"top_n": 3}},
+        {"name": "llava", "group_by_length": "length"},  # the length-grouped sampler resumes exactly too
+    ],
+)
 def test_resume_gives_identical_weights(tmp_path: Path, method: dict) -> None:
+    method = dict(method)
+    order = method.pop("group_by_length", "off")
+    run = lambda name, **kw: payload(tmp_path, name, {**method, "group_by_length": order}, **kw)  # noqa: E731
     straight = LocalCheckpoints(tmp_path / "ckpt-straight")
-    result = run_stage(payload(tmp_path, "straight", method), checkpoints=straight)
+    result = run_stage(run("straight"), checkpoints=straight)
     assert result["steps"] == 10
 
     ckpts = LocalCheckpoints(tmp_path / "ckpt-resumed")
     with pytest.raises(StepBudgetReached, match="stopped at step 6"):
-        run_stage(payload(tmp_path, "killed", method, step_budget=6), checkpoints=ckpts)
+        run_stage(run("killed", step_budget=6), checkpoints=ckpts)
     assert [p.name for p in sorted((tmp_path / "ckpt-resumed").glob("checkpoint-*"))] == [
         "checkpoint-00000004"
     ]
 
     # The relaunch starts from step 4 (the latest checkpoint), not from scratch.
     relaunch = LocalCheckpoints(tmp_path / "ckpt-resumed")
-    resumed = run_stage(payload(tmp_path, "resumed", method), checkpoints=relaunch)
+    resumed = run_stage(run("resumed"), checkpoints=relaunch)
     assert [m["step"] for m in relaunch.messages] == list(range(5, 11))
 
     a = load_file(str(tmp_path / "straight" / "adapter" / "adapter.safetensors"))

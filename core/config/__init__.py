@@ -1,6 +1,6 @@
 """Trial configuration: the typed, validated description of what a trial computes (a leaf package)."""
 
-from core.config.base import NOT_IDENTITY, Strict, check_registry, did_you_mean
+from core.config.base import IDENTITY_IF_SET, NOT_IDENTITY, Strict, check_registry, did_you_mean
 from core.config.evaluation import BenchmarkConfig, DiagnosticsConfig, EvalConfig, SyntheticEvalConfig
 from core.config.identity import canonical_json, content_hash, flatten, identity_dict
 from core.config.trial import (
@@ -23,6 +23,7 @@ from core.config.trial import (
 )
 
 __all__ = [
+    "IDENTITY_IF_SET",
     "METHODS",
     "METHODS_WITH_BASIC",
     "METHODS_WITH_SEA",

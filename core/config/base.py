@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict
 # Fields that say where or how a trial runs but not what its result is carry this marker: they are
 # left out of trial ids and step hashes (core.config.identity) and recorded as tags/params only.
 NOT_IDENTITY = {"identity": False}
+# A setting added after trials were run: part of the identity only when it differs from its default, so
+# adding it renames no existing trial or step.
+IDENTITY_IF_SET = {"identity": "if_set"}
 
 
 class Strict(BaseModel):

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from core.config.base import NOT_IDENTITY
+from core.config.base import IDENTITY_IF_SET, NOT_IDENTITY
 
 
 def identity_dict(model: BaseModel, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -22,6 +22,10 @@ def identity_dict(model: BaseModel, exclude: frozenset[str] = frozenset()) -> di
         if field.json_schema_extra == NOT_IDENTITY or name in exclude:
             continue
         value = getattr(model, name)
+        if field.json_schema_extra == IDENTITY_IF_SET and value == field.get_default(
+            call_default_factory=True
+        ):
+            continue
         if isinstance(value, BaseModel):
             below = frozenset(p.split(".", 1)[1] for p in exclude if p.startswith(name + "."))
             out[name] = identity_dict(value, below)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from core.config.base import NOT_IDENTITY, Strict, check_registry
+from core.config.base import IDENTITY_IF_SET, NOT_IDENTITY, Strict, check_registry
 from core.config.evaluation import EvalConfig
 from core.config.facts import (
     ADAPTER_IDS,
@@ -215,6 +215,12 @@ class StageConfig(Strict):
     max_steps: int | None = Field(None, ge=1)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+    group_by_length: Literal["off", "modality", "length"] = Field(
+        "off",
+        json_schema_extra=IDENTITY_IF_SET,
+        description="batch order: off (random, DistributedSampler); modality: LLaVA's "
+        "group_by_modality_length (LLaVA-1.5 uses it in stage 2); length: similar lengths share a micro-batch",
+    )
     log_every: int = Field(1, ge=1, json_schema_extra=NOT_IDENTITY)
     checkpoint_every: int | None = Field(None, ge=1, json_schema_extra=NOT_IDENTITY)
     deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings, json_schema_extra=NOT_IDENTITY)

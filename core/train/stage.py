@@ -135,14 +135,6 @@ def _run_stage(
     from core.methods.build import build_objective
 
     objective = build_objective(cfg.method, {**context, "vlm": vlm}, stage=job.stage).to(device)
-    sampler = ResumableSampler(
-        DistributedSampler(
-            dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
-        )
-    )
-    loader = DataLoader(
-        dataset, batch_size=settings.micro_batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=True
-    )
     accum, total = plan_steps(
         len(dataset),
         settings.micro_batch_size,
@@ -150,6 +142,10 @@ def _run_stage(
         settings.global_batch_size,
         settings.epochs,
         settings.max_steps,
+    )
+    sampler = build_sampler(job, dataset, world, rank, accum)
+    loader = DataLoader(
+        dataset, batch_size=settings.micro_batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=True
     )
     stepper, zero = build_stepper(job, vlm, objective, accum, total, world, rank, device)
     every = _diagnostics_every(job, zero)
@@ -232,6 +228,31 @@ def build_data(
             )
         return _sea_context(Path(job.labels_dir), dataset, vlm, tokenizer, cfg.seed * 1000 + rank)
     return dataset, make_collate(tokenizer.pad_token_id), {}
+
+
+def build_sampler(job: StageJob, dataset: Any, world: int, rank: int, accum: int) -> Any:
+    """This rank's batch order, resumable part-way through an epoch: random (`group_by_length: off`), or
+    LLaVA's modality- and length-grouped order (`modality`: tokens balanced across the micro-batches of a
+    global batch, as LLaVA; `length`: similar lengths share a micro-batch, least padding)."""
+    from core.data.sampler import LengthGroupedSampler, modality_lengths
+
+    cfg, mode = job.trial, job.settings.group_by_length
+    if mode == "off":
+        inner = DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
+        )
+        return ResumableSampler(inner)
+    records = getattr(dataset, "dataset", dataset).records  # WithLabels wraps the LLaVA dataset
+    return LengthGroupedSampler(
+        modality_lengths(records),
+        micro_batch=job.settings.micro_batch_size,
+        num_replicas=world,
+        rank=rank,
+        accumulation=accum,
+        seed=cfg.seed,
+        drop_last=True,
+        balance=mode == "modality",
+    )
 
 
 def build_stepper(
