@@ -12,6 +12,8 @@ TEXT_TOKENS = {"stage1": 64, "stage2": 400}
 # Stage 1 backpropagates through the frozen LLM's activations only (no weight gradients): ~4 N FLOPs per
 # token; stage 2 trains the LLM: ~6 N.
 FLOPS_PER_PARAM_TOKEN = {"stage1": 4.0, "stage2": 6.0}
+# Gradient checkpointing runs each layer's forward once more in backward: +2 N FLOPs per token.
+RECOMPUTE_FLOPS_PER_PARAM_TOKEN = 2.0
 
 
 @dataclass(frozen=True)
@@ -24,9 +26,17 @@ class StageEstimate:
 
 
 def estimate_stage(
-    stage: str, llm_params: float, num_samples: int, visual_tokens: int, epochs: float
+    stage: str,
+    llm_params: float,
+    num_samples: int,
+    visual_tokens: int,
+    epochs: float,
+    *,
+    checkpointing: bool = False,
 ) -> StageEstimate:
-    """tokens = samples x epochs x (visual + text tokens); FLOPs = k x N x tokens; hours = FLOPs / (peak x MFU)."""
+    """tokens = samples x epochs x (visual + text tokens); FLOPs = k x N x tokens (k + 2 with gradient
+    checkpointing); hours = FLOPs / (peak x MFU)."""
     tokens = num_samples * epochs * (visual_tokens + TEXT_TOKENS[stage])
-    flops = FLOPS_PER_PARAM_TOKEN[stage] * llm_params * tokens
+    k = FLOPS_PER_PARAM_TOKEN[stage] + (RECOMPUTE_FLOPS_PER_PARAM_TOKEN if checkpointing else 0.0)
+    flops = k * llm_params * tokens
     return StageEstimate(tokens, flops, flops / (PEAK_FLOPS * MFU) / 3600)
