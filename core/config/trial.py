@@ -217,6 +217,16 @@ class StageConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     log_every: int = Field(1, ge=1, json_schema_extra=NOT_IDENTITY)
     checkpoint_every: int | None = Field(None, ge=1, json_schema_extra=NOT_IDENTITY)
+    checkpoint_minutes: float | None = Field(
+        60,
+        gt=0,
+        json_schema_extra=NOT_IDENTITY,
+        description="also checkpoint once this many minutes have passed since the last checkpoint (long "
+        "stages); null: by checkpoint_every only",
+    )
+    checkpoint_keep: int = Field(
+        2, ge=1, json_schema_extra=NOT_IDENTITY, description="checkpoints kept; older ones are deleted"
+    )
     deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings, json_schema_extra=NOT_IDENTITY)
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto",
