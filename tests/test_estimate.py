@@ -21,3 +21,11 @@ def test_stage2_costs_more_per_token_and_scales_with_epochs() -> None:
     two = estimate_stage("stage2", 7e9, 1000, 576, 2.0)
     assert two.flops == pytest.approx(2 * one.flops)
     assert one.flops == pytest.approx(6 * 7e9 * 1000 * 976)
+
+
+def test_checkpointing_adds_a_forward() -> None:
+    # Stage 1: 4 N -> 6 N FLOPs per token; stage 2: 6 N -> 8 N.
+    for stage, ratio in (("stage1", 6 / 4), ("stage2", 8 / 6)):
+        plain = estimate_stage(stage, 7e9, 1000, 576, 1.0)
+        ckpt = estimate_stage(stage, 7e9, 1000, 576, 1.0, checkpointing=True)
+        assert ckpt.flops == pytest.approx(ratio * plain.flops)

@@ -223,7 +223,32 @@ class StageConfig(Strict):
     )
     log_every: int = Field(1, ge=1, json_schema_extra=NOT_IDENTITY)
     checkpoint_every: int | None = Field(None, ge=1, json_schema_extra=NOT_IDENTITY)
+    checkpoint_minutes: float | None = Field(
+        60,
+        gt=0,
+        json_schema_extra=NOT_IDENTITY,
+        description="also checkpoint once this many minutes have passed since the last checkpoint (long "
+        "stages); null: by checkpoint_every only",
+    )
+    checkpoint_keep: int = Field(
+        2, ge=1, json_schema_extra=NOT_IDENTITY, description="checkpoints kept; older ones are deleted"
+    )
     deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings, json_schema_extra=NOT_IDENTITY)
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="auto: bf16 on GPUs (bf16 compute, fp32 master weights and optimizer states, frozen "
+        "weights in bf16), fp32 on CPUs; an explicit value is part of the trial id, auto is not",
+    )
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto",
+        json_schema_extra=NOT_IDENTITY,
+        description="recompute the LLM's layer activations in backward; auto: on for LLMs of 1B parameters "
+        "and more",
+    )
+
+    def identity_exclude(self) -> set[str]:
+        """`precision: auto` is what every trial ran with before the setting existed: its ids stay."""
+        return {"precision"} if self.precision == "auto" else set()
 
 
 class Stage2Config(StageConfig):
@@ -235,7 +260,6 @@ class Stage2Config(StageConfig):
     train_vision: bool = False
     vision_lr: float = Field(2e-6, gt=0)
     template: str | None = Field(None, description="chat template; default: the LLM's own")
-    gradient_checkpointing: bool = Field(False, json_schema_extra=NOT_IDENTITY)
 
     @field_validator("template")
     @classmethod
@@ -249,6 +273,7 @@ class ResourcesConfig(Strict):
     num_workers: int = Field(1, ge=1)
     gpus_per_worker: float = Field(0, ge=0)
     cpus_per_worker: float = Field(1, gt=0)
+    gpu_memory_gb: float = Field(80, gt=0, description="memory of each GPU, for the plan's memory check")
 
 
 class TrialConfig(Strict):

@@ -269,19 +269,27 @@ def llm_source(llm_id: str, path: str | Path | None = None) -> str:
 
 
 def load_llm(
-    llm_id: str, *, path: str | Path | None = None, dtype: torch.dtype | None = None
+    llm_id: str,
+    *,
+    path: str | Path | None = None,
+    dtype: torch.dtype | None = None,
+    zero3_config: Mapping[str, Any] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the causal LM and its tokenizer through `from_pretrained`, whatever the source.
+
+    The weights load straight into `dtype` (default float32; bf16 where the stage computes in it). With
+    `zero3_config` (the stage's DeepSpeed config) they are partitioned across the ranks as they are
+    created: see `_load_causal_lm`.
 
     The tokenizer pads on the right, has the spec's `max_length` as `model_max_length`, and gets a
     pad token (unk, else eos) when the checkpoint has none, as LLaVA does for Llama tokenizers.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     spec = get_llm_spec(llm_id)
     source = llm_source(llm_id, path)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32)
+    model = _load_causal_lm(source, dtype or torch.float32, zero3_config)
     tokenizer = AutoTokenizer.from_pretrained(source, padding_side="right", model_max_length=spec.max_length)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
@@ -291,3 +299,57 @@ def load_llm(
             f"only {model.get_input_embeddings().num_embeddings}; the checkpoint and tokenizer do not match"
         )
     return model, tokenizer
+
+
+def _load_causal_lm(
+    source: str, dtype: torch.dtype, zero3_config: Mapping[str, Any] | None
+) -> PreTrainedModel:
+    """`from_pretrained` in `dtype`; under ZeRO-3 inside transformers' DeepSpeed integration.
+
+    While an `HfDeepSpeedConfig` is alive, `from_pretrained` builds the model under
+    `deepspeed.zero.Init` (transformers `PreTrainedModel.get_init_context`) and loads the checkpoint into
+    the partitions one tensor at a time (`integrations.deepspeed._load_state_dict_into_zero3_model`): no
+    rank ever holds the whole model, in host or device memory. zero.Init takes its dtype from the config
+    (bf16 when the `bf16` section is on, else fp32), so `dtype` must agree. The integration is switched
+    off again on return, so that other models loaded later in the process (the vision tower) are not
+    partitioned by it; the process group must exist already (core.train.deepspeed_engine.init_distributed).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if zero3_config is None:
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    stage = zero3_config.get("zero_optimization", {}).get("stage")
+    if stage != 3:
+        raise ValueError(
+            f"zero3_config must configure ZeRO stage 3 (partitioned construction), got {stage!r}"
+        )
+    config_dtype = torch.bfloat16 if zero3_config.get("bf16", {}).get("enabled") else torch.float32
+    if dtype != config_dtype:
+        raise ValueError(
+            f"dtype {dtype} disagrees with the DeepSpeed config, whose zero.Init builds in {config_dtype}: "
+            "load in the stage's compute dtype (core.train.precision.module_dtypes)"
+        )
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    integration = HfDeepSpeedConfig(copy.deepcopy(dict(zero3_config)))  # transformers keeps a weak reference
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    finally:
+        unset_hf_deepspeed_config()
+        del integration
+
+
+# Registry LLMs from this size on recompute their layers' activations in backward unless told otherwise.
+CHECKPOINTING_FROM_PARAMS_B = 1.0
+
+
+def resolve_gradient_checkpointing(setting: bool | str, llm_id: str) -> bool:
+    """A stage's `gradient_checkpointing`: true/false as given; `auto` on for LLMs of 1B parameters and more
+    (at 7B and micro-batch 16 the activations alone exceed an 80 GB GPU without it; grid.memory)."""
+    if isinstance(setting, bool):
+        return setting
+    if setting != "auto":
+        raise ValueError(f"gradient_checkpointing must be true, false or auto, got {setting!r}")
+    params_b = get_llm_spec(llm_id).params_b
+    return params_b is not None and params_b >= CHECKPOINTING_FROM_PARAMS_B

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.train.precision import Precision, deepspeed_precision
+
 # Where a Ray Train checkpoint keeps DeepSpeed's own files (each rank writes its shards; Ray merges them).
 DS_DIR = "deepspeed"
 DS_TAG = "state"
@@ -47,11 +49,13 @@ def deepspeed_config(
     hidden_size: int,
     offload: str = "none",
     gradient_clipping: float = 1.0,
+    precision: Precision = "fp32",
 ) -> dict[str, Any]:
     """The DeepSpeed config of a stage: LLaVA-1.5's zero2/zero3(_offload).json with HF's `auto` resolved.
 
-    Precision stays with the training loop (fp32 master weights, bf16 autocast on GPUs), so the config
-    turns DeepSpeed's own fp16/bf16 off; the optimizer and scheduler are the loop's (client) ones.
+    `precision` bf16 is DeepSpeed's own `bf16` section, as LLaVA-1.5 trains (bf16 parameters and compute,
+    fp32 master weights and optimizer states; core.train.precision says why not `torch_autocast`); fp32
+    turns both fp16 and bf16 off. The optimizer and scheduler are the loop's (client) ones.
     Bucket sizes follow transformers' resolution of `auto`: hidden^2 to reduce, 0.9 hidden^2 to prefetch,
     10 hidden as the persistence threshold.
     """
@@ -92,8 +96,7 @@ def deepspeed_config(
         "gradient_accumulation_steps": accumulation,
         "gradient_clipping": gradient_clipping,
         "zero_optimization": zero_cfg,
-        "fp16": {"enabled": False},
-        "bf16": {"enabled": False},
+        **deepspeed_precision(precision),
         # The loop's own AdamW (param groups with the vision tower's learning rate) is a client optimizer.
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
