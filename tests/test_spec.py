@@ -184,6 +184,10 @@ def test_id_is_slug_plus_hash_of_canonical_config(tmp_path: Path) -> None:
     ident["stage1"].pop("log_every")
     ident["stage1"].pop("checkpoint_every")
     ident["stage1"].pop("deepspeed")  # where state lives, not what is computed
+    for how in ("checkpoint_minutes", "checkpoint_keep", "gradient_checkpointing"):
+        ident["stage1"].pop(how)  # how it runs, not what it computes
+    for later in ("precision", "group_by_length"):
+        ident["stage1"].pop(later)  # added later: part of the identity only when set
     ident["method"].pop("sea")  # llava trials: SEA and BASIC settings are not in use
     ident["method"].pop("basic")
     ident.pop("eval")  # evaluation is off by default

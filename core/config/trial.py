@@ -236,6 +236,7 @@ class StageConfig(Strict):
     deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings, json_schema_extra=NOT_IDENTITY)
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto",
+        json_schema_extra=IDENTITY_IF_SET,
         description="auto: bf16 on GPUs (bf16 compute, fp32 master weights and optimizer states, frozen "
         "weights in bf16), fp32 on CPUs; an explicit value is part of the trial id, auto is not",
     )
@@ -245,10 +246,6 @@ class StageConfig(Strict):
         description="recompute the LLM's layer activations in backward; auto: on for LLMs of 1B parameters "
         "and more",
     )
-
-    def identity_exclude(self) -> set[str]:
-        """`precision: auto` is what every trial ran with before the setting existed: its ids stay."""
-        return {"precision"} if self.precision == "auto" else set()
 
 
 class Stage2Config(StageConfig):
