@@ -31,7 +31,7 @@ class SplicedInputs:
 @dataclass
 class VLMOutput:
     loss: torch.Tensor | None
-    logits: torch.Tensor
+    logits: torch.Tensor | None  # None when the loss was computed on supervised positions only
     visual_tokens: torch.Tensor | None
     visual_positions: torch.Tensor
     attention_mask: torch.Tensor
@@ -150,10 +150,16 @@ class VLM(nn.Module):
             positions[i] = torch.where((row >= 0) & (row < n), row + start, torch.full_like(row, -1))
         return SplicedInputs(out_embeds, out_mask, out_labels, visual, positions)
 
-    def forward(self, batch: Mapping[str, Any], *, output_hidden_states: bool = False) -> VLMOutput:
+    def forward(
+        self, batch: Mapping[str, Any], *, output_hidden_states: bool = False, logits: bool = True
+    ) -> VLMOutput:
+        """`logits=False` (training) computes the LM loss on the supervised positions only, in chunks
+        (core.models.lm_loss), and returns no logits; True runs the LLM's own head over every position."""
         spliced = self.splice(batch)
         for hook in self.splice_hooks:
             hook(spliced)
+        if not logits and spliced.labels is not None:
+            return self._supervised_forward(spliced, output_hidden_states)
         out = self.llm(
             inputs_embeds=spliced.inputs_embeds,
             attention_mask=spliced.attention_mask,
@@ -164,6 +170,29 @@ class VLM(nn.Module):
         return VLMOutput(
             loss=out.loss,
             logits=out.logits,
+            visual_tokens=spliced.visual_tokens,
+            visual_positions=spliced.visual_positions,
+            attention_mask=spliced.attention_mask,
+            labels=spliced.labels,
+            hidden_states=tuple(out.hidden_states) if output_hidden_states else None,
+        )
+
+    def _supervised_forward(self, spliced: SplicedInputs, output_hidden_states: bool) -> VLMOutput:
+        from core.models.lm_loss import supervised_lm_loss
+
+        out = self.llm.get_decoder()(
+            inputs_embeds=spliced.inputs_embeds,
+            attention_mask=spliced.attention_mask,
+            output_hidden_states=output_hidden_states,
+            use_cache=False,
+        )
+        softcap = getattr(self.llm.config, "final_logit_softcapping", None)
+        loss = supervised_lm_loss(
+            self.llm.get_output_embeddings(), out.last_hidden_state, spliced.labels, softcap=softcap
+        )
+        return VLMOutput(
+            loss=loss,
+            logits=None,
             visual_tokens=spliced.visual_tokens,
             visual_positions=spliced.visual_positions,
             attention_mask=spliced.attention_mask,

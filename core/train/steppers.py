@@ -24,7 +24,8 @@ class TrainModule(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         with self.objective.forward_context(self.vlm):
-            out = self.vlm(batch)
+            # Training needs only the loss: the LM head runs on supervised positions alone, in chunks.
+            out = self.vlm(batch, logits=False)
         return self.objective.total(batch, out)
 
 
