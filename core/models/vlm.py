@@ -285,11 +285,21 @@ def build_vlm(
     llm_path: str | Path | None = None,
     encoder_path: str | Path | None = None,
     dtype: torch.dtype = torch.float32,
+    dtypes: Any = None,
+    zero3_config: Mapping[str, Any] | None = None,
 ) -> tuple[VLM, PreTrainedTokenizerBase]:
-    """Load the LLM and the encoder (no text tower), add a fresh adapter; everything in `dtype`."""
-    llm, tokenizer = load_llm(llm_id, path=llm_path, dtype=dtype)
-    vision = load_encoder(encoder_id, path=encoder_path, text_tower=False, dtype=dtype)
+    """Load the LLM and the encoder (no text tower), add a fresh adapter.
+
+    Everything in `dtype`, unless `dtypes` (a core.train.precision.ModuleDtypes) gives each part its own;
+    each part is loaded straight into its dtype. `zero3_config` partitions the LLM across the ranks as it
+    is built (core.models.llm.load_llm).
+    """
+    llm_dtype, vision_dtype, adapter_dtype = (
+        (dtypes.llm, dtypes.vision, dtypes.adapter) if dtypes is not None else (dtype, dtype, dtype)
+    )
+    llm, tokenizer = load_llm(llm_id, path=llm_path, dtype=llm_dtype, zero3_config=zero3_config)
+    vision = load_encoder(encoder_id, path=encoder_path, text_tower=False, dtype=vision_dtype)
     d_llm = llm.get_input_embeddings().embedding_dim
-    module = build_adapter(adapter, vision.spec.feature_dim, d_llm).to(dtype)
+    module = build_adapter(adapter, vision.spec.feature_dim, d_llm).to(adapter_dtype)
     vlm = VLM(vision, module, llm, max_length=get_llm_spec(llm_id).max_length, adapter_name=adapter)
     return vlm, tokenizer

@@ -6,6 +6,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from core.train.checkpoint import (
     save_position,
     trainable_state,
 )
+from core.train.checkpoint_clock import checkpoint_due
 from core.train.deepspeed_engine import (
     DeepSpeedStepper,
     deepspeed_config,
@@ -33,10 +35,13 @@ from core.train.deepspeed_engine import (
     resolve_zero,
 )
 from core.train.job import EvalJob, StageJob, StepBudgetReached
+from core.train.precision import Precision, loop_autocast, module_dtypes, resolve_precision
+from core.train.reduce import mean_across_ranks
 from core.train.schedule import cosine_with_warmup, warmup_steps
 from core.train.steppers import Stepper, TorchStepper, TrainModule
 
 RESULT_FILE = "result.json"
+_CLOCK = "_seconds_since_checkpoint"
 
 
 def _ray_context() -> tuple[int, int]:
@@ -46,12 +51,34 @@ def _ray_context() -> tuple[int, int]:
     return ctx.get_world_rank(), ctx.get_world_size()
 
 
-def _mean_across_ranks(value: float, world: int) -> float:
-    if world == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item()) / world
+@dataclass(frozen=True)
+class RunSettings:
+    """How a stage runs on this worker, resolved once: ZeRO stage (None: plain PyTorch), offload,
+    precision and gradient checkpointing."""
+
+    zero: int | None
+    offload: str
+    precision: Precision
+    checkpointing: bool
+
+    @property
+    def deepspeed(self) -> bool:
+        return self.zero is not None
+
+
+def resolve_run(job: StageJob, device: torch.device) -> RunSettings:
+    """`auto` settings made concrete for this device and LLM."""
+    from core.models.llm import resolve_gradient_checkpointing
+
+    settings, llm = job.settings, job.trial.model.llm
+    use_gpu = device.type == "cuda"
+    zero = resolve_zero(settings.deepspeed.zero, job.stage, llm, use_gpu=use_gpu)
+    return RunSettings(
+        zero=zero,
+        offload=settings.deepspeed.offload if zero is not None else "none",
+        precision=resolve_precision(settings.precision, use_gpu=use_gpu),
+        checkpointing=resolve_gradient_checkpointing(settings.gradient_checkpointing, llm),
+    )
 
 
 class ResumableSampler(Sampler[int]):
@@ -125,13 +152,21 @@ def _run_stage(
     cfg, settings = job.trial, job.settings
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
     torch.manual_seed(cfg.seed)
-    vlm, tokenizer = build_model(job)
-    dataset, collate_fn, context = build_data(job, vlm, tokenizer, rank)
+    run = resolve_run(job, device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         # fp32 matmuls outside autocast (BASIC's vocabulary softmaxes) run on tensor cores.
         torch.backends.cuda.matmul.allow_tf32 = True
-    vlm.to(device)
+    if run.deepspeed:
+        init_distributed(device)  # before the model: under ZeRO-3 the LLM is partitioned as it is built
+    vlm, tokenizer = build_model(job, run)
+    dataset, collate_fn, context = build_data(job, vlm, tokenizer, rank)
+    if run.zero == 3:
+        # The LLM's partitions already sit on this device; moving it would undo zero.Init's placement.
+        vlm.vision.to(device)
+        vlm.adapter.to(device)
+    else:
+        vlm.to(device)
     from core.methods.build import build_objective
 
     objective = build_objective(cfg.method, {**context, "vlm": vlm}, stage=job.stage).to(device)
@@ -147,11 +182,14 @@ def _run_stage(
     loader = DataLoader(
         dataset, batch_size=settings.micro_batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=True
     )
-    stepper, zero = build_stepper(job, vlm, objective, accum, total, world, rank, device)
+    stepper = build_stepper(job, run, vlm, objective, accum, total, world, rank, device)
+    zero = run.zero
     every = _diagnostics_every(job, zero)
     # Every rank must agree on when to report (a report is a barrier); only rank 0 runs the probe.
     probe = _diagnostics_probe(cfg, vlm, tokenizer, Path(job.out_dir)) if every and rank == 0 else None
-    loop = _Loop(job, stepper, loader, sampler, checkpoints, accum, total, world, rank, device, every, probe)
+    loop = _Loop(
+        job, run, stepper, loader, sampler, checkpoints, accum, total, world, rank, device, every, probe
+    )
     pos, last = loop.run(objective, vlm)
     result = {
         "first_loss": pos.first_loss,
@@ -174,25 +212,45 @@ def _run_stage(
     return result
 
 
-def build_model(job: StageJob) -> tuple[Any, Any]:
-    """The VLM with what this stage trains unfrozen (stage 2 starts from stage 1's adapter)."""
+def build_model(job: StageJob, run: RunSettings) -> tuple[Any, Any]:
+    """The VLM, each part loaded straight into its dtype (the LLM partitioned at construction under
+    ZeRO-3), with what this stage trains unfrozen (stage 2 starts from stage 1's adapter)."""
     from core.models import build_vlm, load_adapter
+    from core.models.llm import get_llm_spec
 
-    cfg, settings = job.trial, job.settings
+    cfg, settings, kind = job.trial, job.settings, job.kind
+    train_vision = kind.trains_llm and settings.train_vision
+    dtypes = module_dtypes(
+        run.precision, deepspeed=run.deepspeed, train_llm=kind.trains_llm, train_vision=train_vision
+    )
+    zero3 = None
+    if run.zero == 3:
+        # What zero.Init reads (stage, dtype); batch sizes do not matter to construction.
+        hidden = get_llm_spec(cfg.model.llm).hidden_size
+        zero3 = deepspeed_config(
+            zero=3,
+            micro_batch_size=settings.micro_batch_size,
+            accumulation=1,
+            hidden_size=hidden,
+            offload=run.offload,
+            precision=run.precision,
+        )
     vlm, tokenizer = build_vlm(
         cfg.model.llm,
         cfg.model.encoder,
         cfg.model.adapter,
         llm_path=cfg.model.llm_path,
         encoder_path=cfg.model.encoder_path,
+        dtypes=dtypes,
+        zero3_config=zero3,
     )
-    if not job.kind.trains_llm:
+    if kind.trains_llm:
+        if job.stage1_dir:
+            load_adapter(vlm, Path(job.stage1_dir) / "adapter")
+        vlm.freeze_for_stage2(train_vision=settings.train_vision)
+    else:
         vlm.freeze_for_stage1()
-        return vlm, tokenizer
-    if job.stage1_dir:
-        load_adapter(vlm, Path(job.stage1_dir) / "adapter")
-    vlm.freeze_for_stage2(train_vision=settings.train_vision)
-    if settings.gradient_checkpointing:
+    if run.checkpointing:
         vlm.llm.gradient_checkpointing_enable()
     return vlm, tokenizer
 
@@ -257,6 +315,7 @@ def build_sampler(job: StageJob, dataset: Any, world: int, rank: int, accum: int
 
 def build_stepper(
     job: StageJob,
+    run: RunSettings,
     vlm: Any,
     objective: torch.nn.Module,
     accum: int,
@@ -264,10 +323,10 @@ def build_stepper(
     world: int,
     rank: int,
     device: torch.device,
-) -> tuple[Stepper, int | None]:
+) -> Stepper:
     """The optimizer (main group, vision tower group), the schedule and the stepper: plain PyTorch / DDP,
-    or a DeepSpeed engine with the resolved ZeRO stage."""
-    cfg, settings = job.trial, job.settings
+    or a DeepSpeed engine with the resolved ZeRO stage and precision."""
+    settings = job.settings
     vision = {id(p) for p in vlm.vision.parameters()}
     main = [p for p in vlm.parameters() if p.requires_grad and id(p) not in vision]
     main += [p for p in objective.parameters() if p.requires_grad]
@@ -275,10 +334,7 @@ def build_stepper(
     tower = [p for p in vlm.vision.parameters() if p.requires_grad]
     if tower:
         groups.append({"params": tower, "lr": settings.vision_lr})
-    zero = resolve_zero(settings.deepspeed.zero, job.stage, cfg.model.llm, use_gpu=device.type == "cuda")
-    offload = settings.deepspeed.offload if zero is not None else "none"
-    if zero is not None:
-        init_distributed(device)
+    zero, offload = run.zero, run.offload
     optimizer = make_optimizer(groups, settings.lr, settings.weight_decay, offload)
     warm = warmup_steps(total, settings.warmup_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, total, warm))
@@ -286,18 +342,18 @@ def build_stepper(
         _gather_embedding_table(objective, vlm)
     module = TrainModule(vlm, objective)
     if zero is None:
-        stepper = TorchStepper(
+        return TorchStepper(
             module, optimizer, scheduler, accumulation=accum, world=world, device=device, rank=rank
         )
-        return stepper, None
     ds_config = deepspeed_config(
         zero=zero,
         micro_batch_size=settings.micro_batch_size,
         accumulation=accum,
         hidden_size=vlm.llm.get_input_embeddings().embedding_dim,
         offload=offload,
+        precision=run.precision,
     )
-    return DeepSpeedStepper(module, optimizer, scheduler, ds_config), zero
+    return DeepSpeedStepper(module, optimizer, scheduler, ds_config)
 
 
 class _Loop:
@@ -306,6 +362,7 @@ class _Loop:
     def __init__(
         self,
         job: StageJob,
+        run: RunSettings,
         stepper: Stepper,
         loader: DataLoader,
         sampler: ResumableSampler,
@@ -318,7 +375,13 @@ class _Loop:
         every: int | None,
         probe: Any,
     ) -> None:
-        self.job, self.stepper, self.loader, self.sampler = job, stepper, loader, sampler
+        self.job, self.run_settings, self.stepper, self.loader, self.sampler = (
+            job,
+            run,
+            stepper,
+            loader,
+            sampler,
+        )
         self.checkpoints, self.accum, self.total = checkpoints, accum, total
         self.world, self.rank, self.device, self.every, self.probe = world, rank, device, every, probe
         self.resumed_from = 0
@@ -338,6 +401,8 @@ class _Loop:
 
         self.stepper.module.train()
         self._since, self._t0 = 0, time.perf_counter()
+        self._last_checkpoint = time.perf_counter()
+        run = self.run_settings
         sums: dict[str, float] = {}
         last: dict[str, float] = {}
         micro = self.job.settings.micro_batch_size
@@ -346,9 +411,7 @@ class _Loop:
             for batch in self.loader:
                 pos.batch_in_epoch += 1
                 batch = _to_device(batch, self.device)
-                with torch.autocast(
-                    self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
-                ):
+                with loop_autocast(run.precision, self.device, deepspeed=run.deepspeed):
                     loss, terms = self.stepper.module(batch)
                 for key, value in {"loss": float(loss.detach()), **terms}.items():
                     sums[key] = sums.get(key, 0.0) + value
@@ -357,7 +420,12 @@ class _Loop:
                     continue
                 pos.step += 1
                 self._since += 1
-                last = {k: _mean_across_ranks(v / self.accum, self.world) for k, v in sorted(sums.items())}
+                # One all-reduce per optimizer step for every metric and the checkpoint clock, whose
+                # mean every rank then agrees on (a checkpoint is a collective).
+                local = {k: v / self.accum for k, v in sums.items()}
+                local[_CLOCK] = time.perf_counter() - self._last_checkpoint
+                last = mean_across_ranks(local, self.world, self.device)
+                self._clock = last.pop(_CLOCK)
                 sums = {}
                 pos.first_loss = last["loss"] if pos.first_loss is None else pos.first_loss
                 self._after_step(pos.step, last, lr, vlm, write_checkpoint)
@@ -372,7 +440,13 @@ class _Loop:
     ) -> None:
         """Report (with diagnostics and a checkpoint when due); stop at the job's step budget."""
         settings, name = self.job.settings, self.job.stage
-        save = bool(settings.checkpoint_every) and step % settings.checkpoint_every == 0 and step < self.total
+        save = checkpoint_due(
+            step,
+            self.total,
+            every=settings.checkpoint_every,
+            minutes=settings.checkpoint_minutes,
+            elapsed_s=self._clock,
+        )
         diagnose = bool(self.every) and (step % self.every == 0 or step == self.total)
         if save or diagnose or step % settings.log_every == 0 or step == self.total:
             elapsed = time.perf_counter() - self._t0
@@ -383,6 +457,8 @@ class _Loop:
             metrics[f"{name}/samples_per_s"] = settings.global_batch_size * self._since / max(elapsed, 1e-9)
             message = {"stage": name, "step": step, "total_steps": self.total, "metrics": metrics}
             self.checkpoints.report(message, write_checkpoint if save else None)
+            if save:
+                self._last_checkpoint = time.perf_counter()
             self._t0, self._since = time.perf_counter(), 0
         if self.job.step_budget is not None and step >= self.job.step_budget and step < self.total:
             raise StepBudgetReached(f"{name} stopped at step {step}: job.step_budget={self.job.step_budget}")
