@@ -7,6 +7,7 @@ import sys
 
 from rich.console import Console
 
+from grid.memory import UnfitTrialError
 from grid.spec import SpecError
 
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
         _, result = run_grid(args.spec, console=console)
         return 1 if result.failed else 0
-    except SpecError as err:
+    except (SpecError, UnfitTrialError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

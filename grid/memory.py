@@ -25,8 +25,10 @@ frozen parameters, W workers, and ZeRO dividing what it shards by W:
   over L layers: tokens x L x per-layer; with gradient checkpointing: tokens x (L x 2h + per-layer), each
   layer's bf16 input plus one layer recomputed at a time. A trained vision tower adds
   tokens x L_v x (18 h_v + 4 f_v) (LayerNorms, attention, a plain GELU MLP); the frozen one none.
-* logits: 3 x 4 bytes x vocabulary x supervised tokens x micro-batch: fp32 logits, their log-softmax and
-  its gradient (the loss over the supervised positions).
+* logits: 3 x 4 bytes x vocabulary x rows: fp32 logits, their log-softmax and its gradient for one chunk
+  of the supervised positions (core.models.lm_loss: the LM head runs on supervised positions only, a
+  chunk at a time, each chunk recomputed in backward), rows = min(supervised tokens x micro-batch, the
+  chunk `default_chunk(vocabulary)`).
 
 What is left out: the CUDA context and allocator fragmentation (`USABLE_FRACTION` of the GPU is
 planned for), the adapter's and the embedding layer's activations (under 0.3 GiB at 7B), the frozen
@@ -44,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.config import TrialConfig
+from core.models.constants import default_chunk
 
 GIB = 2**30
 USABLE_FRACTION = 0.9  # of the GPU's memory: the rest for the CUDA context, NCCL and fragmentation
@@ -200,7 +203,7 @@ def stage_memory(
         llm_acts = micro_tokens * facts.layers * per_layer
     tower = 18 * facts.encoder_hidden + 4 * facts.encoder_ffn
     tower_acts = s.micro_batch * facts.encoder_tokens * facts.encoder_layers * tower if s.train_vision else 0
-    logits = 3 * 4 * facts.vocab * supervised * s.micro_batch
+    logits = 3 * 4 * facts.vocab * min(supervised * s.micro_batch, default_chunk(facts.vocab))
     return StageMemory(weights, gradients, optimizer, buffers, scale * (llm_acts + tower_acts), logits)
 
 

@@ -51,9 +51,10 @@ def resources_text(trial: Trial) -> str:
 
 def cost_columns(trial: Trial) -> dict[str, str]:
     """Visual tokens, GPUs, ZeRO stage and estimated GPU-hours of a trial (grid.estimate's assumptions)."""
-    from core.models.llm import get_llm_spec
+    from core.models.llm import get_llm_spec, resolve_gradient_checkpointing
     from core.models.vision import get_encoder_spec
     from grid.estimate import estimate_stage
+    from grid.memory import memory_columns
 
     cfg = trial.config
     llm, enc = get_llm_spec(cfg.model.llm), get_encoder_spec(cfg.model.encoder)
@@ -67,13 +68,17 @@ def cost_columns(trial: Trial) -> dict[str, str]:
         if samples is None:
             unknown = True
             continue
-        hours += estimate_stage(name, params, samples, enc.num_patches, stage.epochs).gpu_hours
+        checkpointing = resolve_gradient_checkpointing(stage.gradient_checkpointing, cfg.model.llm)
+        hours += estimate_stage(
+            name, params, samples, enc.num_patches, stage.epochs, checkpointing=checkpointing
+        ).gpu_hours
     r = cfg.resources
     return {
         "visual tokens": str(enc.num_patches),
         "GPUs": f"{r.num_workers * r.gpus_per_worker:g}",
         "ZeRO": "/".join(_zero_text(cfg, name) for name in ("stage1", "stage2")),
         "est. GPU-h": "?" if unknown else f"{hours:.3g}",
+        **memory_columns(cfg),
     }
 
 

@@ -13,6 +13,7 @@ from rich.console import Console
 from core.paths import cache_dir
 from core.ray_session import ensure_ray
 from grid.expand import Trial
+from grid.memory import refuse_if_unfit
 from grid.plan import PlanRow, make_plan, plan_table
 from grid.spec import ExperimentSpec, load_spec, steps_root
 from grid.tracking import Tracker
@@ -119,6 +120,8 @@ def run_grid(
     tracker = Tracker(spec.name, spec.output.tracking_uri)
     rows = make_plan(spec, str(spec_path), tracker)
     todo = [r.trial for r in rows if r.status != "done"]
+    # A trial that cannot fit its GPUs is refused before anything starts, with the settings that would fit.
+    refuse_if_unfit({t.id: t.config for t in todo})
     result = GridResult(status={r.trial.id: "done (skipped)" for r in rows if r.status == "done"})
     console.print(
         f"[bold]{spec.name}[/bold]: {len(rows)} trials, {len(rows) - len(todo)} already done, {len(todo)} to run"

@@ -6,3 +6,12 @@ from __future__ import annotations
 IMAGE_TOKEN_INDEX = -200
 # Label value that the causal-LM loss skips (PyTorch's cross-entropy default ignore_index).
 IGNORE_INDEX = -100
+
+# Logit bytes one chunk of the supervised LM loss may take (fp32), before log-softmax and gradient.
+LM_LOSS_CHUNK_BYTES = 512 * 1024**2
+
+
+def default_chunk(vocab_size: int) -> int:
+    """Rows per chunk of core.models.lm_loss so that one chunk's fp32 logits stay near
+    LM_LOSS_CHUNK_BYTES (at least 128 rows)."""
+    return max(128, LM_LOSS_CHUNK_BYTES // (4 * vocab_size))

@@ -15,15 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from core.models.constants import IGNORE_INDEX
-
-# Logit bytes one chunk may take (fp32), before log-softmax and gradient.
-CHUNK_BYTES = 512 * 1024**2
-
-
-def default_chunk(vocab_size: int) -> int:
-    """Rows per chunk so that one chunk's fp32 logits stay near CHUNK_BYTES (at least 128 rows)."""
-    return max(128, CHUNK_BYTES // (4 * vocab_size))
+from core.models.constants import IGNORE_INDEX, default_chunk
 
 
 def _chunk_loss(head: nn.Module, softcap: float | None, hidden: Tensor, targets: Tensor) -> Tensor:
