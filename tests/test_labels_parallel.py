@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +15,7 @@ from core.data import SyntheticSpec, ensure_synthetic
 from core.labels import ExtractJob, LabelStore, caption_words, ensure_store, extract_store
 from core.labels.extract import resolve_parallel, shard_bounds
 from core.labels.store import read_shards
+from core.steps import Lease
 
 BATCH = 8  # 24 images -> 3 batches; 2 shards -> rows 0:8 and 8:24
 MISSING_ROWS = (3, 20)  # one missing image in each shard
@@ -113,8 +113,7 @@ def test_parallel_store_is_byte_identical(
 
     def run_holding_lock(out_dir: Path, todo, *args, **kwargs) -> None:
         # Concurrent callers wait on the store's lock: the driver must hold it while the shards run.
-        with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock, pytest.raises(BlockingIOError):
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert not Lease(out_dir.parent / f".{out_dir.name}.lock").try_acquire()
         shards_seen.append(list(todo))
         real(out_dir, todo, *args, **kwargs)
 
