@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from core.labels.prepare import prepare_labels
 from core.train.checkpoint import LocalCheckpoints
 from core.train.deepspeed_engine import deepspeed_config, resolve_zero
-from core.train.job import make_stage_job
+from core.train.job import StepBudgetReached, make_stage_job
 from core.train.stage import run_stage
 from grid.spec import SpecError, TrialConfig, parse_spec
 
@@ -174,8 +174,8 @@ def test_zero2_resume_gives_identical_weights(tmp_path: Path) -> None:
     cfg = config(2, "off", checkpoint_every=4)
     straight = run(cfg, "stage1", tmp_path / "straight")
     ckpts = LocalCheckpoints(tmp_path / "ckpt")
-    with pytest.raises(RuntimeError, match="interrupted after step 6"):
-        run(cfg, "stage1", tmp_path / "killed", ckpts, interrupt_after_step=6)
+    with pytest.raises(StepBudgetReached, match="stopped at step 6"):
+        run(cfg, "stage1", tmp_path / "killed", ckpts, step_budget=6)
     written = sorted(p.name for p in (tmp_path / "ckpt" / "checkpoint-00000004").iterdir())
     assert written == ["deepspeed", "position.json", "rng-rank0.pt"]
     resumed = run(cfg, "stage1", tmp_path / "resumed", LocalCheckpoints(tmp_path / "ckpt"))
@@ -199,8 +199,8 @@ def test_zero3_stage2_resume_gives_identical_weights(tmp_path: Path) -> None:
     straight = run(cfg, "stage2", tmp_path / "straight", **start)
     assert straight["steps"] == 4
     ckpts = LocalCheckpoints(tmp_path / "ckpt")
-    with pytest.raises(RuntimeError, match="interrupted after step 3"):
-        run(cfg, "stage2", tmp_path / "killed", ckpts, interrupt_after_step=3, **start)
+    with pytest.raises(StepBudgetReached, match="stopped at step 3"):
+        run(cfg, "stage2", tmp_path / "killed", ckpts, step_budget=3, **start)
     resumed = run(cfg, "stage2", tmp_path / "resumed", LocalCheckpoints(tmp_path / "ckpt"), **start)
     assert resumed["resumed_from_step"] == 2
     a, b = adapter(tmp_path / "straight"), adapter(tmp_path / "resumed")
