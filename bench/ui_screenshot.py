@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from grid.tracking import default_tracking_uri  # noqa: E402
+from grid.tracking import default_tracking_uri, experiment_url  # noqa: E402
 
 
 def free_port() -> int:
@@ -90,6 +90,12 @@ def main() -> int:
     parser.add_argument("--experiment", required=True, help="experiment (grid) name")
     parser.add_argument("--out", default="mlflow_ui.png", help="screenshot path (PNG)")
     parser.add_argument("--size", default="1600x1000", help="browser window, WIDTHxHEIGHT")
+    parser.add_argument(
+        "--view",
+        choices=("ml", "default"),
+        default="ml",
+        help="ml: the link seagrid prints (the UI's 'Model training' view); default: the bare experiment URL",
+    )
     parser.add_argument("--wait-ms", type=int, default=20000, help="virtual time the page gets to render")
     args = parser.parse_args()
     uri = args.tracking_uri or default_tracking_uri()
@@ -104,7 +110,7 @@ def main() -> int:
         tags = {t["key"]: t["value"] for t in exp["experiment"].get("tags", [])}
         runs = get_json(f"{url}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id]})["runs"]
         names = [r["info"]["run_name"] for r in runs]
-        page = f"{url}/#/experiments/{exp_id}"
+        page = experiment_url(url, exp_id, args.view)
         width, height = (int(v) for v in args.size.split("x"))
         t0 = time.monotonic()
         dom = chromium(page, Path(args.out), width, height, args.wait_ms)

@@ -97,7 +97,8 @@ class Board:
     def start(self, tid: str) -> None:
         with self._lock:
             line = self.lines[tid]
-            line.status, line.started = "running", time.time()
+            # Until its first report a trial is starting: Ray Train's workers, data, models, SEA labels.
+            line.status, line.started, line.stage = "running", time.time(), "starting"
         self._plain(f"start   {line.name}  ({tid})")
 
     def progress(self, tid: str, stage: str, step: int, total: int | None, metrics: dict[str, Any]) -> None:
@@ -282,28 +283,63 @@ def _ray_loggers_to(stream: TextIO) -> Iterator[None]:
                 handler.setStream(old)
 
 
+# Where the workers' log lines go that Ray forwards to this process (None: Ray's own printing, the terminal).
+_worker_log: Path | None = None
+_worker_log_lock = threading.Lock()
+
+
+def _print_worker_lines(data: dict[str, Any]) -> None:
+    """Ray's handler for forwarded worker output, pointed at the current log file. Lines keep arriving
+    after a Tune run returns (a worker's last prints): they go to that run's log, not the terminal."""
+    from ray._private import worker
+
+    path = _worker_log
+    if path is None:
+        worker.print_to_stdstream(data, ignore_prefix=False)
+        return
+    buf = io.StringIO()
+    worker.print_worker_logs(data, buf)
+    with _worker_log_lock, open(path, "a", encoding="utf-8") as f:
+        f.write(scrub(buf.getvalue()))
+
+
+def _route_worker_lines() -> None:
+    """Replace Ray's printer of forwarded worker output (registered by ray.init) by _print_worker_lines."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:  # a Ray without this internal: its own printing stays (and the redirect below)
+        return
+    names = [name for name, _ in dispatcher.handlers]
+    if "ray_print_logs" in names:
+        dispatcher.remove_handler("ray_print_logs")
+        dispatcher.add_handler("ray_print_logs", _print_worker_lines)
+
+
 @contextlib.contextmanager
 def ray_output(log_path: Path, verbose: bool) -> Iterator[Path | None]:
     """Ray's and Tune's own output (start-up lines, raylet warnings, Tune's boxes, the workers' logs)
     goes to `log_path` for the block, not the terminal; with `verbose` it stays on the terminal.
 
-    How: the workers' logs are forwarded to the driver (SEAGRID_RAY_LOGS=1 -> ray.init(log_to_driver=True)),
-    and everything Ray prints in this process (its loggers write to sys.stderr at emit time, worker logs
-    and raylet errors to sys.stdout, its loggers to their stream handlers) lands in the log while
-    sys.stdout / sys.stderr and those handlers point at it. The command's own console keeps the real
-    stdout it was made with.
+    How: the workers' logs are forwarded to the driver (SEAGRID_RAY_LOGS=1 -> ray.init(log_to_driver=True))
+    and written to the log by _print_worker_lines, also those arriving after the block; whatever else
+    Ray prints in this process (raylet warnings and Tune's boxes to sys.stdout, its loggers through
+    their stream handlers) lands in the log while sys.stdout / sys.stderr and those handlers point at
+    it. The command's own console keeps the real stdout it was made with.
     """
+    global _worker_log
     with _env({"SEAGRID_RAY_LOGS": "1"}):
+        _worker_log = None if verbose else log_path
         if verbose:
             yield None
             return
         log = ScrubbedLog(log_path)
         log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} seagrid: Ray's and Tune's output\n")
+        _route_worker_lines()  # Ray already up (a second grid in this process)
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), _ray_loggers_to(log):
                 yield log_path
         finally:
-            # Ray's threads may still print after the block: the real streams are back by then.
+            _route_worker_lines()  # Ray started in the block: its workers' late lines still reach the log
             log.close()
 
 

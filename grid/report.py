@@ -86,6 +86,29 @@ def find_parent_run(tracker: Tracker) -> str | None:
     return tracker.find_parent_run()
 
 
+def merge_plot_notes(notes: list[str]) -> list[str]:
+    """'scaling plot of A: why' and 'scaling plot of B: why' become 'scaling plots of A, B: why'."""
+    reasons: dict[str, list[str]] = {}
+    out: list[str] = []
+    for note in notes:
+        m = re.match(r"^scaling plot of (\S+): (.*)$", note)
+        if not m:
+            out.append(note)
+        elif m.group(2) not in reasons:
+            reasons[m.group(2)] = [m.group(1)]
+            out.append(m.group(2))  # a placeholder, filled in below
+        else:
+            reasons[m.group(2)].append(m.group(1))
+    return [
+        (
+            f"scaling plot{'s' if len(reasons[n]) > 1 else ''} of {', '.join(reasons[n])}: {n}"
+            if n in reasons
+            else n
+        )
+        for n in out
+    ]
+
+
 def default_columns(found: Sequence[str]) -> list[str]:
     """Every eval/<name> headline metric the runs have, then the alignment diagnostics they have (after
     stage 1, then after stage 2)."""
@@ -364,6 +387,7 @@ def build_report(
         path, note = scaling_plot(frame, m, out_dir / f"scaling_{file_stem(m)}.png", percent=percent[m])
         files += [path] if path else []
         notes += [note] if note else []
+    notes = merge_plot_notes(notes)
     panel_paths = [p for p in order if p != METHOD]
     path, note = tacs_plot(_tacs_history(tracker, frame, panel_paths), out_dir / "tacs.png", metric=TACS)
     files += [path] if path else []

@@ -17,7 +17,7 @@ from grid.expand import Trial
 from grid.plan import PlanRow, make_plan
 from grid.redact import scrub
 from grid.spec import ExperimentSpec, load_spec
-from grid.tracking import Tracker, run_name
+from grid.tracking import Tracker, experiment_url, run_name
 
 
 @dataclass
@@ -148,7 +148,16 @@ def run_grid(
     if result.failed:
         console.print(f"[red]{len(result.failed)} trial(s) failed:[/red] " + ", ".join(result.failed))
         console.print("Tracebacks are in each failed run's traceback.txt artifact (just mlflow).")
+    console.print(f"MLflow: {ui_link(tracker)}", highlight=False, soft_wrap=True)
     return rows, result
+
+
+def ui_link(tracker: Tracker, local_ui: str = "http://127.0.0.1:5000") -> str:
+    """Where to see the grid's runs: its experiment in the UI's model-training view (a local store: as
+    `just mlflow` serves it)."""
+    served = tracker.uri.startswith(("http://", "https://"))
+    link = experiment_url(tracker.uri if served else local_ui, tracker.experiment_id)
+    return link if served else f"{link} (after `just mlflow`)"
 
 
 def _invocation(

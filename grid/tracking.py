@@ -42,6 +42,14 @@ def default_tracking_uri(root: Path | None = None) -> str:
     return f"sqlite:///{(store / 'mlflow.db').resolve()}"
 
 
+def experiment_url(server: str, experiment_id: str, view: str = "ml") -> str:
+    """The UI page of an experiment. MLflow 3's UI shows every experiment in its GenAI view (traces)
+    unless the URL or the browser's saved choice says 'machine_learning' (the "Model training"
+    switch); the experiment kind tag does not decide it (checked in 3.17)."""
+    page = f"{server.rstrip('/')}/#/experiments/{experiment_id}"
+    return f"{page}?workflowType=machine_learning" if view == "ml" else page
+
+
 def sqlite_path(tracking_uri: str) -> Path | None:
     """The database file of a local sqlite store, None for a server or another backend."""
     return Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None

@@ -119,6 +119,28 @@ def test_ray_output_goes_to_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert not (tmp_path / "logs" / "v.log").exists()
 
 
+def test_worker_lines_arriving_late_still_go_to_the_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ray forwards a worker's last prints after the Tune run has returned: they reach the log too."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    def ray_printer(data: dict) -> None:  # stands for the printer ray.init(log_to_driver=True) registers
+        print("\n".join(data["lines"]))
+
+    dispatcher.add_handler("ray_print_logs", ray_printer)
+    try:
+        log = tmp_path / "g.log"
+        with ray_output(log, verbose=False):
+            pass
+        line = {"lines": ["[eval] pope: 0.6667"], "pid": 4242, "ip": "127.0.0.1", "is_err": False}
+        dispatcher.emit({**line, "actor_name": "RayTrainWorker"})
+        assert "[eval] pope: 0.6667" in log.read_text() and "RayTrainWorker pid=4242" in log.read_text()
+        assert "[eval]" not in capsys.readouterr().out
+    finally:
+        dispatcher.remove_handler("ray_print_logs")
+
+
 SPEC = """\
 name: cb
 base:

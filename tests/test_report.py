@@ -219,7 +219,10 @@ def test_report_numbers_files_and_artifacts(store: dict[str, Any]) -> None:
     names = sorted(p.name for p in report.files)
     assert names == ["report.csv", "report.md", "scaling_pope.png", "tacs.png"]
     assert not (out / "scaling_gqa.png").exists()
-    assert any("scaling plot of eval/gqa" in n and "two LLM sizes" in n for n in report.notes)
+    # One note for every metric skipped for the same reason.
+    assert [n for n in report.notes if "two LLM sizes" in n] == [
+        "scaling plots of eval/gqa, diag/tacs: needs results from at least two LLM sizes; has tiny-llama"
+    ]
     for png in ("scaling_pope.png", "tacs.png"):
         with Image.open(out / png) as img:
             assert img.format == "PNG" and img.width > 300 and img.height > 200
