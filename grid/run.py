@@ -138,9 +138,11 @@ def run_grid(
     )
     board = Board(spec.name, console, show_prints=verbose)
     for r in rows:
-        board.add(
-            r.trial.id, run_name(r.trial.axes, r.trial.id), "done earlier" if r.status == "done" else "queued"
-        )
+        done = r.status == "done"
+        board.add(r.trial.id, run_name(r.trial.axes, r.trial.id), "done earlier" if done else "queued")
+        if done and r.run is not None:  # its final loss, from the store
+            losses = [r.run.metrics.get(f"{s}/final_loss") for s in ("stage2", "stage1")]
+            board.lines[r.trial.id].loss = next((v for v in losses if v is not None), None)
     _invocation(spec, str(spec_path), todo, tracker, result, board, verbose)
     console.print(board.table())
     counts = ", ".join(f"{n} {s}" for s, n in board.counts().items())

@@ -217,7 +217,7 @@ def test_grid_with_nothing_to_run_starts_no_ray_and_ends_the_parent(cb_spec: Pat
     tracker = Tracker("cb", spec.output.tracking_uri)
     parent = tracker.parent_run(str(cb_spec))
     for t in expand(spec, str(cb_spec)):
-        tracker.finish(tracker.start_trial(t, parent), {"eval/pope": 0.6})
+        tracker.finish(tracker.start_trial(t, parent), {"eval/pope": 0.6, "stage1/final_loss": 5.25})
     tracker.close_parent(parent, "FAILED")
     console, buf = plain_console()
     was_up = ray.is_initialized()
@@ -226,5 +226,7 @@ def test_grid_with_nothing_to_run_starts_no_ray_and_ends_the_parent(cb_spec: Pat
     assert set(result.status.values()) == {"done (skipped)"} and len(rows) == 2
     text = buf.getvalue()
     assert "cb: 2 trials, 2 already done, 0 to run" in text and "cb: 2 done earlier in" in text
-    assert all(r.trial.id in text for r in rows)
+    assert all(r.trial.id in text for r in rows) and text.count("5.25") == 2  # final losses from the store
+    exp_id = tracker.experiment_id
+    assert f"MLflow: http://127.0.0.1:5000/#/experiments/{exp_id}?workflowType=machine_learning" in text
     assert MlflowClient(spec.output.tracking_uri).get_run(parent).info.status == "FINISHED"
