@@ -12,9 +12,10 @@ from rich.console import Console
 
 from core.paths import cache_dir
 from core.ray_session import ensure_ray
-from grid.console import Board, console_for, duration, ray_output
+from grid.console import Board, console_for, duration
 from grid.expand import Trial
 from grid.plan import PlanRow, make_plan
+from grid.ray_log import ray_output
 from grid.redact import scrub
 from grid.spec import ExperimentSpec, load_spec
 from grid.tracking import Tracker, experiment_url, run_name

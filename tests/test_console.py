@@ -16,8 +16,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 
-from grid.console import Board, duration, ray_output
+from grid.console import Board, duration
 from grid.expand import expand
+from grid.ray_log import ray_output
 from grid.redact import MASK
 from grid.run import GridCallback, GridResult, run_grid
 from grid.spec import load_spec
