@@ -8,26 +8,26 @@ default:
 setup:
     uv sync --frozen --quiet
 
-# Run every trial of SPEC that is not done yet (e.g. just grid experiments/smoke.yaml).
-grid SPEC: setup
-    uv run --frozen --quiet seagrid grid {{SPEC}}
+# Run every trial of SPEC that is not done yet (e.g. just grid experiments/smoke.yaml; --verbose shows Ray's output).
+grid SPEC *ARGS: setup
+    uv run --frozen --quiet seagrid grid {{SPEC}} {{ARGS}}
 
 # Build (or reuse) the SEA label stores the trials of SPEC need, with a progress bar.
-labels SPEC: setup
-    uv run --frozen --quiet seagrid labels {{SPEC}}
+labels SPEC *ARGS: setup
+    uv run --frozen --quiet seagrid labels {{SPEC}} {{ARGS}}
 
-# Print the trials of SPEC with their status, resources and ids; runs nothing.
-plan SPEC: setup
-    uv run --frozen --quiet seagrid plan {{SPEC}}
+# Print the trials of SPEC with their status, resources, estimates and ids; runs nothing (--format table|json|csv).
+plan SPEC *ARGS: setup
+    uv run --frozen --quiet seagrid plan {{SPEC}} {{ARGS}}
 
-# Paper-style tables and plots of SPEC's runs under <output.root>/reports/ (e.g. just report SPEC --rows method.name,model.encoder).
+# Paper-style tables and plots of SPEC's runs under <output.root>/reports/ (e.g. just report SPEC --rows method.name,model.encoder --columns eval/pope,diag/tacs).
 report SPEC *ARGS: setup
     uv run --frozen --quiet seagrid report {{SPEC}} {{ARGS}}
 
-# Serve the MLflow UI of the default local store on 127.0.0.1.
-mlflow PORT="5000": setup
+# Serve the MLflow UI of the default local store on 127.0.0.1 only (just mlflow 5000 0.0.0.0 opens it to the network).
+mlflow PORT="5000" HOST="127.0.0.1": setup
     mkdir -p mlflow/artifacts
-    uv run --frozen --quiet mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --default-artifact-root ./mlflow/artifacts --host 127.0.0.1 --port {{PORT}}
+    uv run --frozen --quiet mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --default-artifact-root ./mlflow/artifacts --host {{HOST}} --port {{PORT}}
 
 # Benchmarks (not tests; BENCHMARKS.md): stage-1/2 step time, samples/s and MFU, then SEA's and BASIC's overhead.
 bench: setup

@@ -1,4 +1,4 @@
-"""The `seagrid` command line: plan and run grids."""
+"""The `seagrid` command line: plan, run and report experiment grids (the justfile's recipes call it)."""
 
 from __future__ import annotations
 
@@ -10,29 +10,98 @@ from rich.console import Console
 from grid.memory import UnfitTrialError
 from grid.spec import SpecError
 
+DESCRIPTION = """\
+Experiment grids for token-level vision-language alignment (LLaVA-1.5, SEA, BASIC) on Ray and MLflow.
+A spec (YAML) names a base trial config and the axes to vary; every command takes its path.
+Exit codes: 0 success, 1 a trial failed, 2 a bad spec or argument."""
+
+SPEC_HELP = "path of the experiment spec (YAML), e.g. experiments/smoke.yaml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and option, with the help `seagrid --help` and `seagrid COMMAND --help` print."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="seagrid", description=DESCRIPTION, formatter_class=fmt)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p_plan = sub.add_parser(
+        "plan",
+        help="print the trials of a spec, their status and cost; runs nothing",
+        description="Expand SPEC into its trials and print each one's id, axis values, status in MLflow "
+        "(new/done/failed/running/killed), resources and estimates (visual tokens, GPUs, ZeRO stages, "
+        "GPU-hours). Starts nothing and writes nothing.",
+        formatter_class=fmt,
+    )
+    p_plan.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
+    p_plan.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="table (default, for reading), json (a list with one object per trial) or csv (one line per "
+        "trial, nested fields as dotted columns such as estimates.gpu_hours)",
+    )
+
+    p_run = sub.add_parser(
+        "grid",
+        help="run every trial of a spec that is not done yet",
+        description="Run every trial of SPEC whose latest MLflow run is not FINISHED (Ray Tune schedules "
+        "them, Ray Train runs each stage), log everything to MLflow and show one table of the trials "
+        "updated in place (plain lines when stdout is not a terminal). Ray's and Tune's own output goes to "
+        "<output.root>/logs/<grid>-<time>.log.",
+        formatter_class=fmt,
+    )
+    p_run.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
+    p_run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's and Tune's own output (start-up, worker logs, warnings) on the terminal instead "
+        "of writing it to the log file",
+    )
+
+    p_labels = sub.add_parser(
+        "labels",
+        help="build (or reuse) the SEA label stores a spec's trials need",
+        description="Build the SEA word-label stores of every trial of SPEC that uses SEA, in this process "
+        "with a progress bar (trials sharing a store build it once); `seagrid grid` would otherwise build "
+        "them inside the trials.",
+        formatter_class=fmt,
+    )
+    p_labels.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
+
+    p_report = sub.add_parser(
+        "report",
+        help="result tables and plots of a spec's runs (Markdown, CSV, PNG)",
+        description="Read SPEC's runs from MLflow and write a paper-style table (mean ± std over the axes "
+        "not in the rows, delta to the llava baseline) and plots to <output.root>/reports/<name>/, print "
+        "the table and log the files to the grid's parent run.",
+        formatter_class=fmt,
+    )
+    p_report.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
+    p_report.add_argument(
+        "--rows",
+        metavar="PATHS",
+        help="comma-separated config paths to group rows by (default: method.name,model.llm)",
+    )
+    p_report.add_argument(
+        "--columns",
+        metavar="METRICS",
+        help="comma-separated metrics to show (default: every eval/<name> headline metric and the "
+        "alignment diagnostics diag/label_recall, diag/tacs, diag/modality_gap that the runs have)",
+    )
+    return parser
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (2 bad spec, 1 failed trials, 0 all done)."""
-    parser = argparse.ArgumentParser(prog="seagrid", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_plan = sub.add_parser("plan", help="print the trials of a spec and their status; runs nothing")
-    p_plan.add_argument("spec")
-    p_run = sub.add_parser("grid", help="run every trial of a spec that is not done yet")
-    p_run.add_argument("spec")
-    p_labels = sub.add_parser("labels", help="build (or reuse) the SEA label stores a spec's trials need")
-    p_labels.add_argument("spec")
-    p_report = sub.add_parser("report", help="result tables and plots of a spec's runs (Markdown, CSV, PNG)")
-    p_report.add_argument("spec")
-    p_report.add_argument("--rows", help="two config paths to group by (default: method.name,model.llm)")
-    p_report.add_argument("--columns", help="metrics to show (default: every eval/<name> headline metric)")
-    args = parser.parse_args(argv)
-    # Tables are wide; when output is piped (no terminal width to read) don't squeeze them to 80 columns.
-    console = Console() if sys.stdout.isatty() else Console(width=220)
+    args = build_parser().parse_args(argv)
+    from grid.console import console_for
+
+    console = console_for(sys.stdout)
     try:
         if args.command == "plan":
             from grid.plan import print_plan
 
-            print_plan(args.spec, console)
+            print_plan(args.spec, console, fmt=args.format, out=sys.stdout)
             return 0
         if args.command == "labels":
             return build_labels(args.spec, console)
@@ -40,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             return report(args, console)
         from grid.run import run_grid
 
-        _, result = run_grid(args.spec, console=console)
+        _, result = run_grid(args.spec, console=console, verbose=args.verbose)
         return 1 if result.failed else 0
     except (SpecError, UnfitTrialError) as err:
         print(f"error: {err}", file=sys.stderr)

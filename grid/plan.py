@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
 
 from grid.expand import Trial, expand
-from grid.spec import ExperimentSpec, load_spec
+from grid.plan_steps import steps_of_trials, steps_text
+from grid.spec import ExperimentSpec, load_spec, steps_root
 from grid.tracking import RunInfo, Tracker
 
 STATUS_OF_RUN = {
@@ -49,24 +53,24 @@ def resources_text(trial: Trial) -> str:
     return f"{r.num_workers} worker{'s' if r.num_workers > 1 else ''} x {r.cpus_per_worker:g} CPU{gpu}"
 
 
-def cost_columns(trial: Trial) -> dict[str, str]:
-    """Visual tokens, GPUs, ZeRO stage and estimated GPU-hours of a trial (grid.estimate's assumptions)."""
+def estimates(trial: Trial) -> dict[str, Any]:
+    """Visual tokens, GPUs, ZeRO stage per training stage, estimated GPU-hours (grid.estimate's assumptions;
+    None when a stage's dataset size is unknown) and peak GPU memory per worker (grid.memory) of a trial."""
     from core.models.llm import get_llm_spec, resolve_gradient_checkpointing
     from core.models.vision import get_encoder_spec
     from grid.estimate import estimate_stage
-    from grid.memory import memory_columns
 
     cfg = trial.config
     llm, enc = get_llm_spec(cfg.model.llm), get_encoder_spec(cfg.model.encoder)
     params = (llm.params_b or 0.0) * 1e9
-    hours, unknown = 0.0, False
+    hours: float | None = 0.0
     for name in ("stage1", "stage2"):
         stage, data = getattr(cfg, name), getattr(cfg.data, name)
         if not stage.enabled:
             continue
         samples = data.synthetic.num_samples if data.source == "synthetic" else data.expected_samples
-        if samples is None:
-            unknown = True
+        if samples is None or hours is None:
+            hours = None
             continue
         checkpointing = resolve_gradient_checkpointing(stage.gradient_checkpointing, cfg.model.llm)
         hours += estimate_stage(
@@ -74,12 +78,97 @@ def cost_columns(trial: Trial) -> dict[str, str]:
         ).gpu_hours
     r = cfg.resources
     return {
-        "visual tokens": str(enc.num_patches),
-        "GPUs": f"{r.num_workers * r.gpus_per_worker:g}",
-        "ZeRO": "/".join(_zero_text(cfg, name) for name in ("stage1", "stage2")),
-        "est. GPU-h": "?" if unknown else f"{hours:.3g}",
-        **memory_columns(cfg),
+        "visual_tokens": enc.num_patches,
+        "gpus": r.num_workers * r.gpus_per_worker,
+        "zero": {name: _zero_text(cfg, name) for name in ("stage1", "stage2")},
+        "gpu_hours": hours,
+        **memory_estimates(cfg),
     }
+
+
+def memory_estimates(cfg: Any) -> dict[str, Any]:
+    """Estimated peak GPU memory per worker of each stage (GiB) and whether the trial fits its GPUs
+    (`resources.gpu_memory_gb`); None for CPU trials."""
+    from grid.memory import GIB, trial_memory, usable_bytes
+
+    if cfg.resources.gpus_per_worker <= 0:
+        return {"peak_gib": None, "fits": None}
+    memory = trial_memory(cfg)
+    return {
+        "peak_gib": {stage: round(m.total / GIB, 2) for stage, m in memory.items()},
+        "fits": all(m.total <= usable_bytes(cfg) for m in memory.values()),
+    }
+
+
+def cost_columns(trial: Trial) -> dict[str, str]:
+    """The estimates as the plan table's columns."""
+    est = estimates(trial)
+    hours, peaks = est["gpu_hours"], est["peak_gib"]
+    return {
+        "visual tokens": str(est["visual_tokens"]),
+        "GPUs": f"{est['gpus']:g}",
+        "ZeRO": "/".join(est["zero"].values()),
+        "est. GPU-h": "?" if hours is None else f"{hours:.3g}",
+        "peak GiB": "-"
+        if peaks is None
+        else "/".join(f"{peaks.get(s, 0):.1f}" if s in peaks else "-" for s in ("stage1", "stage2")),
+        "fits": "-" if est["fits"] is None else ("yes" if est["fits"] else "NO"),
+    }
+
+
+def plan_record(row: PlanRow, steps: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """One trial of the plan as plain data (JSON-able): what `seagrid plan --format json|csv` prints,
+    with its steps (name, directory, status) when given.
+
+    One function builds every record, so that a new field is added in one place.
+    """
+    r = row.trial.config.resources
+    return {
+        "id": row.trial.id,
+        "axes": dict(row.trial.axes),
+        "status": row.status,
+        "run_id": row.run.run_id if row.run else None,
+        "resources": {
+            "num_workers": r.num_workers,
+            "cpus_per_worker": r.cpus_per_worker,
+            "gpus_per_worker": r.gpus_per_worker,
+        },
+        "estimates": estimates(row.trial),
+        "steps": steps or [],
+    }
+
+
+def csv_line(record: dict[str, Any]) -> dict[str, Any]:
+    """A plan record flattened for CSV: nested keys dotted ('estimates.gpu_hours', 'axes.method.name'),
+    lists and sections of an axis value as compact JSON."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict) and key != "axes":
+            out.update({f"{key}.{k}": v for k, v in csv_line(value).items()})
+        elif key == "axes":
+            out.update({f"axes.{k}": _cell(v) for k, v in value.items()})
+        else:
+            out[key] = _cell(value)
+    return out
+
+
+def _cell(value: Any) -> Any:
+    return (
+        json.dumps(value, sort_keys=True, separators=(",", ":")) if isinstance(value, dict | list) else value
+    )
+
+
+def write_records(records: list[dict[str, Any]], fmt: str, out: TextIO) -> None:
+    """JSON (a list of records) or CSV (one line per record, header = the union of the flattened keys)."""
+    if fmt == "json":
+        json.dump(records, out, indent=2)
+        out.write("\n")
+        return
+    lines = [csv_line(r) for r in records]
+    fields = list(dict.fromkeys(k for line in lines for k in line))
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(lines)
 
 
 def _zero_text(cfg: Any, stage: str) -> str:
@@ -104,7 +193,7 @@ def plan_table(title: str, rows: list[PlanRow], extra: dict[str, dict[str, str]]
     table = Table(title=title, show_lines=False)
     for a in axes:
         table.add_column(a)
-    table.add_column("trial id", overflow="fold")
+    table.add_column("trial id", no_wrap=True)  # an id must stay copyable
     table.add_column("status")
     table.add_column("resources")
     for c in extra_cols:
@@ -122,20 +211,25 @@ def plan_table(title: str, rows: list[PlanRow], extra: dict[str, dict[str, str]]
     return table
 
 
-def print_plan(spec_path: str | Path, console: Console | None = None) -> list[PlanRow]:
-    """`just plan SPEC`: load, expand, look up statuses, print; nothing is started or written."""
+PLAN_FORMATS = ("table", "json", "csv")
+
+
+def print_plan(
+    spec_path: str | Path, console: Console | None = None, fmt: str = "table", out: TextIO | None = None
+) -> list[PlanRow]:
+    """`just plan SPEC`: load, expand, look up statuses, print (a table, or JSON / CSV records on `out`);
+    nothing is started or written."""
     spec = load_spec(spec_path)
     tracker = Tracker(spec.name, spec.output.tracking_uri)
     rows = make_plan(spec, str(spec_path), tracker)
+    statuses = {r.trial.id: r.status for r in rows}
+    steps = steps_of_trials([r.trial for r in rows], steps_root(spec.output), statuses)
+    if fmt != "table":
+        write_records([plan_record(r, steps[r.trial.id]) for r in rows], fmt, out or sys.stdout)
+        return rows
     console = console or Console()
     counts = {s: sum(r.status == s for r in rows) for s in sorted({r.status for r in rows})}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
-    from grid.plan_steps import steps_of_trials, steps_text
-    from grid.spec import steps_root
-
-    steps = steps_of_trials(
-        [r.trial for r in rows], steps_root(spec.output), {r.trial.id: r.status for r in rows}
-    )
     extra = {r.trial.id: {**cost_columns(r.trial), "steps": steps_text(steps[r.trial.id])} for r in rows}
     console.print(plan_table(f"{spec.name}: {len(rows)} trials ({summary})", rows, extra))
     return rows

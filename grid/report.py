@@ -17,11 +17,14 @@ from grid.expand import Trial, check_path, expand
 from grid.plan import trial_status
 from grid.plots import BASELINE, METHOD, file_stem, scaling_plot, tacs_plot
 from grid.spec import SpecError, did_you_mean, load_spec
-from grid.tracking import PARENT_TAG, RunInfo, Tracker
+from grid.tracking import RunInfo, Tracker
 
 DEFAULT_ROWS = (METHOD, "model.llm")
 HEADLINE = re.compile(r"^eval/[^/]+$")
 TACS = "diag/tacs"
+# The alignment diagnostics shown beside the benchmarks by default: on small or untrained models the
+# benchmarks often cannot tell the methods apart while these can (REFERENCE.md 5).
+DIAGNOSTICS = ("diag/label_recall", TACS, "diag/modality_gap")
 ARTIFACT_DIR = "report"
 STATUSES = ("done", "failed", "running", "killed", "new")
 # What a cell without a value says, most telling first: a failure explains more than a queued trial.
@@ -80,15 +83,37 @@ def _value_at(config: dict[str, Any], path: str) -> Any:
 
 def find_parent_run(tracker: Tracker) -> str | None:
     """The grid's parent run id if the store has one; unlike Tracker.parent_run, never creates one."""
-    exp_id = tracker.existing_experiment_id()
-    if exp_id is None:
-        return None
-    runs = tracker.client.search_runs(
-        [exp_id],
-        filter_string=f"tags.grid = '{tracker.grid}' and tags.{PARENT_TAG} = 'grid'",
-        max_results=1,
-    )
-    return runs[0].info.run_id if runs else None
+    return tracker.find_parent_run()
+
+
+def merge_plot_notes(notes: list[str]) -> list[str]:
+    """'scaling plot of A: why' and 'scaling plot of B: why' become 'scaling plots of A, B: why'."""
+    reasons: dict[str, list[str]] = {}
+    out: list[str] = []
+    for note in notes:
+        m = re.match(r"^scaling plot of (\S+): (.*)$", note)
+        if not m:
+            out.append(note)
+        elif m.group(2) not in reasons:
+            reasons[m.group(2)] = [m.group(1)]
+            out.append(m.group(2))  # a placeholder, filled in below
+        else:
+            reasons[m.group(2)].append(m.group(1))
+    return [
+        (
+            f"scaling plot{'s' if len(reasons[n]) > 1 else ''} of {', '.join(reasons[n])}: {n}"
+            if n in reasons
+            else n
+        )
+        for n in out
+    ]
+
+
+def default_columns(found: Sequence[str]) -> list[str]:
+    """Every eval/<name> headline metric the runs have, then the alignment diagnostics they have (after
+    stage 1, then after stage 2)."""
+    diags = [d + suffix for suffix in ("", "/after_stage2") for d in DIAGNOSTICS]
+    return [m for m in found if HEADLINE.match(m)] + [d for d in diags if d in found]
 
 
 def trials_frame(trials: list[Trial], runs: dict[str, RunInfo], paths: Sequence[str]) -> pl.DataFrame:
@@ -323,9 +348,11 @@ def build_report(
     found = [c for c in frame.columns if c not in fixed]
     notes: list[str] = []
     if columns is None:
-        columns = [m for m in found if HEADLINE.match(m)]
+        columns = default_columns(found)
         if not columns:
-            notes.append("no finished trial has an eval/<name> metric yet; the table shows trial counts only")
+            notes.append(
+                "no finished trial has an eval/<name> or diag/ metric yet; the table shows trial counts only"
+            )
     else:
         columns = list(dict.fromkeys(columns))
         for m in columns:
@@ -360,6 +387,7 @@ def build_report(
         path, note = scaling_plot(frame, m, out_dir / f"scaling_{file_stem(m)}.png", percent=percent[m])
         files += [path] if path else []
         notes += [note] if note else []
+    notes = merge_plot_notes(notes)
     panel_paths = [p for p in order if p != METHOD]
     path, note = tacs_plot(_tacs_history(tracker, frame, panel_paths), out_dir / "tacs.png", metric=TACS)
     files += [path] if path else []
@@ -391,7 +419,7 @@ def build_report(
     _wide_csv(table, keys, order, columns).write_csv(csv_path)
     files = [md_path, csv_path, *files]
     if parent is not None and log_artifacts:
-        tracker.client.log_artifacts(parent, str(out_dir), ARTIFACT_DIR)
+        tracker.log_artifacts(parent, out_dir, ARTIFACT_DIR)
 
     report = Report(
         spec_name=spec.name,

@@ -12,11 +12,14 @@ from rich.console import Console
 
 from core.paths import cache_dir
 from core.ray_session import ensure_ray
+from grid.console import Board, console_for, duration
 from grid.expand import Trial
 from grid.memory import refuse_if_unfit
-from grid.plan import PlanRow, make_plan, plan_table
+from grid.plan import PlanRow, make_plan
+from grid.ray_log import ray_output
+from grid.redact import scrub
 from grid.spec import ExperimentSpec, load_spec, steps_root
-from grid.tracking import Tracker
+from grid.tracking import Tracker, experiment_url, run_name
 
 
 @dataclass
@@ -34,20 +37,18 @@ class GridResult:
 
 
 class GridCallback(Callback):
-    """Driver-side: turns Tune events into MLflow runs and progress lines (one writer for the store)."""
+    """Driver-side: turns Tune events into MLflow runs and board updates (one writer for the store)."""
 
     def __init__(
-        self, tracker: Tracker, parent_id: str, trials: dict[str, Trial], out: GridResult, console: Console
+        self, tracker: Tracker, parent_id: str, trials: dict[str, Trial], out: GridResult, board: Board
     ):
-        self.tracker, self.parent_id, self.trials, self.out, self.console = (
+        self.tracker, self.parent_id, self.trials, self.out, self.board = (
             tracker,
             parent_id,
             trials,
             out,
-            console,
+            board,
         )
-        self.started: dict[str, float] = {}
-        self.last_print: dict[str, float] = {}
         self.last_step: dict[str, int] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -62,8 +63,7 @@ class GridCallback(Callback):
         tid = self._tid(trial)
         self.out.run_ids[tid] = self.tracker.start_trial(self.trials[tid], self.parent_id)
         self.out.status[tid] = "running"
-        self.started[tid] = time.time()
-        self.console.print(f"[cyan]start[/cyan]  {tid}")
+        self.board.start(tid)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         tid = self._tid(trial)
@@ -71,13 +71,7 @@ class GridCallback(Callback):
         if "metrics" in sg:
             self.tracker.log_metrics(self.out.run_ids[tid], sg["metrics"], step=int(sg["step"]))
             self.last_step[tid] = max(self.last_step.get(tid, 0), int(sg["step"]))
-            now = time.time()
-            if sg["step"] == sg.get("total_steps") or now - self.last_print.get(tid, 0) > 5:
-                self.last_print[tid] = now
-                shown = "  ".join(f"{k.split('/', 1)[-1]} {v:.4g}" for k, v in sg["metrics"].items())
-                self.console.print(
-                    f"  {tid}  {sg['stage']} step {sg['step']}/{sg.get('total_steps', '?')}  {shown}"
-                )
+            self.board.progress(tid, sg["stage"], int(sg["step"]), sg.get("total_steps"), sg["metrics"])
         if "final" in sg:
             self.out.summary[tid] = sg["final"]
         for artifact_path, local_dir in (sg.get("artifacts") or {}).items():
@@ -88,7 +82,7 @@ class GridCallback(Callback):
         tid = self._tid(trial)
         self.tracker.finish(self.out.run_ids[tid], self.out.summary.get(tid, {}), self.last_step.get(tid, 0))
         self.out.status[tid] = "done"
-        self.console.print(f"[green]done[/green]   {tid}  ({time.time() - self.started[tid]:.0f} s)")
+        self.board.finish(tid, "done")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tid = self._tid(trial)
@@ -98,7 +92,7 @@ class GridCallback(Callback):
         if tid in self.out.run_ids:
             self.tracker.fail(self.out.run_ids[tid], text)
         last = text.strip().splitlines()[-1] if text.strip() else "unknown error"
-        self.console.print(f"[red]FAILED[/red] {tid}: {last}", markup=True)
+        self.board.finish(tid, "failed", scrub(last))
 
 
 def _error_text(trial: Any) -> str:
@@ -108,14 +102,33 @@ def _error_text(trial: Any) -> str:
     return str(getattr(trial, "error_msg", None) or "the trial failed without a recorded error")
 
 
+def log_path(spec: ExperimentSpec) -> Path:
+    """Where one invocation's Ray and Tune output goes: <output.root>/logs/<grid>-<date>-<time>.log."""
+    root = Path(spec.output.root).expanduser().resolve()
+    return root / "logs" / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+
+
+def parent_status(result: GridResult, error: BaseException | None) -> str:
+    """How an invocation ends its grid's parent run: KILLED (interrupted), FAILED (a trial or the
+    command failed) or FINISHED."""
+    if isinstance(error, KeyboardInterrupt):
+        return "KILLED"
+    return "FAILED" if error is not None or result.failed else "FINISHED"
+
+
 def run_grid(
     spec_path: str | Path,
     *,
     console: Console | None = None,
     spec: ExperimentSpec | None = None,
+    verbose: bool = False,
 ) -> tuple[list[PlanRow], GridResult]:
-    """Run every trial not yet done; returns the plan as it was and what happened to each trial."""
-    console = console or Console()
+    """Run every trial not yet done; returns the plan as it was and what happened to each trial.
+
+    On a terminal the trials show in one table updated in place, elsewhere as plain lines; Ray's and
+    Tune's own output goes to <output.root>/logs/ (to the terminal with `verbose`).
+    """
+    console = console or console_for()
     spec = spec or load_spec(spec_path)
     tracker = Tracker(spec.name, spec.output.tracking_uri)
     rows = make_plan(spec, str(spec_path), tracker)
@@ -124,24 +137,75 @@ def run_grid(
     refuse_if_unfit({t.id: t.config for t in todo})
     result = GridResult(status={r.trial.id: "done (skipped)" for r in rows if r.status == "done"})
     console.print(
-        f"[bold]{spec.name}[/bold]: {len(rows)} trials, {len(rows) - len(todo)} already done, {len(todo)} to run"
+        f"[bold]{spec.name}[/bold]: {len(rows)} trials, {len(rows) - len(todo)} already done, {len(todo)} to run",
+        highlight=False,
     )
-    if todo:
-        _tune(spec, todo, tracker, result, console)
-    final_rows = [PlanRow(r.trial, result.status.get(r.trial.id, r.status), r.run) for r in rows]
-    extra = {
-        tid: {k: f"{v:.4g}" for k, v in s.items() if k.endswith("loss") and isinstance(v, float)}
-        for tid, s in result.summary.items()
-    }
-    console.print(plan_table(f"{spec.name}: results", final_rows, extra))
+    board = Board(spec.name, console, show_prints=verbose)
+    for r in rows:
+        done = r.status == "done"
+        board.add(r.trial.id, run_name(r.trial.axes, r.trial.id), "done earlier" if done else "queued")
+        if done and r.run is not None:  # its final loss, from the store
+            losses = [r.run.metrics.get(f"{s}/final_loss") for s in ("stage2", "stage1")]
+            board.lines[r.trial.id].loss = next((v for v in losses if v is not None), None)
+    _invocation(spec, str(spec_path), todo, tracker, result, board, verbose)
+    console.print(board.table())
+    counts = ", ".join(f"{n} {s}" for s, n in board.counts().items())
+    console.print(f"{spec.name}: {counts} in {duration(time.time() - board.t0)}", highlight=False)
     if result.failed:
         console.print(f"[red]{len(result.failed)} trial(s) failed:[/red] " + ", ".join(result.failed))
         console.print("Tracebacks are in each failed run's traceback.txt artifact (just mlflow).")
+    console.print(f"MLflow: {ui_link(tracker)}", highlight=False, soft_wrap=True)
     return rows, result
 
 
+def ui_link(tracker: Tracker, local_ui: str = "http://127.0.0.1:5000") -> str:
+    """Where to see the grid's runs: its experiment in the UI's model-training view (a local store: as
+    `just mlflow` serves it)."""
+    served = tracker.uri.startswith(("http://", "https://"))
+    link = experiment_url(tracker.uri if served else local_ui, tracker.experiment_id)
+    return link if served else f"{link} (after `just mlflow`)"
+
+
+def _invocation(
+    spec: ExperimentSpec,
+    spec_path: str,
+    todo: list[Trial],
+    tracker: Tracker,
+    result: GridResult,
+    board: Board,
+    verbose: bool,
+) -> None:
+    """One invocation under the grid's parent run (reopened here, ended with the invocation: FINISHED,
+    FAILED or KILLED): the trials to do run with Ray's output in the log; trial runs an interruption
+    leaves RUNNING are marked KILLED."""
+    parent_id = tracker.parent_run(spec_path)
+    error: BaseException | None = None
+    try:
+        if todo:
+            log = log_path(spec)
+            if not verbose:
+                board.message(f"Ray's output: {log} (--verbose shows it here)")
+            with ray_output(log, verbose), board:
+                _tune(spec, todo, tracker, result, board, parent_id)
+    except BaseException as err:
+        error = err
+        raise
+    finally:
+        for tid, status in result.status.items():
+            if status == "running":
+                tracker.kill(result.run_ids[tid])
+                result.status[tid] = "killed"
+                board.finish(tid, "killed")
+        tracker.close_parent(parent_id, parent_status(result, error))
+
+
 def _tune(
-    spec: ExperimentSpec, todo: list[Trial], tracker: Tracker, result: GridResult, console: Console
+    spec: ExperimentSpec,
+    todo: list[Trial],
+    tracker: Tracker,
+    result: GridResult,
+    board: Board,
+    parent_id: str,
 ) -> None:
     import ray.tune
 
@@ -150,7 +214,6 @@ def _tune(
     ensure_ray()
     results_root = Path(spec.output.root).expanduser().resolve()
     storage = results_root / "ray"  # Tune's own state; each stage's Train run lives beside it
-    parent_id = tracker.parent_run()
     cells = [
         TrialJob(
             trial_id=t.id,
@@ -161,7 +224,7 @@ def _tune(
         ).model_dump(mode="json")
         for t in todo
     ]
-    callback = GridCallback(tracker, parent_id, {t.id: t for t in todo}, result, console)
+    callback = GridCallback(tracker, parent_id, {t.id: t for t in todo}, result, board)
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(run_trial, DRIVER_RESOURCES),
         param_space={"cell": ray.tune.grid_search(cells)},

@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 import subprocess
+import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from core.config.identity import flatten
+from core.config.identity import content_hash, flatten
 from grid.expand import Trial
+from grid.redact import redact, redact_flat, scrub, secret_values
 
 DEFAULT_STORE = Path("mlflow")
 PARENT_TAG = "seagrid.role"
 MAX_PARAMS_PER_BATCH = 100
+# MLflow's UI (3.x) opens an experiment by its kind; without the tag it guesses GenAI (traces, judges)
+# for a fresh experiment. The value the UI calls "Machine learning" (mlflow/server/js ExperimentKind).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+MAX_RUN_NAME = 250
+GENERIC_LEAVES = frozenset({"name"})
+# Text artifacts are scrubbed of secret values before they are logged; other files are copied as they are.
+TEXT_SUFFIXES = frozenset({".txt", ".json", ".jsonl", ".yaml", ".yml", ".md", ".csv", ".log"})
 
 
 def default_tracking_uri(root: Path | None = None) -> str:
@@ -29,12 +42,99 @@ def default_tracking_uri(root: Path | None = None) -> str:
     return f"sqlite:///{(store / 'mlflow.db').resolve()}"
 
 
+def experiment_url(server: str, experiment_id: str, view: str = "ml") -> str:
+    """The UI page of an experiment. MLflow 3's UI shows every experiment in its GenAI view (traces)
+    unless the URL or the browser's saved choice says 'machine_learning' (the "Model training"
+    switch); the experiment kind tag does not decide it (checked in 3.17)."""
+    page = f"{server.rstrip('/')}/#/experiments/{experiment_id}"
+    return f"{page}?workflowType=machine_learning" if view == "ml" else page
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a local sqlite store, None for a server or another backend."""
+    return Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
+
+
 def default_artifact_location(tracking_uri: str) -> str | None:
-    """Artifacts beside a local sqlite store (mlflow/artifacts); a server decides for itself."""
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri.removeprefix("sqlite:///"))
-        return (db.parent / "artifacts").resolve().as_uri()
-    return None
+    """Artifacts in the `artifacts/` folder beside a local sqlite store's database (the store is one
+    self-contained folder); a server decides for itself."""
+    db = sqlite_path(tracking_uri)
+    return (db.parent / "artifacts").resolve().as_uri() if db else None
+
+
+def relocate_artifacts(tracking_uri: str) -> list[str]:
+    """Point a moved local store at its own `artifacts/` folder again; returns the old roots rewritten.
+
+    MLflow records absolute artifact paths. When a store folder is moved or copied (a re-cloned
+    repository, another machine), the recorded `.../artifacts` root no longer exists while the folder
+    beside the database does: the experiments' and runs' paths are rewritten to it.
+    """
+    db, new_root = sqlite_path(tracking_uri), default_artifact_location(tracking_uri)
+    if db is None or new_root is None or not db.is_file():
+        return []
+    moved: list[str] = []
+    with sqlite3.connect(db) as con:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"experiments", "runs"} <= tables:
+            return []
+        roots = [r[0] for r in con.execute("SELECT DISTINCT artifact_location FROM experiments")]
+        for old in roots:
+            if not old or old == new_root or not old.startswith("file://") or not old.endswith("/artifacts"):
+                continue
+            if Path(urllib.parse.unquote(urllib.parse.urlparse(old).path)).exists():
+                continue  # another live store's folder (a shared root), not a move
+            con.execute(
+                "UPDATE experiments SET artifact_location = ? WHERE artifact_location = ?", (new_root, old)
+            )
+            con.execute(
+                "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE substr(artifact_uri, 1, ?) = ?",
+                (new_root, len(old) + 1, len(old) + 1, old + "/"),
+            )
+            moved.append(old)
+    return moved
+
+
+def _name_parts(path: str) -> list[str]:
+    parts = path.split(".")
+    # 'method.name' says 'method': a leaf called 'name' names its section.
+    return parts[:-1] if len(parts) > 1 and parts[-1] in GENERIC_LEAVES else parts
+
+
+def axis_labels(paths: list[str]) -> dict[str, str]:
+    """Short names of axis paths: the last part ('model.encoder' -> 'encoder', 'method.name' -> 'method'),
+    or as many trailing parts as it takes to tell them apart ('stage1.lr' and 'stage2.lr' stay whole)."""
+    parts = {p: _name_parts(p) for p in paths}
+    depth = dict.fromkeys(paths, 1)
+
+    def label(p: str) -> str:
+        return ".".join(parts[p][-depth[p] :])
+
+    while True:
+        seen: dict[str, list[str]] = {}
+        for p in paths:
+            seen.setdefault(label(p), []).append(p)
+        clashes = [p for group in seen.values() if len(group) > 1 for p in group if depth[p] < len(parts[p])]
+        if not clashes:
+            break
+        for p in clashes:
+            depth[p] += 1
+    labels = {p: label(p) for p in paths}
+    if len(set(labels.values())) < len(labels):
+        return {p: p for p in paths}  # still ambiguous: the full paths
+    return labels
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return f"#{content_hash(value, 6)}"  # as in the trial id's slug
+    return str(value)
+
+
+def run_name(axes: dict[str, Any], fallback: str) -> str:
+    """A trial run's name from its axis values in spec order ('name=sea, encoder=tiny-clip')."""
+    labels = axis_labels(list(axes))
+    text = ", ".join(f"{labels[p]}={_value_text(v)}" for p, v in axes.items())
+    return (text or fallback)[:MAX_RUN_NAME]
 
 
 def code_version() -> str:
@@ -58,7 +158,10 @@ class RunInfo:
 
 
 class Tracker:
-    """Reads and writes the grid's MLflow experiment; every write happens in the driver process."""
+    """Reads and writes the grid's MLflow experiment; every write happens in the driver process.
+
+    Nothing secret is written: params, tags and text artifacts pass through grid.redact.
+    """
 
     def __init__(self, grid_name: str, tracking_uri: str | None = None) -> None:
         self.grid = grid_name
@@ -72,25 +175,32 @@ class Tracker:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
+            relocate_artifacts(self.uri)
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
     @property
     def experiment_id(self) -> str:
+        """The grid's experiment, created (or tagged as a model-training experiment) on first write."""
         if self._experiment_id is None:
             exp = self.client.get_experiment_by_name(self.grid)
             if exp is None:
                 self._experiment_id = self.client.create_experiment(
-                    self.grid, artifact_location=default_artifact_location(self.uri), tags={"grid": self.grid}
+                    self.grid,
+                    artifact_location=default_artifact_location(self.uri),
+                    tags={"grid": self.grid, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
                 )
             else:
                 self._experiment_id = exp.experiment_id
+                if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older seagrid; a user's choice stays
+                    self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return self._experiment_id
 
     def existing_experiment_id(self) -> str | None:
         """The experiment's id if it exists; never creates one (plan must write nothing)."""
         if self._experiment_id is None:
-            if self.uri.startswith("sqlite:///") and not Path(self.uri.removeprefix("sqlite:///")).exists():
+            db = sqlite_path(self.uri)
+            if db is not None and not db.exists():
                 return None
             exp = self.client.get_experiment_by_name(self.grid)
             self._experiment_id = exp.experiment_id if exp else None
@@ -111,45 +221,63 @@ class Tracker:
         for run in runs:
             tid = run.data.tags.get("trial_id")
             info = RunInfo(run.info.run_id, run.info.status, dict(run.data.metrics))
-            if tid and not (tid in latest and latest[tid].status == "FINISHED"):
+            # Oldest first: a later run replaces an earlier one, except that a failed or killed attempt
+            # never hides a finished one.
+            if tid and (info.status == "FINISHED" or not (tid in latest and latest[tid].status == "FINISHED")):
                 latest[tid] = info
         return latest
 
-    def parent_run(self, spec_path: str | None = None) -> str:
-        """The grid's parent run, created on first use and reused by every later invocation."""
+    def find_parent_run(self) -> str | None:
+        """The grid's parent run id if the store has one; never creates anything."""
+        exp_id = self.existing_experiment_id()
+        if exp_id is None:
+            return None
         runs = self.client.search_runs(
-            [self.experiment_id],
+            [exp_id],
             filter_string=f"tags.grid = '{self.grid}' and tags.{PARENT_TAG} = 'grid'",
             max_results=1,
         )
-        if runs:
-            return runs[0].info.run_id
+        return runs[0].info.run_id if runs else None
+
+    def parent_run(self, spec_path: str | None = None) -> str:
+        """The grid's parent run, RUNNING: created on first use, reopened by every later invocation
+        (close_parent ends it when the invocation does)."""
+        self.experiment_id  # noqa: B018 (creates and tags the experiment)
+        run_id = self.find_parent_run()
+        if run_id is not None:
+            if self.client.get_run(run_id).info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+            return run_id
         tags = {"grid": self.grid, PARENT_TAG: "grid", "mlflow.runName": self.grid}
         if spec_path:
             tags["spec_path"] = spec_path
-        return self.client.create_run(self.experiment_id, tags=tags).info.run_id
+        return self.client.create_run(self.experiment_id, tags=redact_flat(tags)).info.run_id
+
+    def close_parent(self, run_id: str, status: str) -> None:
+        """End the grid's parent run for this invocation: FINISHED, FAILED (a trial failed) or KILLED."""
+        self.client.set_terminated(run_id, status)
 
     def start_trial(self, trial: Trial, parent_id: str, tags: dict[str, str] | None = None) -> str:
-        """A child run for one attempt at a trial, with every config value as a param."""
+        """A child run for one attempt at a trial, named by its axis values, every config value a param."""
         from mlflow.entities import Param
 
+        secrets = secret_values()
         all_tags = {
             "grid": self.grid,
             "trial_id": trial.id,
             PARENT_TAG: "trial",
             "mlflow.parentRunId": parent_id,
-            "mlflow.runName": trial.id,
+            "mlflow.runName": run_name(trial.axes, trial.id),
             "code_version": code_version(),
-            **{f"axis.{k}": str(v) for k, v in trial.axes.items()},
+            **{f"axis.{k}": v for k, v in trial.axes.items()},
             **(tags or {}),
         }
-        run_id = self.client.create_run(self.experiment_id, tags=all_tags).info.run_id
-        params = [Param(k, str(v)) for k, v in flatten(trial.config.model_dump(mode="json")).items()]
+        run_id = self.client.create_run(self.experiment_id, tags=redact_flat(all_tags, secrets)).info.run_id
+        config = redact(trial.config.model_dump(mode="json"), secrets)
+        params = [Param(k, v) for k, v in redact_flat(flatten(config), secrets).items()]
         for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=params[i : i + MAX_PARAMS_PER_BATCH])
-        self.client.log_text(
-            run_id, yaml.safe_dump(trial.config.model_dump(mode="json"), sort_keys=False), "config.yaml"
-        )
+        self.client.log_text(run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
         return run_id
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
@@ -167,14 +295,36 @@ class Tracker:
             k: float(v) for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)
         }
         self.log_metrics(run_id, numeric, step=step)
-        for key, value in summary.items():
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                self.client.set_tag(run_id, f"result.{key}", str(value))
+        texts = {f"result.{k}": v for k, v in summary.items() if k not in numeric}
+        for key, value in redact_flat(texts).items():
+            self.client.set_tag(run_id, key, value)
         self.client.set_terminated(run_id, "FINISHED")
 
     def fail(self, run_id: str, traceback_text: str) -> None:
-        self.client.log_text(run_id, traceback_text, "traceback.txt")
+        self.client.log_text(run_id, scrub(traceback_text), "traceback.txt")
         self.client.set_terminated(run_id, "FAILED")
 
+    def kill(self, run_id: str) -> None:
+        """A trial run the invocation left unfinished (interrupted): KILLED, so it never stays RUNNING."""
+        self.client.set_terminated(run_id, "KILLED")
+
     def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str) -> None:
-        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+        """Log a folder; text files holding a secret value are logged scrubbed (a copy, never the original)."""
+        secrets = secret_values()
+        texts = [
+            f for f in Path(local_dir).rglob("*") if secrets and f.is_file() and f.suffix in TEXT_SUFFIXES
+        ]
+        dirty = {f: clean for f in texts if (clean := scrub(raw := _read(f), secrets)) != raw}
+        if not dirty:
+            self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+            return
+        with tempfile.TemporaryDirectory(prefix="seagrid-scrubbed-") as tmp:
+            copy = Path(tmp) / "a"
+            shutil.copytree(local_dir, copy)
+            for f, clean in dirty.items():
+                (copy / f.relative_to(local_dir)).write_text(clean)
+            self.client.log_artifacts(run_id, str(copy), artifact_path)
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace")

@@ -79,8 +79,15 @@ def test_grid_end_to_end(tmp_path: Path, ray_session, capsys: pytest.CaptureFixt
     assert bad.config.data.stage1.source == "llava"
 
     assert main(["grid", str(spec_path)]) == 1  # a failed trial makes the command fail ...
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "failed" in out and bad.id in out
+    # Ray's and Tune's own output is in the invocation's log file, not on the console.
+    (log,) = (tmp_path / "results" / "logs").glob("e2e-*.log")
+    noise = ("Configuration for experiment", "View detailed results here", "tensorboard --logdir")
+    assert all(n in log.read_text() for n in noise[:2])
+    assert not any(n in captured.out + captured.err for n in noise)
+    assert f"Ray's output: {log}" in out
 
     client = MlflowClient(tracking_uri=spec.output.tracking_uri)
     exp = client.get_experiment_by_name("e2e")
@@ -88,10 +95,13 @@ def test_grid_end_to_end(tmp_path: Path, ray_session, capsys: pytest.CaptureFixt
     parents = [r for r in runs if r.data.tags.get("seagrid.role") == "grid"]
     children = {r.data.tags.get("trial_id"): r for r in runs if r.data.tags.get("seagrid.role") == "trial"}
     assert len(parents) == 1 and parents[0].data.tags["grid"] == "e2e"
+    assert parents[0].info.status == "FAILED"  # the invocation ended with a failed trial
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
     # ... but the other trial went on and is complete in MLflow.
     run = children[good.id]
     assert run.info.status == "FINISHED"
+    assert run.info.run_name.startswith("stage1=#") and run.data.tags["trial_id"] == good.id
     assert run.data.tags["grid"] == "e2e" and run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
     assert run.data.params["stage1.lr"] == "0.01" and run.data.params["model.encoder"] == "tiny-clip"
     history = client.get_metric_history(run.info.run_id, "stage1/loss")
@@ -115,6 +125,8 @@ def test_grid_end_to_end(tmp_path: Path, ray_session, capsys: pytest.CaptureFixt
     assert main(["grid", str(rerun)]) == 0
     out = capsys.readouterr().out
     assert "1 already done, 0 to run" in out
+    # The rerun reopened the grid's parent run and ended it: every trial of this spec is done.
+    assert client.get_run(parents[0].info.run_id).info.status == "FINISHED"
     assert (
         len([r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("trial_id") == good.id])
         == 1

@@ -27,7 +27,7 @@ from core.pipeline import trial_steps
 from grid.cli import main
 from grid.expand import Trial, expand
 from grid.plots import llm_parameters
-from grid.report import _tacs_history, build_report
+from grid.report import _tacs_history, build_report, default_columns
 from grid.spec import load_spec
 from grid.tracking import Tracker
 from grid.trial import TrialJob, run_eval_step
@@ -126,13 +126,32 @@ def md_rows(markdown: str) -> list[list[str]]:
     return [[c.strip() for c in ln.strip("|").split(" | ")] for ln in lines[1:]]
 
 
+def md_header(markdown: str) -> list[str]:
+    line = next(ln for ln in markdown.splitlines() if ln.startswith("| "))
+    return [c.strip() for c in line.strip("|").split(" | ")]
+
+
+def test_default_columns_put_diagnostics_beside_benchmarks() -> None:
+    found = [
+        "diag/modality_gap",
+        "diag/tacs",
+        "diag/tacs/after_stage2",
+        "diag/other",
+        "eval/pope",
+        "eval/pope/x",
+    ]
+    assert default_columns(found) == ["eval/pope", "diag/tacs", "diag/modality_gap", "diag/tacs/after_stage2"]
+    assert default_columns(["diag/label_recall", "stage1/loss"]) == ["diag/label_recall"]
+
+
 def quiet() -> Console:
     return Console(file=io.StringIO(), width=200)
 
 
 def test_report_numbers_files_and_artifacts(store: dict[str, Any]) -> None:
     report = build_report(store["spec"], console=quiet())
-    assert report.columns == ["eval/gqa", "eval/pope"]  # headlines only: no eval/pope/adversarial/f1
+    # Benchmark headlines (no eval/pope/adversarial/f1), then the alignment diagnostics the runs have.
+    assert report.columns == ["eval/gqa", "eval/pope", "diag/tacs"]
     assert report.averaged == ["seed"]
     assert report.parent_run_id == store["parent"]
 
@@ -167,13 +186,19 @@ def test_report_numbers_files_and_artifacts(store: dict[str, Any]) -> None:
         ["phi3-mini", "llava"],
         ["phi3-mini", "sea"],
     ]
-    by = {(r[0], r[1]): r[2:] for r in rows}  # trials, gqa, pope
-    assert by["tiny-llama", "llava"] == ["2 done", "52.0 ± 2.8", "82.0 ± 2.8"]
-    assert by["tiny-llama", "sea"] == ["2 done", "60.5 ± 0.7 (+8.5)", "87.0 ± 2.8 (+5.0)"]
-    assert by["gemma-2b", "llava"] == ["1 done, 1 running", "running", "70.0 [1/2]"]
-    assert by["gemma-2b", "sea"] == ["2 done", "n/a", "68.0 ± 2.8 (-2.0)"]
-    assert by["phi3-mini", "llava"] == ["2 failed", "failed", "failed"]
-    assert by["phi3-mini", "sea"] == ["2 new", "missing", "missing"]
+    by = {(r[0], r[1]): r[2:] for r in rows}  # trials, gqa, pope, tacs (as logged: its last value)
+    assert by["tiny-llama", "llava"] == ["2 done", "52.0 ± 2.8", "82.0 ± 2.8", "0.35 ± 0.07071"]
+    assert by["tiny-llama", "sea"] == [
+        "2 done",
+        "60.5 ± 0.7 (+8.5)",
+        "87.0 ± 2.8 (+5.0)",
+        "0.75 ± 0.07071 (+0.4)",
+    ]
+    assert by["gemma-2b", "llava"] == ["1 done, 1 running", "running", "70.0 [1/2]", "running"]
+    assert by["gemma-2b", "sea"] == ["2 done", "n/a", "68.0 ± 2.8 (-2.0)", "n/a"]
+    assert by["phi3-mini", "llava"] == ["2 failed", "failed", "failed", "failed"]
+    assert by["phi3-mini", "sea"] == ["2 new", "missing", "missing", "missing"]
+    assert md_header(report.markdown)[2:] == ["trials", "gqa", "pope", "diag/tacs"]
     assert "Averaged over: `seed`" in report.markdown
     assert "12 trials (7 done, 2 failed, 1 running, 2 new)" in report.markdown
 
@@ -196,7 +221,10 @@ def test_report_numbers_files_and_artifacts(store: dict[str, Any]) -> None:
     names = sorted(p.name for p in report.files)
     assert names == ["report.csv", "report.md", "scaling_pope.png", "tacs.png"]
     assert not (out / "scaling_gqa.png").exists()
-    assert any("scaling plot of eval/gqa" in n and "two LLM sizes" in n for n in report.notes)
+    # One note for every metric skipped for the same reason.
+    assert [n for n in report.notes if "two LLM sizes" in n] == [
+        "scaling plots of eval/gqa, diag/tacs: needs results from at least two LLM sizes; has tiny-llama"
+    ]
     for png in ("scaling_pope.png", "tacs.png"):
         with Image.open(out / png) as img:
             assert img.format == "PNG" and img.width > 300 and img.height > 200
@@ -244,7 +272,7 @@ def test_no_parent_run_writes_files_only(store: dict[str, Any], tmp_path: Path) 
     assert report.parent_run_id is None
     assert any("no parent run" in n for n in report.notes)
     assert report.columns == [] and any(
-        "no finished trial has an eval/<name> metric" in n for n in report.notes
+        "no finished trial has an eval/<name> or diag/ metric" in n for n in report.notes
     )
     assert report.table.height == 6 and report.table["new"].to_list() == [2] * 6
     assert [r[2] for r in md_rows(report.markdown)] == ["2 new"] * 6
