@@ -223,7 +223,9 @@ class Tracker:
             info = RunInfo(run.info.run_id, run.info.status, dict(run.data.metrics))
             # Oldest first: a later run replaces an earlier one, except that a failed or killed attempt
             # never hides a finished one.
-            if tid and (info.status == "FINISHED" or not (tid in latest and latest[tid].status == "FINISHED")):
+            if tid and (
+                info.status == "FINISHED" or not (tid in latest and latest[tid].status == "FINISHED")
+            ):
                 latest[tid] = info
         return latest
 
