@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from core.config import EvalConfig
 from core.metrics import LabelRecallCounts, label_recall_counts, modality_gap, nearest_words, tacs
 
 # ---------------------------------------------------------------------------------------------------------
@@ -217,7 +218,7 @@ def files_heldout(
 
 
 def load_heldout(
-    eval_cfg: Any, vlm: Any, tokenizer: Any, *, synthetic_dir: str | Path | None = None
+    eval_cfg: EvalConfig, vlm: Any, tokenizer: Any, *, synthetic_dir: str | Path | None = None
 ) -> Heldout:
     """The held-out set an EvalConfig's diagnostics describe (synthetic: generated on first use)."""
     diag = eval_cfg.diagnostics
@@ -346,7 +347,7 @@ class DiagnosticsProbe:
 
     def __init__(
         self,
-        eval_cfg: Any,
+        eval_cfg: EvalConfig,
         vlm: Any,
         tokenizer: Any,
         *,

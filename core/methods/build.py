@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from core.config import MethodConfig
 from core.methods.objective import CombinedObjective, Objective
 
-Builder = Callable[[Any, dict[str, Any], str], Objective | None]
+Builder = Callable[[MethodConfig, dict[str, Any], str], Objective | None]
 
 
-def _sea(method: Any, context: dict[str, Any], stage: str) -> Objective | None:
+def _sea(method: MethodConfig, context: dict[str, Any], stage: str) -> Objective | None:
     # SEA aligns against label embeddings that are constants only while the LLM is frozen: stage 1.
     from core.stages import STAGES
 
@@ -21,7 +22,7 @@ def _sea(method: Any, context: dict[str, Any], stage: str) -> Objective | None:
     return SeaObjective(method.sea, **context["sea"])
 
 
-def _basic(method: Any, context: dict[str, Any], stage: str) -> Objective | None:
+def _basic(method: MethodConfig, context: dict[str, Any], stage: str) -> Objective | None:
     from core.stages import STAGES
 
     if not STAGES[stage].basic_applies(method):
@@ -40,8 +41,8 @@ METHOD_PARTS: dict[str, tuple[Builder, ...]] = {
 }
 
 
-def build_objective(method: Any, context: dict[str, Any], *, stage: str) -> Objective:
-    """The objective of `method` (a grid.spec.MethodConfig) in `stage`; `context` holds what parts need
+def build_objective(method: MethodConfig, context: dict[str, Any], *, stage: str) -> Objective:
+    """The objective of `method` in `stage`; `context` holds what parts need
     at build time (`vlm`; `sea`: label embeddings, grid, seed)."""
     if method.name not in METHOD_PARTS:
         raise ValueError(f"method.name: no objective for '{method.name}'; known: {', '.join(METHOD_PARTS)}")

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from core.config import SeaConfig
 from core.methods.objective import Objective
 from core.sea import LabelRows, sample_pairs, sea_alignment_loss
 
@@ -18,7 +19,7 @@ class SeaObjective(Objective):
     needs_labels = True
 
     def __init__(
-        self, cfg: Any, *, word_embeddings: Tensor | LabelRows, grid: tuple[int, int], seed: int
+        self, cfg: SeaConfig, *, word_embeddings: Tensor | LabelRows, grid: tuple[int, int], seed: int
     ) -> None:
         super().__init__()
         self.cfg = cfg

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from core.config import METHODS_WITH_SEA
+from core.config import METHODS_WITH_SEA, TrialConfig
 from core.paths import using_cache_dir
 from core.stages import STAGES
 from core.train.checkpoint import (
@@ -516,7 +516,7 @@ def _diagnostics_every(job: StageJob, zero: int | None) -> int | None:
     return every
 
 
-def _diagnostics_probe(cfg: Any, vlm: Any, tokenizer: Any, step_dir: Path) -> Any:
+def _diagnostics_probe(cfg: TrialConfig, vlm: Any, tokenizer: Any, step_dir: Path) -> Any:
     """Stage 1's diagnostics probe; its curve points also go to the step dir for the evaluation step."""
     from core.evaluation.diagnostics import CURVE_FILE, DiagnosticsProbe
 
