@@ -183,3 +183,69 @@ def test_hub_credentials_forwarded_unless_the_job_sets_them(monkeypatch: pytest.
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
     env = _runtime_env()
     assert env is not None and "HF_TOKEN" not in env["env_vars"] and env["env_vars"]["HF_HOME"] == "/data/hf"
+
+
+# Two raylets on this machine, a 2-worker Train run spread over both (gloo), joined through ensure_ray.
+TWO_NODES = """
+import json, sys, tempfile, torch
+import ray
+from ray.cluster_utils import Cluster
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from core.ray_session import ensure_ray
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+cluster.add_node(num_cpus=1)
+cluster.wait_for_nodes()
+ensure_ray(mode="existing")  # joins through the address file the head wrote in $RAY_TMPDIR
+
+def loop(config):
+    import json, ray.train, torch.distributed as dist
+    rank = ray.train.get_context().get_world_rank()
+    total = torch.tensor([float(rank + 1)])
+    dist.all_reduce(total)
+    nodes = [None, None]
+    dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+    if rank == 0:  # through the run's shared storage, as a real stage's outputs go
+        out = {"nodes": nodes, "sum": float(total), "backend": dist.get_backend()}
+        with open(config["out"], "w") as f:
+            json.dump(out, f)
+
+storage = sys.argv[1]
+result = TorchTrainer(
+    loop,
+    train_loop_config={"out": f"{storage}/nodes.json"},
+    scaling_config=ScalingConfig(num_workers=2, placement_strategy="STRICT_SPREAD"),
+    run_config=RunConfig(storage_path=storage, name="spread"),
+).fit()
+alive = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+with open(f"{storage}/nodes.json") as f:
+    print("RESULT " + json.dumps({**json.load(f), "alive": alive, "path": result.path}))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_train_run_spreads_over_two_nodes(tmp_path: Path) -> None:
+    root = _short_tmp()
+    env = _env(root, RAY_AUTH_MODE="disabled")
+    (tmp_path / "storage").mkdir()
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", TWO_NODES, str(tmp_path / "storage")],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    result = json.loads(
+        next(x for x in out.stdout.splitlines() if x.startswith("RESULT ")).removeprefix("RESULT ")
+    )
+    assert len(result["alive"]) == 2 and sorted(result["nodes"]) == result["alive"]  # one rank per node
+    assert (result["sum"], result["backend"]) == (3.0, "gloo")
+    assert Path(result["path"]).is_relative_to(tmp_path / "storage")
