@@ -1,14 +1,18 @@
 """Cluster-scale scheduling benchmark: 1,000 mixed trials as GPU gangs on a simulated 256-GPU Ray cluster.
 
-Not a test. Each trial is a Tune trial that reserves its gang of (fake) GPUs as a placement group (one
-bundle per 8-GPU node, as a Train run's workers would) and sleeps its modelled duration: the plan's
-GPU-hour estimate (grid/estimate.py) divided by its GPUs, scaled so the ideal makespan is ~100 s.
-Reported per trial order (FIFO = grid order; LPT = longest first): GPU busy fraction and makespan against
-the lower bound max(total GPU-seconds / GPUs, longest trial), for Ray Tune and for a zero-overhead
-list-scheduling model of the same order (what the order alone allows).
+Not a test. Each trial reserves its gang of fake GPUs (a local session started with num_gpus=256) as a
+placement group, one bundle per 8-GPU node as a Train run's workers would take them, and holds it for its
+modelled duration: the plan's GPU-hour estimate (grid/estimate.py) over its GPUs, scaled so the ideal
+makespan is --makespan seconds. The default runner requests the gangs from the driver exactly as Tune's
+resource manager does (up to 200 outstanding, in trial order) but holds them with a timer instead of a
+sleeping trial actor: a Tune trial is a process, and hundreds of them do not fit a small machine
+(--runner tune does that on a large one). Reported per trial order (FIFO = grid order; LPT = longest
+first): makespan and GPU busy fraction against the lower bound max(total GPU-seconds / GPUs, longest
+trial), for Ray and for a list-scheduling model of the same order with 0, 0.5 and 1 s between a gang's
+release and the next placement (Ray's re-placement latency, measured at 0.5-1 s here).
 
-    uv run python bench/cluster_sim.py                  # both orders, placement groups, ~4 min
-    uv run python bench/cluster_sim.py --runner tune    # a Tune trial per cell (a process each)
+    uv run python bench/cluster_sim.py                  # both orders, ~5 min (--makespan 100)
+    uv run python bench/cluster_sim.py --runner tune    # a Tune trial actor per cell (a process each)
     uv run python bench/cluster_sim.py --model-only     # the scheduling model alone, instant
 """
 
@@ -137,19 +141,44 @@ def _measure(trials: list[SimTrial], spans: dict[int, tuple[float, float]], durs
 
 
 def run_placement_groups(
-    trials: list[SimTrial], durs: list[float], order: list[int], capacity: int, per_node: int, window: int
+    trials: list[SimTrial],
+    durs: list[float],
+    order: list[int],
+    capacity: int,
+    per_node: int,
+    window: int,
+    reuse: bool = True,
 ) -> dict[str, float]:
     """Ray's gang scheduler, driven as Tune drives it, without a process per trial.
 
     Up to ``window`` placement-group requests are outstanding at once, issued in ``order`` (Tune's
     pending-trial window, 200 by default); a trial starts when Ray has placed its gang and holds it for
-    its duration (a timer on the driver instead of a sleeping trial actor), then removes it.
+    its duration (a timer on the driver instead of a sleeping trial actor). Then, with ``reuse`` (Tune's
+    ``reuse_actors``, on by default for function trainables), the next trial in order with the same gang
+    takes it over at once, cancelling its own request; otherwise the gang is removed.
     """
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
     queue, staged, running = list(reversed(order)), {}, []
     spans: dict[int, tuple[float, float]] = {}
+
+    def start(i: int, pg, now: float) -> None:
+        heapq.heappush(running, (now + durs[i], i, pg))
+        spans[i] = (now, now + durs[i])
+
+    def successor(gpus: int) -> int | None:
+        for ref, (j, pg) in staged.items():  # requested in trial order
+            if trials[j].gpus == gpus:
+                del staged[ref]
+                ray.cancel(ref)
+                remove_placement_group(pg)
+                return j
+        for k in range(len(queue) - 1, -1, -1):  # the queue's next trial is at its end
+            if trials[queue[k]].gpus == gpus:
+                return queue.pop(k)
+        return None
+
     began = time.time()
     while queue or staged or running:
         while queue and len(staged) < window:
@@ -163,21 +192,29 @@ def run_placement_groups(
             ready, _ = ray.wait(list(staged), num_returns=len(staged), timeout=0)
         now = time.time()
         for ref in ready:
-            i, pg = staged.pop(ref)
-            heapq.heappush(running, (now + durs[i], i, pg))
-            spans[i] = (now, now + durs[i])
+            start(*staged.pop(ref), now)
         if not staged and running and not ready:
             time.sleep(max(0.0, running[0][0] - time.time()))
         while running and running[0][0] <= time.time():
             _, i, pg = heapq.heappop(running)
-            remove_placement_group(pg)
+            nxt = successor(trials[i].gpus) if reuse else None
+            if nxt is None:
+                remove_placement_group(pg)
+            else:
+                start(nxt, pg, time.time())
     out = _measure(trials, spans, durs, capacity)
     out["fit"] = time.time() - began
     return out
 
 
 def run_tune(
-    trials: list[SimTrial], durs: list[float], order: list[int], capacity: int, per_node: int, window: int
+    trials: list[SimTrial],
+    durs: list[float],
+    order: list[int],
+    capacity: int,
+    per_node: int,
+    window: int,
+    reuse: bool = True,
 ) -> dict[str, float]:
     """The same through Ray Tune: one trial actor per grid cell, sleeping its duration (needs many cores)."""
     from ray import tune
@@ -205,7 +242,7 @@ def run_tune(
                 "gpus": tune.sample_from(lambda spec: trials[spec.config.cell].gpus),
                 "duration": tune.sample_from(lambda spec: durs[spec.config.cell]),
             },
-            tune_config=tune.TuneConfig(reuse_actors=True),
+            tune_config=tune.TuneConfig(reuse_actors=reuse),
             run_config=tune.RunConfig(storage_path=storage, name="sim", verbose=0, callbacks=[Spans()]),
         )
         began = time.time()
@@ -258,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         default=[0.5, 1.0],
         help="also model these re-placement latencies (s); Ray measured ~0.5-1 s here",
     )
+    parser.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="remove every gang at its trial's end (Tune reuse_actors=False)",
+    )
     parser.add_argument("--model-only", action="store_true", help="skip Ray; the scheduling model only")
     args = parser.parse_args(argv)
 
@@ -291,9 +333,11 @@ def main(argv: list[str] | None = None) -> int:
                 args.gpus,
                 args.gpus_per_node,
                 args.window,
+                not args.no_reuse,
             )
+            runner = args.runner + ("" if args.no_reuse else "+r")
             print(
-                f"{name:6} {args.runner:6} {got['makespan']:10.1f} {got['makespan'] / ideal - 1:+9.1%} "
+                f"{name:6} {runner:6} {got['makespan']:10.1f} {got['makespan'] / ideal - 1:+9.1%} "
                 f"{got['busy']:9.1%} {got['fit']:8.1f}",
                 flush=True,
             )
