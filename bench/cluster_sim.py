@@ -264,7 +264,16 @@ def _with_ray(runner, capacity: int, *args):
     """``runner(*args)`` in a fresh local session holding ``capacity`` fake GPUs."""
     import ray
 
-    ray.init(address="local", num_cpus=4, num_gpus=capacity, include_dashboard=False, log_to_driver=False)
+    for attempt in range(3):  # a loaded machine sometimes misses the node's startup deadline
+        try:
+            ray.init(
+                address="local", num_cpus=4, num_gpus=capacity, include_dashboard=False, log_to_driver=False
+            )
+            break
+        except Exception as err:  # Ray raises a bare Exception for a node startup timeout
+            if attempt == 2 or "timed out during startup" not in str(err):
+                raise
+            ray.shutdown()
     try:
         return runner(*args)
     finally:
