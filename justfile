@@ -47,3 +47,7 @@ test: setup
 lint: setup
     uv run --frozen --quiet ruff check .
     uv run --frozen --quiet ruff format --check .
+
+# Cluster-scale scheduling benchmark (not a test): 1,000 mixed trials as GPU gangs on a simulated 256-GPU cluster.
+bench-cluster *ARGS: setup
+    uv run --frozen --quiet python bench/cluster_sim.py {{ARGS}}

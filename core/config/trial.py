@@ -300,6 +300,21 @@ class TrialConfig(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _sea_window_fits_grid(self) -> TrialConfig:
+        # SEA samples one patch per k x k window of the trial encoder's grid (labels are viewed on it);
+        # a window larger than the grid would leave a single window, i.e. one patch per image.
+        if self.method.name not in METHODS_WITH_SEA:
+            return self
+        encoder, window = self.model.encoder, self.method.sea.window
+        rows, cols = ENCODER_FACTS[encoder][1]
+        if window > min(rows, cols):
+            raise ValueError(
+                f"method.sea.window {window} is larger than the {rows} x {cols} patch grid of model.encoder "
+                f"'{encoder}'; use a window of at most {min(rows, cols)} (the paper uses 2)"
+            )
+        return self
+
     def identity_exclude(self) -> set[str]:
         """A stage that is switched off (and its data), or evaluation when it is off, does not change what a
         trial computes."""

@@ -80,6 +80,11 @@ def supervised_after_truncation(
     return False
 
 
+def _answers_blank(record: dict[str, Any]) -> bool:
+    """Every answer is empty: a template still supervises its end-of-turn token, teaching silence."""
+    return all(not turn["value"].strip() for turn in record["conversations"][1::2])
+
+
 def _validate_record(record: Any, index: int, json_path: Path) -> dict[str, Any]:
     """Check one record's structure; errors name the record's index, its id and the file."""
     where = f"{json_path} record #{index}"
@@ -179,9 +184,19 @@ class LlavaDataset(Dataset):
         self.max_unsupervised_fraction = max_unsupervised_fraction
         self.num_visual_tokens = num_visual_tokens
 
+        if not self.json_path.is_file():
+            raise FileNotFoundError(
+                f"json_path={self.json_path}: no such file; point the dataset's json_path at a LLaVA-format "
+                "JSON list (paths are relative to the working directory)"
+            )
         try:
             raw = json.loads(self.json_path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"json_path={self.json_path}: not valid JSON at line {err.lineno} column {err.colno} "
+                f"({err.msg}); fix the file or regenerate it"
+            ) from err
+        except (OSError, UnicodeDecodeError) as err:
             raise ValueError(f"json_path={self.json_path}: cannot read a JSON list ({err})") from err
         if not isinstance(raw, list):
             raise ValueError(f"json_path={self.json_path}: expected a JSON list, got {type(raw).__name__}")
@@ -199,7 +214,8 @@ class LlavaDataset(Dataset):
                         self.skipped_ids.append(str(record["id"]))
                         continue
                     raise FileNotFoundError(
-                        f"sample {str(record['id'])!r} in {self.json_path}: image not found at {path}"
+                        f"sample {str(record['id'])!r} in {self.json_path}: image not found at {path}; check "
+                        "image_root, or set on_missing_image: skip to drop samples whose image is missing"
                     )
             self.records.append(record)
         if max_unsupervised_fraction is not None:
@@ -212,7 +228,7 @@ class LlavaDataset(Dataset):
             )
 
     def _supervised(self, record: dict[str, Any], encoded: Encoded) -> bool:
-        if encoded.num_supervised == 0:
+        if encoded.num_supervised == 0 or _answers_blank(record):
             return False
         if self.max_length is None:
             return True
@@ -252,7 +268,7 @@ class LlavaDataset(Dataset):
             raise ValueError(
                 f"{len(offending)} of {total} samples ({len(offending) / total:.2%}) in {self.json_path} "
                 "have "
-                f"no supervised token{truncation} with template {self.template!r} and tokenizer "
+                f"no supervised token or only empty answers{truncation} with template {self.template!r} and tokenizer "
                 f"{tokenizer_name(self.tokenizer)!r}, above max_unsupervised_fraction="
                 f"{threshold}; ids: {shown}{more}. Check that the template matches the "
                 "LLM's tokenizer and that max_length leaves room for the answers"
@@ -283,6 +299,12 @@ class LlavaDataset(Dataset):
         sample_id = str(self.records[index]["id"])
         encoded = self._encode_text(index)
         assert_supervised(encoded, sample_id)
+        if _answers_blank(self.records[index]):
+            raise ValueError(
+                f"sample {sample_id!r} in {self.json_path}: every answer ({ROLES[1]!r} turn) is empty, so it "
+                "would teach the model to answer nothing; give the answers, or drop such samples with "
+                "max_unsupervised_fraction"
+            )
         self._check_text_length(sample_id, encoded)
         return encoded
 
@@ -297,7 +319,10 @@ class LlavaDataset(Dataset):
                 image.load()
                 return preprocess(image, self.image_size, self.mean, self.std, self.image_mode)
         except (OSError, UnidentifiedImageError) as err:
-            raise OSError(f"sample {str(record['id'])!r}: cannot read image {path} ({err})") from err
+            raise OSError(
+                f"sample {str(record['id'])!r} in {self.json_path}: cannot read image {path} ({err}); "
+                "replace the file with a valid image or remove the record"
+            ) from err
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         encoded = self.encode(index)

@@ -39,6 +39,7 @@ def load_adapter(vlm: HasAdapter, directory: str | Path) -> None:
 
     A different adapter name or any tensor shape that differs is a ValueError naming both sides.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -46,18 +47,30 @@ def load_adapter(vlm: HasAdapter, directory: str | Path) -> None:
     for path in (meta_path, weights_path):
         if not path.is_file():
             raise FileNotFoundError(f"no adapter checkpoint at {directory}: missing {path.name}")
-    meta = json.loads(meta_path.read_text())
+    rerun = "re-run the stage that wrote it (delete the directory first)"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"adapter checkpoint {meta_path}: unreadable ({err}); {rerun}") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"adapter checkpoint {meta_path}: expected a JSON object; {rerun}")
     if meta.get("adapter") != vlm.adapter_name:
         raise ValueError(
             f"adapter checkpoint {directory} is {meta.get('adapter')!r}, the model's adapter is "
-            f"{vlm.adapter_name!r}"
+            f"{vlm.adapter_name!r}; load a checkpoint of a trial with model.adapter {vlm.adapter_name!r}"
         )
-    state = load_file(str(weights_path))
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(
+            f"adapter checkpoint {weights_path}: unreadable, probably truncated ({err}); {rerun}"
+        ) from err
     expected = _shapes(vlm.adapter)
     found = {k: list(v.shape) for k, v in state.items()}
     if found != expected:
         raise ValueError(
             f"adapter checkpoint {directory} does not fit the model's {vlm.adapter_name!r} adapter: "
-            f"expected shapes {expected}, found {found}"
+            f"expected shapes {expected}, found {found}; it was saved for another LLM or vision encoder "
+            "(their widths set the shapes); load the checkpoint of a trial with this model"
         )
     vlm.adapter.load_state_dict(state, strict=True)
