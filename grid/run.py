@@ -15,7 +15,7 @@ from core.ray_session import ensure_ray
 from grid.console import Board, console_for, duration
 from grid.expand import Trial
 from grid.memory import refuse_if_unfit
-from grid.plan import PlanRow, make_plan
+from grid.plan import PlanRow, estimates, make_plan
 from grid.ray_log import ray_output
 from grid.redact import scrub
 from grid.spec import ExperimentSpec, load_spec, steps_root
@@ -214,6 +214,9 @@ def _tune(
     ensure_ray()
     results_root = Path(spec.output.root).expanduser().resolve()
     storage = results_root / "ray"  # Tune's own state; each stage's Train run lives beside it
+    # Longest first (by the plan's GPU-hour estimate): list scheduling that keeps a cluster busy to the end
+    # (bench/cluster_sim.py: 97.5% busy, +2.5% over the ideal makespan, against 91.7% / +9.1% in spec order).
+    todo = sorted(todo, key=lambda t: -(estimates(t)["gpu_hours"] or 0.0))
     cells = [
         TrialJob(
             trial_id=t.id,

@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import itertools
 import json
-import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -425,9 +424,10 @@ def _in_ray_worker() -> bool:
 def _cluster_gpus() -> int:
     import ray
 
-    if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
-        from core.ray_session import ensure_ray
+    from core.ray_session import ensure_ray, join_target, resolve_mode
 
+    # A cluster this process would join (RAY_ADDRESS, or a live local `ray start`) has its own GPUs.
+    if ray.is_initialized() or join_target(resolve_mode()) is not None:
         ensure_ray()
         return int(ray.cluster_resources().get("GPU", 0))
     return torch.cuda.device_count()  # what a local session started by ensure_ray would have

@@ -237,7 +237,9 @@ class LabelStore:
             found = _normalise(field, meta.get(field))
             if _normalise(field, want) != found:
                 raise ValueError(
-                    f"label store {path}: {field} mismatch: expected {_normalise(field, want)!r}, found {found!r}"
+                    f"label store {path}: {field} mismatch: expected {_normalise(field, want)!r}, found {found!r}; "
+                    "it was built for other settings or data: point at the right store, or delete this one "
+                    "and rerun the label step"
                 )
         if not (path / WORDS_FILE).is_file():
             raise ValueError(
@@ -285,7 +287,10 @@ class LabelStore:
                 try:
                     array = np.load(file, mmap_mode="r")
                 except (OSError, ValueError) as err:
-                    raise ValueError(f"label store {self.path}: corrupt, cannot read {name} ({err})") from err
+                    raise ValueError(
+                        f"label store {self.path}: corrupt, cannot read {name} ({err}); delete the directory "
+                        "to rebuild it"
+                    ) from err
                 if array.shape != shape or array.dtype != np.dtype(dtype):
                     raise ValueError(
                         f"label store {self.path}: corrupt, {name} is {array.dtype}{list(array.shape)}, "
