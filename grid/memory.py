@@ -47,6 +47,7 @@ from typing import Any
 
 from core.config import TrialConfig
 from core.models.constants import default_chunk
+from core.stages import STAGES as CORE_STAGES
 
 GIB = 2**30
 USABLE_FRACTION = 0.9  # of the GPU's memory: the rest for the CUDA context, NCCL and fragmentation
@@ -180,7 +181,7 @@ def stage_memory(
     supervised = default_supervised if supervised is None else supervised
     deepspeed, low = s.zero is not None, 2 if s.precision == "bf16" else 4
     zero = s.zero or 0
-    trains_llm = s.stage == "stage2"
+    trains_llm = CORE_STAGES[s.stage].trains_llm
     trained = facts.adapter_params + (facts.llm_params if trains_llm else 0.0)
     trained += facts.encoder_params if s.train_vision else 0.0
     frozen = facts.llm_params + facts.encoder_params + facts.adapter_params - trained
@@ -238,7 +239,7 @@ def stage_settings(cfg: TrialConfig, stage: str) -> StageSettings:
         checkpointing=resolve_gradient_checkpointing(st.gradient_checkpointing, cfg.model.llm),
         micro_batch=st.micro_batch_size,
         world=cfg.resources.num_workers,
-        train_vision=stage == "stage2" and cfg.stage2.train_vision,
+        train_vision=CORE_STAGES[stage].trains_llm and cfg.stage2.train_vision,
     )
 
 

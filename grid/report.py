@@ -346,18 +346,7 @@ def build_report(
     frame = trials_frame(trials, runs, paths)
     fixed = {"trial_id", "status", "run_id", *paths}
     found = [c for c in frame.columns if c not in fixed]
-    notes: list[str] = []
-    if columns is None:
-        columns = default_columns(found)
-        if not columns:
-            notes.append(
-                "no finished trial has an eval/<name> or diag/ metric yet; the table shows trial counts only"
-            )
-    else:
-        columns = list(dict.fromkeys(columns))
-        for m in columns:
-            if m not in found:
-                notes.append(f"no finished trial has the metric '{m}'{did_you_mean(m, found)}")
+    columns, notes = _choose_columns(found, columns)
     percent = {
         m: m.startswith("eval/")
         and m in frame.columns
@@ -370,28 +359,15 @@ def build_report(
     first_seen = {p: frame[p].unique(maintain_order=True).to_list() for p in order}
     keys = _row_groups(table, order, first_seen, baseline)
 
-    report_rows = []
-    for key in keys:
-        sel = table.filter(pl.all_horizontal([pl.col(p) == v for p, v in zip(order, key, strict=True)]))
-        cells = {r["metric"]: r for r in sel.iter_rows(named=True)} if columns else {}
-        report_rows.append({"key": key, "trials_text": _trials_text(sel.row(0, named=True)), "cells": cells})
+    report_rows = _report_rows(table, keys, order, columns)
 
     out_dir = (Path(spec.output.root).expanduser() / "reports" / spec.name).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_old(out_dir)
-    files: list[Path] = []
-
     # Plots first, so their notes make it into the Markdown.
     method_values = frame[METHOD].unique().to_list()
-    for m in columns:
-        path, note = scaling_plot(frame, m, out_dir / f"scaling_{file_stem(m)}.png", percent=percent[m])
-        files += [path] if path else []
-        notes += [note] if note else []
-    notes = merge_plot_notes(notes)
-    panel_paths = [p for p in order if p != METHOD]
-    path, note = tacs_plot(_tacs_history(tracker, frame, panel_paths), out_dir / "tacs.png", metric=TACS)
-    files += [path] if path else []
-    notes += [note] if note else []
+    files, plot_notes, tacs_note = _plots(tracker, frame, columns, percent, order, out_dir)
+    notes = merge_plot_notes(notes + plot_notes) + ([tacs_note] if tacs_note else [])
 
     parent = find_parent_run(tracker)
     if parent is None:
@@ -437,6 +413,57 @@ def build_report(
     )
     print_report(report, grid_text, console or Console())
     return report
+
+
+def _choose_columns(found: list[str], columns: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """The metric columns (given, or the defaults among those found) and notes on missing ones."""
+    notes: list[str] = []
+    if columns is None:
+        chosen = default_columns(found)
+        if not chosen:
+            notes.append(
+                "no finished trial has an eval/<name> or diag/ metric yet; the table shows trial counts only"
+            )
+        return chosen, notes
+    chosen = list(dict.fromkeys(columns))
+    for m in chosen:
+        if m not in found:
+            notes.append(f"no finished trial has the metric '{m}'{did_you_mean(m, found)}")
+    return chosen, notes
+
+
+def _report_rows(
+    table: pl.DataFrame, keys: list[tuple[Any, ...]], order: Sequence[str], columns: Sequence[str]
+) -> list[dict[str, Any]]:
+    """One entry per table row: its key, its trial counts and its cells by metric."""
+    out = []
+    for key in keys:
+        sel = table.filter(pl.all_horizontal([pl.col(p) == v for p, v in zip(order, key, strict=True)]))
+        cells = {r["metric"]: r for r in sel.iter_rows(named=True)} if columns else {}
+        out.append({"key": key, "trials_text": _trials_text(sel.row(0, named=True)), "cells": cells})
+    return out
+
+
+def _plots(
+    tracker: Tracker,
+    frame: pl.DataFrame,
+    columns: Sequence[str],
+    percent: dict[str, bool],
+    order: Sequence[str],
+    out_dir: Path,
+) -> tuple[list[Path], list[str], str | None]:
+    """The scaling plot of each metric and the TACS curves: their files, the scaling plots' notes and the
+    TACS plot's note."""
+    files: list[Path] = []
+    notes: list[str] = []
+    for m in columns:
+        path, note = scaling_plot(frame, m, out_dir / f"scaling_{file_stem(m)}.png", percent=percent[m])
+        files += [path] if path else []
+        notes += [note] if note else []
+    panel_paths = [p for p in order if p != METHOD]
+    path, note = tacs_plot(_tacs_history(tracker, frame, panel_paths), out_dir / "tacs.png", metric=TACS)
+    files += [path] if path else []
+    return files, notes, note
 
 
 def _markdown(
