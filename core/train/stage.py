@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -497,14 +498,16 @@ def _evaluate_in_worker(vlm: Any, tokenizer: Any, ev: EvalJob) -> None:
 
 def _gather_embedding_table(objective: torch.nn.Module, vlm: Any) -> None:
     """Under ZeRO-3 the LLM's embedding table is partitioned across ranks: objectives that read it whole
-    (BASIC's L_sds) get it gathered, a collective every rank runs at the same point of each micro-step."""
+    (BASIC's L_sds) get it gathered for the block that uses it, a collective every rank runs at the same
+    point of each micro-step. No copy: what the block computes keeps nothing of the table."""
     import deepspeed
 
     weight = vlm.llm.get_input_embeddings().weight
 
-    def gathered() -> torch.Tensor:
+    @contextlib.contextmanager
+    def gathered() -> Iterator[torch.Tensor]:
         with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
-            return weight.detach().clone()
+            yield weight.detach()
 
     for part in objective.modules():
         if hasattr(part, "embedding_table"):
