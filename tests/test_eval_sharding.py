@@ -116,3 +116,63 @@ def test_frozen_for_eval_keeps_no_autograd_state_and_restores_flags(wild) -> Non
     finally:
         vlm.requires_grad_(True)
         vlm.eval()
+
+
+@pytest.mark.slow
+def test_sharded_eval_step_equals_the_single_task_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grid's flow for several workers, without Ray: a trained stage 1 is evaluated by two shard
+    tasks writing under the step's work directory and gathered by the lease holder; the finished step
+    equals the one-task evaluation step (which loads the model frozen, in fp32 on a CPU)."""
+    from core.config import TrialConfig
+    from core.evaluation.step import evaluate_shard_step, evaluate_step, gather_shards_step, load_trained
+    from core.pipeline import trial_steps
+    from core.steps import materialize
+    from core.train.checkpoint import LocalCheckpoints
+    from core.train.job import EvalJob, make_stage_job
+    from core.train.stage import run_stage
+
+    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    evals = {
+        "enabled": True,
+        "batch_size": 2,
+        "synthetic": {"num_images": 6, "num_text_questions": 8},
+        "diagnostics": {"heldout_samples": 4, "pictures": False},
+        "max_new_tokens": 2,
+        "benchmarks": [
+            {"name": "pope", "kind": "pope", "max_samples": 3},
+            {"name": "sqa", "kind": "mc", "max_samples": 3},
+        ],
+    }
+    cfg = TrialConfig.model_validate(
+        {
+            "data": {"stage1": {"source": "synthetic", "synthetic": {"num_samples": 8, "seed": 4}}},
+            "stage1": {"lr": 0.01, "global_batch_size": 8, "micro_batch_size": 8, "epochs": 1},
+            "eval": evals,
+        }
+    )
+    stage_dir = tmp_path / "stage1"
+    stage_dir.mkdir()
+    run_stage(make_stage_job(cfg, "stage1", stage_dir), checkpoints=LocalCheckpoints())
+    vlm, _ = load_trained(cfg, "stage1", {"stage1": str(stage_dir)})
+    assert next(vlm.parameters()).dtype == torch.float32 and not any(
+        p.requires_grad for p in vlm.parameters()
+    )
+
+    roots = {"single": tmp_path / "single", "sharded": tmp_path / "sharded"}
+    job = {"trial": cfg, "stage": "stage1", "stage_dir": str(stage_dir)}
+    single = evaluate_step(EvalJob(**job, steps_root=str(roots["single"])))
+    step = trial_steps(cfg).evals["stage1"]
+
+    def build(out: Path) -> None:
+        shard_job = EvalJob(**job, steps_root=str(roots["sharded"]), out_dir=str(out))
+        for k in (1, 0):  # any order
+            evaluate_shard_step(shard_job, k, 2)
+        gather_shards_step(shard_job, 2)
+
+    done = materialize(step, roots["sharded"], build)
+    assert json.loads((done.path / "metrics.json").read_text())["metrics"] == single
+    assert _files(done.path) == _files(step.path(roots["single"]))
+    assert not (done.path / "shards").exists()
