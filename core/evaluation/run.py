@@ -278,7 +278,9 @@ def _run_diagnostics(
     t0 = time.perf_counter()
     if heldout is None:
         heldout = load_heldout(eval_cfg, vlm, tokenizer, synthetic_dir=synthetic_dir)
-    result = compute_diagnostics(vlm, tokenizer, heldout, words, k=eval_cfg.diagnostics.tacs_k)
+    result = compute_diagnostics(
+        vlm, tokenizer, heldout, words, k=eval_cfg.diagnostics.tacs_k, batch_size=eval_cfg.batch_size
+    )
     if eval_cfg.diagnostics.pictures:
         diagnostics_pictures(result, heldout, vlm, out)
         if tacs_curve:
