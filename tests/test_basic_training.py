@@ -621,6 +621,7 @@ def test_base_objective_context_is_a_no_op(tiny: VLM) -> None:
 # --- L_sds under ZeRO-3: the table gathered for the call only ---
 
 
+@pytest.mark.slow  # the first DeepSpeed process group of a process builds DeepSpeed's CPU comm op
 def test_sds_under_zero3_equals_the_unsharded_loss_and_keeps_no_table(
     tiny: VLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
