@@ -35,6 +35,11 @@ bench: setup
     uv run --frozen --quiet python bench/sea_bench.py
     uv run --frozen --quiet python bench/basic_bench.py --threads 1
 
+# The GPU check (one H100/H200-class GPU, under 8 minutes, nothing downloaded): full-size random vicuna-7b +
+# clip-l-336 through the real trainer; prints the table and BENCHMARKS.md rows (--tiny: tiny models on a CPU).
+gpu-check *ARGS: setup
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 uv run --frozen --quiet python bench/gpu_check.py {{ARGS}}
+
 # One benchmark with its own options, e.g. just bench-one stage_bench --llm vicuna-7b --encoder clip-l-336.
 bench-one NAME *ARGS: setup
     uv run --frozen --quiet python bench/{{NAME}}.py {{ARGS}}

@@ -232,8 +232,50 @@ class _WeightedKL(torch.autograd.Function):
         return torch.cat(grads).to(v.dtype), None, None, None, None, None
 
 
+class _WeightedKLGradInForward(torch.autograd.Function):
+    """`_WeightedKL` with the gradient computed in the forward, chunk by chunk, and only it `[rows, D]`
+    kept for backward: E need not outlive the forward (under ZeRO-3 it is gathered for the call only,
+    no copy), and each chunk's two vocabulary projections serve both the loss and the gradient (three
+    `[chunk, V]` matmuls per chunk instead of five)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, v: Tensor, v_hat: Tensor, table: Tensor, w: Tensor, chunk: int, dtype: torch.dtype
+    ) -> Tensor:
+        total = torch.zeros((), dtype=dtype, device=v.device)
+        grads = []
+        with _full_precision(v.device):
+            t = table.to(dtype)
+            for rows in _chunks(v.shape[0], chunk):
+                log_p = (v_hat[rows].to(dtype) @ t.T).log_softmax(dim=-1)
+                log_q = (v[rows].to(dtype) @ t.T).log_softmax(dim=-1)
+                p = log_p.exp()
+                kl = (p * (log_p - log_q)).sum(dim=-1)
+                total = total + (w[rows].to(dtype) * kl).sum()
+                if ctx.needs_input_grad[0]:
+                    q = log_q.exp_().sub_(p).mul_(w[rows].to(dtype).unsqueeze(-1))
+                    grads.append(q @ t)
+        ctx.save_for_backward(torch.cat(grads) if grads else None)
+        ctx.v_dtype = v.dtype
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None, None, None, None]:
+        (grad,) = ctx.saved_tensors
+        if grad is None or not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None
+        return (grad * grad_out.to(grad.dtype)).to(ctx.v_dtype), None, None, None, None, None
+
+
 def sds_loss(
-    v: Tensor, v_hat: Tensor, embedding: Tensor | nn.Embedding, a: Tensor, *, chunk_size: int | None = None
+    v: Tensor,
+    v_hat: Tensor,
+    embedding: Tensor | nn.Embedding,
+    a: Tensor,
+    *,
+    chunk_size: int | None = None,
+    grad_in_forward: bool = False,
 ) -> Tensor:
     """Eq. 7: mean over the batch of sum_i a_i KL(p_i || q_i), P = softmax(V_hat E^T), Q = softmax(V E^T).
 
@@ -245,7 +287,9 @@ def sds_loss(
     once (default: all). Peak extra memory is about 4 * rows * V * 4 bytes plus a float32 copy of
     E when E is half precision (V * D * 4 bytes: 0.5 GB for 32k x 4096, 2.1 GB for 128k x 4096).
     All B*m = 16*576 rows at V = 128k is ~19 GB; chunk_size=1024 brings it to ~2 GB.
-    Supports a single backward (no double backward).
+    Supports a single backward (no double backward). `grad_in_forward`: the gradient is computed in
+    the call and E is not kept for backward (so E may be a gathered ZeRO-3 weight released right
+    after; `[B*m, D]` of gradient is kept instead).
     """
     _check_loss_inputs("sds_loss", v, v_hat, a)
     table = embedding.weight if isinstance(embedding, nn.Embedding) else embedding
@@ -266,7 +310,8 @@ def sds_loss(
     rows = batch * m
     # Per-row weight a_i / B turns "sum over positions, mean over batch" into one flat sum.
     w = a.detach().reshape(rows).to(dtype) / batch
-    return _WeightedKL.apply(
+    kl = _WeightedKLGradInForward if grad_in_forward else _WeightedKL
+    return kl.apply(
         v.reshape(rows, dim),
         v_hat.detach().reshape(rows, dim),
         table.detach(),

@@ -158,17 +158,30 @@ def _eval_job(job: TrialJob, stage: str) -> EvalJob:
 
 def run_eval_step(job: TrialJob, steps: TrialSteps, stage: str) -> tuple[Path, dict[str, float]]:
     """Evaluate what `stage` left, unless done already (by an earlier run, another trial, or the training
-    worker itself right after training), in a Ray task holding one trial worker's resources."""
+    worker itself right after training): in one Ray task holding one trial worker's resources, or with
+    several workers one task per worker, each a shard of every benchmark, scored here once all are done
+    (this driver holds the step's lease; the shards write under its work directory)."""
     import ray
 
-    from core.evaluation.step import evaluate_step, read_metrics
+    from core.evaluation.step import evaluate_shard_step, evaluate_step, gather_shards_step, read_metrics
     from core.steps import is_success
 
     step = steps.evals[stage]
-    path = step.path(Path(job.steps_root))
-    if not is_success(path):
+    root = Path(job.steps_root)
+    path = step.path(root)
+    count = job.trial.resources.num_workers
+    if not is_success(path) and count == 1:
         task = ray.remote(evaluate_step).options(**_task_options(step))
         ray.get(task.remote(_eval_job(job, stage)))
+    elif not is_success(path):
+        shard = ray.remote(evaluate_shard_step).options(**_task_options(step))
+
+        def build(out: Path) -> None:
+            eval_job = _eval_job(job, stage).model_copy(update={"out_dir": str(out)})
+            ray.get([shard.remote(eval_job, k, count) for k in range(count)])
+            gather_shards_step(eval_job, count)
+
+        materialize(step, root, build)
     return path, read_metrics(path)
 
 

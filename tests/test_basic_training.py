@@ -616,3 +616,57 @@ def test_base_objective_context_is_a_no_op(tiny: VLM) -> None:
     with torch.no_grad(), plain.forward_context(tiny):
         out = tiny(make_batch(**PADDED))
     assert plain.extra_loss({}, out) == (None, {})
+
+
+# --- L_sds under ZeRO-3: the table gathered for the call only ---
+
+
+@pytest.mark.slow  # the first DeepSpeed process group of a process builds DeepSpeed's CPU comm op
+def test_sds_under_zero3_equals_the_unsharded_loss_and_keeps_no_table(
+    tiny: VLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1-rank ZeRO-3: the embedding table is a partitioned parameter, gathered by the objective's block
+    (core/train/stage.py) and released before backward; the loss and the adapter's gradient equal the
+    implementation that keeps E for a recomputing backward (core.basic.sds_loss's default)."""
+    import deepspeed
+
+    from core.train.deepspeed_engine import init_distributed
+    from core.train.stage import _gather_embedding_table
+
+    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)  # restored afterwards: later Ray workers must not inherit them
+    init_distributed(torch.device("cpu"))
+    vlm = fresh(tiny)
+    vlm.adapter.requires_grad_(True)
+    table = vlm.llm.get_input_embeddings().weight.detach().clone()
+    cfg = Cfg(layers=2, das_weight=0.7, sds_weight=0.3)
+    # 7 rows a chunk: several chunks, the last one short.
+    objective = BasicObjective(cfg, vlm, sds_chunk_elements=7 * table.shape[0])
+    batch = make_batch(**PADDED)
+    with objective.forward_context(vlm):
+        out = vlm(batch)
+    cap = objective._capture
+    rows = cap.samples.nonzero().flatten()
+    v, v_hat, a = out.visual_tokens[rows], cap.v_hat[rows], cap.degree("auto")[rows]
+    want = 0.7 * das_loss(v, v_hat, a) + 0.3 * sds_loss(v, v_hat, table, a, chunk_size=7)
+    params = list(vlm.adapter.parameters())
+    want_grads = torch.autograd.grad(want, params, retain_graph=True)
+
+    with deepspeed.zero.Init(
+        config_dict_or_path={"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}},
+        dtype=torch.float32,
+    ):
+        sharded = nn.Embedding(*table.shape)
+    with deepspeed.zero.GatheredParameters([sharded.weight], modifier_rank=0):
+        sharded.weight.data.copy_(table)
+    assert sharded.weight.data.numel() == 0  # partitioned outside a gather
+    _gather_embedding_table(
+        objective, SimpleNamespace(llm=SimpleNamespace(get_input_embeddings=lambda: sharded))
+    )
+    got, _ = objective.extra_loss(batch, out)
+    assert sharded.weight.data.numel() == 0  # released again: L_sds kept no (gathered) copy for backward
+    got_grads = torch.autograd.grad(got, params)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
+    assert all(float(g.abs().sum()) > 0 for g in got_grads)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,27 @@ def test_stage2_identity_includes_stage1() -> None:
     assert dirname(cfg, "stage2") != dirname(other_stage2, "stage2")
     steps = trial_steps(cfg)
     assert steps.stages["stage2"].dep("stage1") == steps.stages["stage1"]
+
+
+def test_stage2_in_bf16_saves_the_llm_in_bf16_safetensors(tmp_path: Path) -> None:
+    """precision bf16 (forced on the CPU, plain path): the LLM's fp32 masters are saved in bf16, as
+    safetensors whose config names the dtype; the adapter is saved as it trained (fp32)."""
+    base = config()
+    cfg = base.model_copy(
+        update={"stage2": base.stage2.model_copy(update={"precision": "bf16", "max_steps": 2, "epochs": 1})}
+    )
+    run(cfg, "stage1", tmp_path / "s1")
+    result, _ = run(cfg, "stage2", tmp_path / "s2", stage1_dir=str(tmp_path / "s1"))
+    assert result["steps"] == 2
+    llm_dir = tmp_path / "s2" / "llm"
+    (weights,) = llm_dir.glob("*.safetensors")
+    state = load_file(str(weights))
+    assert state and {t.dtype for t in state.values() if t.is_floating_point()} == {torch.bfloat16}
+    assert json.loads((llm_dir / "config.json").read_text())["dtype"] == "bfloat16"
+    adapter = load_file(str(tmp_path / "s2" / "adapter" / "adapter.safetensors"))
+    assert {t.dtype for t in adapter.values()} == {torch.float32}
+    # It loads back (in bf16) and holds the trained weights, not the tiny checkpoint's.
+    tuned = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.bfloat16)
+    start, _ = build_vlm(cfg.model.llm, cfg.model.encoder, dtype=torch.bfloat16)
+    before = dict(start.llm.named_parameters())
+    assert any(not torch.equal(p, before[n]) for n, p in tuned.named_parameters())

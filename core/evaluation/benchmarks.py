@@ -29,6 +29,7 @@ from core.evaluation.generate import (
     pad_id,
     stop_token_ids,
 )
+from core.evaluation.shard import Shard, replayed
 from core.metrics import (
     POPE_SPLITS,
     mc_accuracy,
@@ -494,7 +495,14 @@ def bench_files(bench: BenchmarkConfig, synthetic_dir: Path | None) -> BenchFile
 
 @dataclass
 class RunContext:
-    """What every runner needs besides the items: the model, its tokenizer and how to build inputs."""
+    """What every runner needs besides the items: the model, its tokenizer and how to build inputs.
+
+    Sharded evaluation (core/evaluation/shard.py): with `shard`, only that shard's batches reach the
+    model (batch b of every model call belongs to shard b mod count, so each batch holds exactly the
+    rows it holds unsharded and the outputs are bit for bit the same), the others get placeholders,
+    and the outputs are kept in `recorded` (call number -> one output or None per row); with `replay`
+    (the shards' gathered outputs) no model runs and the runner scores the recorded outputs.
+    """
 
     vlm: Any
     tokenizer: Any
@@ -503,6 +511,10 @@ class RunContext:
     batch_size: int = 8
     max_new_tokens: int = 16
     image_root: Path | None = None
+    shard: Shard | None = None
+    replay: dict[str, list[Any]] | None = None
+    recorded: dict[str, list[Any]] = field(default_factory=dict)
+    calls: int = 0
 
     def pixels(self, image: ImageRef | None, where: str) -> torch.Tensor | None:
         if image is None:
@@ -516,17 +528,54 @@ class RunContext:
         ids = generation_prompt_ids(self.template, question, self.tokenizer, has_image=pixels is not None)
         return Prompt(ids, pixels)
 
+    def _batched(self, rows: Sequence[Any], run: Callable[[Sequence[Any]], list[Any]]) -> list[Any] | None:
+        """`run` over the rows in batches (this shard's only), recorded; None when replaying."""
+        key = str(self.calls)
+        self.calls += 1
+        if self.replay is not None:
+            return replayed(self.replay, key, len(rows))
+        size = max(1, self.batch_size)
+        outputs: list[Any] = []
+        for batch, start in enumerate(range(0, len(rows), size)):
+            chunk = rows[start : start + size]
+            owned = self.shard is None or self.shard.owns(batch)
+            outputs += run(chunk) if owned else [None] * len(chunk)
+        self.recorded[key] = outputs
+        return None
+
     def generate(self, questions: Sequence[tuple[str, ImageRef | None, str]]) -> list[str]:
         """Greedy answers (decoded, stripped) to (question, image, where) triples, in batches."""
+        replay = self._batched(questions, self._generate_batch)
+        answers = replay if replay is not None else self.recorded[str(self.calls - 1)]
+        return [a if a is not None else "" for a in answers]
+
+    def _generate_batch(self, questions: Sequence[tuple[str, ImageRef | None, str]]) -> list[str]:
         stops, pad = stop_token_ids(self.template, self.tokenizer), pad_id(self.tokenizer)
-        answers: list[str] = []
-        for start in range(0, len(questions), self.batch_size):
-            chunk = [self.prompt(q, img, w) for q, img, w in questions[start : start + self.batch_size]]
-            for tokens in greedy_generate(
-                self.vlm, chunk, max_new_tokens=self.max_new_tokens, stop_ids=stops, pad_token_id=pad
-            ):
-                answers.append(self.tokenizer.decode(tokens, skip_special_tokens=True).strip())
-        return answers
+        chunk = [self.prompt(q, img, w) for q, img, w in questions]
+        tokens = greedy_generate(
+            self.vlm, chunk, max_new_tokens=self.max_new_tokens, stop_ids=stops, pad_token_id=pad
+        )
+        return [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+
+    def option_scores(self, rows: Sequence[tuple[str, ImageRef | None, str, str]]) -> list[tuple[float, int]]:
+        """(log-likelihood, token count) of each (question, image, where, option) row, in batches;
+        each question's prompt (its image preprocessed) built once."""
+        prompts: dict[tuple[str, str], Prompt] = {}
+
+        def score(chunk: Sequence[tuple[str, ImageRef | None, str, str]]) -> list[tuple[float, int]]:
+            for question, image, where, _ in chunk:
+                if (question, where) not in prompts:
+                    prompts[(question, where)] = self.prompt(question, image, where)
+            return continuation_logliks(
+                self.vlm,
+                [prompts[(q, w)] for q, _, w, _ in chunk],
+                [answer_ids(self.template, option, self.tokenizer) for *_, option in chunk],
+                pad_token_id=pad_id(self.tokenizer),
+            )
+
+        replay = self._batched(rows, score)
+        scored = replay if replay is not None else self.recorded[str(self.calls - 1)]
+        return [(float(s[0]), int(s[1])) if s is not None else (0.0, 1) for s in scored]
 
 
 def _fill(prompt: str | None, question: str) -> str:
@@ -634,19 +683,12 @@ def run_mc(
         metrics["unparsed"] = sum(c is None for c in chosen) / len(chosen)
     else:
         chosen, extra = [], []
-        pad = pad_id(ctx.tokenizer)
-        rows: list[tuple[int, Prompt, list[int]]] = []
-        for i, (it, w) in enumerate(zip(items, where, strict=True)):
-            prompt = ctx.prompt(_fill(bench.prompt, mc_question(it)), it.image, w)
-            for option in it.options:
-                rows.append((i, prompt, answer_ids(ctx.template, option, ctx.tokenizer)))
-        scored: list[tuple[float, int]] = []
-        per_batch = max(1, ctx.batch_size)
-        for start in range(0, len(rows), per_batch):
-            chunk = rows[start : start + per_batch]
-            scored += continuation_logliks(
-                ctx.vlm, [r[1] for r in chunk], [r[2] for r in chunk], pad_token_id=pad
-            )
+        rows = [
+            (_fill(bench.prompt, mc_question(it)), it.image, w, option)
+            for it, w in zip(items, where, strict=True)
+            for option in it.options
+        ]
+        scored = ctx.option_scores(rows)
         cursor = 0
         for it in items:
             option_scores = scored[cursor : cursor + len(it.options)]
@@ -693,6 +735,7 @@ def run_benchmark(
     batch_size: int = 8,
     max_new_tokens: int = 16,
     log: Callable[[str], None] | None = print,
+    replay: dict[str, list[Any]] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Score `vlm` on one benchmark: (metrics, predictions).
 
@@ -700,9 +743,12 @@ def run_benchmark(
     VQA: accuracy; MC: accuracy) and `prefix/<detail>` for the rest (POPE `<split>/<metric>` and
     `yes_ratio`; MC generate mode `unparsed`); all values are fractions in [0, 1]. Predictions are
     one JSON-able dict per question. text_mc items have no image, so only the LLM is scored.
+    With `replay` (the shards' gathered outputs, `benchmark_outputs`) no model runs: `vlm` and
+    `tokenizer` may be None, and the scoring is the unsharded run's.
     """
     files = bench_files(bench, synthetic_dir)
     ctx = RunContext(vlm, tokenizer, template, image_mode, batch_size, max_new_tokens, files.image_root)
+    ctx.replay = replay
     t0 = time.perf_counter()
     raw, preds = RUNNERS[bench.kind](ctx, bench, files)
     prefix = prefix or f"eval/{bench.name}"
@@ -713,3 +759,24 @@ def run_benchmark(
             f"{time.perf_counter() - t0:.1f}s, {prefix} = {metrics[prefix]:.4f}"
         )
     return metrics, preds
+
+
+def benchmark_outputs(
+    vlm: Any,
+    tokenizer: Any,
+    bench: BenchmarkConfig,
+    template: str,
+    shard: Shard,
+    *,
+    synthetic_dir: Path | None = None,
+    image_mode: str = "pad",
+    batch_size: int = 8,
+    max_new_tokens: int = 16,
+) -> dict[str, list[Any]]:
+    """The model outputs of `shard`'s batches of one benchmark (model call -> output or None per row),
+    for `run_benchmark(..., replay=gathered)` to score once all shards have run."""
+    files = bench_files(bench, synthetic_dir)
+    ctx = RunContext(vlm, tokenizer, template, image_mode, batch_size, max_new_tokens, files.image_root)
+    ctx.shard = shard
+    RUNNERS[bench.kind](ctx, bench, files)
+    return ctx.recorded

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from core.evaluation.config import EvalConfig, synthetic_spec
+from core.evaluation.shard import OUTPUTS_DIR, Shard, gather_outputs, write_outputs
 from core.stages import STAGES
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_DIR = "predictions"
+DIAGNOSTICS_FILE = "diagnostics.json"
+SHARD_DONE = "shard_done.json"
 
 
 def metric_prefix(name: str, final: bool) -> str:
@@ -54,6 +58,35 @@ def evaluate(
     diagnostics.pictures `patch_words.png`, `pca.png` (and `tacs_curve.png`). Returns {} without
     writing anything when `eval_cfg.enabled` is false.
     """
+    setup = _setup(eval_cfg, stage, final, llm_id, template, log)
+    if setup is None:
+        return {}
+    template, synthetic_dir, due = setup
+    out = Path(out_dir)
+    (out / PREDICTIONS_DIR).mkdir(parents=True, exist_ok=True)
+    results = {
+        b.name: _run_benchmark(vlm, tokenizer, b, eval_cfg, template, synthetic_dir, final, out, log)
+        for b in due
+    }
+    diag = _run_diagnostics(
+        vlm, tokenizer, eval_cfg, stage, out, heldout, words, synthetic_dir, tacs_curve, log or _quiet
+    )
+    return _write_summary(out, stage, final, llm_id, template, results, diag)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _setup(
+    eval_cfg: EvalConfig,
+    stage: str,
+    final: bool,
+    llm_id: str,
+    template: str | None,
+    log: Callable[[str], None] | None,
+) -> tuple[str, Path | None, list[Any]] | None:
+    """(template, synthetic eval directory, benchmarks due), or None when evaluation is off."""
     from core.models.llm import get_llm_spec
 
     if stage not in STAGES:
@@ -61,36 +94,35 @@ def evaluate(
             f"stage={stage!r}: must be one of {', '.join(STAGES)} (the stage that just finished)"
         )
     if not eval_cfg.enabled:
-        return {}
-    say = log or (lambda _: None)
-    out = Path(out_dir)
-    (out / PREDICTIONS_DIR).mkdir(parents=True, exist_ok=True)
+        return None
     template = template or get_llm_spec(llm_id).chat_template
     synthetic_dir = None
     if eval_cfg.needs_synthetic():
         from core.data.synthetic_eval import ensure_synthetic_eval
 
         synthetic_dir = ensure_synthetic_eval(synthetic_spec(eval_cfg))
+    due = [b for b in eval_cfg.benchmarks if b.runs_after(stage, final)]
+    (log or _quiet)(
+        f"[eval] after {stage} ({'final' if final else 'not final'}): {len(due)} benchmark(s), template {template}"
+    )
+    return template, synthetic_dir, due
 
+
+def _write_summary(
+    out: Path,
+    stage: str,
+    final: bool,
+    llm_id: str,
+    template: str,
+    results: dict[str, tuple[dict[str, float], int, float]],
+    diag: tuple[dict[str, float], int, float],
+) -> dict[str, float]:
     metrics: dict[str, float] = {}
     counts: dict[str, int] = {}
     seconds: dict[str, float] = {}
-    due = [b for b in eval_cfg.benchmarks if b.runs_after(stage, final)]
-    say(
-        f"[eval] after {stage} ({'final' if final else 'not final'}): {len(due)} benchmark(s), template {template}"
-    )
-    for bench in due:
-        found, n, secs = _run_benchmark(
-            vlm, tokenizer, bench, eval_cfg, template, synthetic_dir, final, out, log
-        )
+    for name, (found, n, secs) in [*results.items(), ("diagnostics", diag)]:
         metrics.update(found)
-        counts[bench.name], seconds[bench.name] = n, secs
-    found, n, secs = _run_diagnostics(
-        vlm, tokenizer, eval_cfg, stage, out, heldout, words, synthetic_dir, tacs_curve, say
-    )
-    metrics.update(found)
-    counts["diagnostics"], seconds["diagnostics"] = n, secs
-
+        counts[name], seconds[name] = n, secs
     summary = {
         "stage": stage,
         "final": final,
@@ -104,6 +136,90 @@ def evaluate(
     return metrics
 
 
+def evaluate_shard(
+    vlm: Any,
+    tokenizer: Any,
+    eval_cfg: EvalConfig,
+    shard: Shard,
+    *,
+    llm_id: str,
+    stage: str,
+    out_dir: str | Path,
+    final: bool = True,
+    template: str | None = None,
+    tacs_curve: Sequence[tuple[int, float]] | None = None,
+    log: Callable[[str], None] | None = print,
+) -> None:
+    """One shard of `evaluate` into `out_dir`: its batches of every due benchmark's model calls
+    (`outputs/<bench>.json`); shard 0 also runs the diagnostics and pictures (`diagnostics.json`).
+    `gather_shards` scores the gathered outputs once every shard is done."""
+    from core.evaluation.benchmarks import benchmark_outputs
+
+    setup = _setup(eval_cfg, stage, final, llm_id, template, log)
+    if setup is None:
+        return
+    template, synthetic_dir, due = setup
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for bench in due:
+        recorded = benchmark_outputs(
+            vlm,
+            tokenizer,
+            bench,
+            template,
+            shard,
+            synthetic_dir=synthetic_dir,
+            image_mode=eval_cfg.image_mode,
+            batch_size=eval_cfg.batch_size,
+            max_new_tokens=eval_cfg.max_new_tokens,
+        )
+        write_outputs(out / OUTPUTS_DIR / f"{bench.name}.json", recorded)
+    if shard.index == 0:
+        found, n, secs = _run_diagnostics(
+            vlm, tokenizer, eval_cfg, stage, out, None, None, synthetic_dir, tacs_curve, log or _quiet
+        )
+        (out / DIAGNOSTICS_FILE).write_text(json.dumps({"metrics": found, "count": n, "seconds": secs}))
+    (out / SHARD_DONE).write_text(json.dumps({"shard": shard.index, "count": shard.count}))
+
+
+def gather_shards(
+    eval_cfg: EvalConfig,
+    shard_dirs: Sequence[str | Path],
+    *,
+    llm_id: str,
+    stage: str,
+    out_dir: str | Path,
+    final: bool = True,
+    template: str | None = None,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, float]:
+    """`evaluate`'s files and metrics from the shards' outputs (`shard_dirs`, shard 0 first): every
+    benchmark scored once on the gathered outputs, the diagnostics and pictures shard 0 made. Needs
+    no model."""
+    setup = _setup(eval_cfg, stage, final, llm_id, template, log)
+    if setup is None:
+        return {}
+    template, synthetic_dir, due = setup
+    out = Path(out_dir)
+    (out / PREDICTIONS_DIR).mkdir(parents=True, exist_ok=True)
+    dirs = [Path(d) for d in shard_dirs]
+    for d in dirs:
+        if not (d / SHARD_DONE).is_file():
+            raise FileNotFoundError(f"{d}: evaluation shard did not finish ({SHARD_DONE} missing)")
+    results = {}
+    for bench in due:
+        replay = gather_outputs([d / OUTPUTS_DIR / f"{bench.name}.json" for d in dirs])
+        results[bench.name] = _run_benchmark(
+            None, None, bench, eval_cfg, template, synthetic_dir, final, out, log, replay
+        )
+    diag = json.loads((dirs[0] / DIAGNOSTICS_FILE).read_text())
+    for picture in dirs[0].glob("*.png"):
+        shutil.copy2(picture, out / picture.name)
+    return _write_summary(
+        out, stage, final, llm_id, template, results, (diag["metrics"], diag["count"], diag["seconds"])
+    )
+
+
 def _run_benchmark(
     vlm: Any,
     tokenizer: Any,
@@ -114,6 +230,7 @@ def _run_benchmark(
     final: bool,
     out: Path,
     log: Callable[[str], None] | None,
+    replay: dict[str, list[Any]] | None = None,
 ) -> tuple[dict[str, float], int, float]:
     """One benchmark: its metrics, item count and seconds; predictions to `predictions/<name>.jsonl`."""
     from core.evaluation.benchmarks import run_benchmark
@@ -130,6 +247,7 @@ def _run_benchmark(
         batch_size=eval_cfg.batch_size,
         max_new_tokens=eval_cfg.max_new_tokens,
         log=log,
+        replay=replay,
     )
     with (out / PREDICTIONS_DIR / f"{bench.name}.jsonl").open("w") as f:
         for p in preds:
@@ -160,7 +278,9 @@ def _run_diagnostics(
     t0 = time.perf_counter()
     if heldout is None:
         heldout = load_heldout(eval_cfg, vlm, tokenizer, synthetic_dir=synthetic_dir)
-    result = compute_diagnostics(vlm, tokenizer, heldout, words, k=eval_cfg.diagnostics.tacs_k)
+    result = compute_diagnostics(
+        vlm, tokenizer, heldout, words, k=eval_cfg.diagnostics.tacs_k, batch_size=eval_cfg.batch_size
+    )
     if eval_cfg.diagnostics.pictures:
         diagnostics_pictures(result, heldout, vlm, out)
         if tacs_curve:

@@ -67,9 +67,12 @@ class BasicObjective(Objective):
         """Whether any term is computed at all (both weights 0 = the baseline)."""
         return self.cfg.das_weight > 0 or self.cfg.sds_weight > 0
 
-    def embedding_table(self) -> Tensor:
-        """E `[V, D]`, the LLM's input embedding table, detached. Override where it is sharded (ZeRO-3)."""
-        return self._vlm[0].llm.get_input_embeddings().weight.detach()
+    @contextlib.contextmanager
+    def embedding_table(self) -> Iterator[Tensor]:
+        """E `[V, D]`, the LLM's input embedding table, detached, for the block inside. Replaced where it
+        is sharded (ZeRO-3: gathered for the block, a collective; see core/train/stage.py). L_sds keeps
+        only its gradient, not E, so nothing holds the gathered table after the block."""
+        yield self._vlm[0].llm.get_input_embeddings().weight.detach()
 
     @contextlib.contextmanager
     def forward_context(self, vlm: nn.Module) -> Iterator[None]:  # type: ignore[override]
@@ -104,11 +107,13 @@ class BasicObjective(Objective):
             raise RuntimeError("BasicObjective.extra_loss: the capture belongs to another forward than `out`")
         metrics = {name: 0.0 for name, w in self._terms() if w > 0}
         if out.visual_tokens is None:
+            self._gather_in_step()
             return None, metrics
         # Samples without an image (or whose image was truncated away) contribute nothing, not a zero:
         # the per-sample sums are averaged over the samples that have one.
         rows = capture.samples.nonzero().flatten()
         if rows.numel() == 0:
+            self._gather_in_step()
             return out.visual_tokens.sum() * 0.0, metrics
         v = self._visual_tokens(batch, out)[rows]
         v_hat = capture.v_hat[rows]
@@ -119,13 +124,21 @@ class BasicObjective(Objective):
             metrics["loss/das"] = float(das.detach())
             total = self.cfg.das_weight * das
         if self.cfg.sds_weight > 0:
-            table = self.embedding_table()
-            chunk = max(1, self.sds_chunk_elements // table.shape[0])
-            sds = sds_loss(v, v_hat, table, a, chunk_size=chunk)
+            with self.embedding_table() as table:
+                chunk = max(1, self.sds_chunk_elements // table.shape[0])
+                sds = sds_loss(v, v_hat, table, a, chunk_size=chunk, grad_in_forward=True)
             metrics["loss/sds"] = float(sds.detach())
             term = self.cfg.sds_weight * sds
             total = term if total is None else total + term
         return total, metrics
+
+    def _gather_in_step(self) -> None:
+        """A micro-step without L_sds still enters the table's block when L_sds is on: under ZeRO-3 the
+        gather is a collective, and a rank whose micro-batch has no image must not leave the others
+        waiting in theirs."""
+        if self.cfg.sds_weight > 0:
+            with self.embedding_table():
+                pass
 
     def _visual_tokens(self, batch: dict[str, Any], out: Any) -> Tensor:
         """V for BASIC's losses: the adapter output. When the vision tower trains (stage 2, train_vision),

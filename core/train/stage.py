@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from core.train.deepspeed_engine import (
     resolve_zero,
 )
 from core.train.job import EvalJob, StageJob, StepBudgetReached
-from core.train.precision import Precision, loop_autocast, module_dtypes, resolve_precision
+from core.train.precision import DTYPES, Precision, loop_autocast, module_dtypes, resolve_precision
 from core.train.reduce import mean_across_ranks
 from core.train.schedule import cosine_with_warmup, warmup_steps
 from core.train.steppers import Stepper, TorchStepper, TrainModule
@@ -202,7 +203,17 @@ def _run_stage(
     result.update({f"final_{k.replace('/', '_')}": v for k, v in last.items() if k != "loss"})
     tower = any(p.requires_grad for p in vlm.vision.parameters())
     out_dir = Path(job.out_dir)
-    _save_outputs(out_dir, job.stage, vlm, tokenizer, objective, stepper, rank=rank, train_vision=tower)
+    _save_outputs(
+        out_dir,
+        job.stage,
+        vlm,
+        tokenizer,
+        objective,
+        stepper,
+        rank=rank,
+        train_vision=tower,
+        llm_dtype=DTYPES[run.precision],
+    )
     if rank == 0:
         (out_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))
     if world > 1:
@@ -487,14 +498,16 @@ def _evaluate_in_worker(vlm: Any, tokenizer: Any, ev: EvalJob) -> None:
 
 def _gather_embedding_table(objective: torch.nn.Module, vlm: Any) -> None:
     """Under ZeRO-3 the LLM's embedding table is partitioned across ranks: objectives that read it whole
-    (BASIC's L_sds) get it gathered, a collective every rank runs at the same point of each micro-step."""
+    (BASIC's L_sds) get it gathered for the block that uses it, a collective every rank runs at the same
+    point of each micro-step. No copy: what the block computes keeps nothing of the table."""
     import deepspeed
 
     weight = vlm.llm.get_input_embeddings().weight
 
-    def gathered() -> torch.Tensor:
+    @contextlib.contextmanager
+    def gathered() -> Iterator[torch.Tensor]:
         with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
-            return weight.detach().clone()
+            yield weight.detach()
 
     for part in objective.modules():
         if hasattr(part, "embedding_table"):
@@ -533,10 +546,12 @@ def _save_outputs(
     *,
     rank: int,
     train_vision: bool,
+    llm_dtype: torch.dtype = torch.float32,
 ) -> None:
     """What later steps load: the adapter (always), the LLM and tokenizer (stage 2), the vision tower's
     trained weights, the objective's parameters. Under ZeRO-3 the weights are gathered first (all ranks
-    take part); rank 0 writes."""
+    take part); rank 0 writes. The LLM is saved in `llm_dtype` (its compute dtype: a bf16 run's fp32
+    masters are not kept, as LLaVA saves them) as safetensors, the only format transformers 5 writes."""
     from core.models import save_adapter
 
     with stepper.gathered(list(vlm.adapter.parameters()) + list(objective.parameters())):
@@ -547,12 +562,27 @@ def _save_outputs(
     if STAGES[stage].trains_llm:
         llm_state = stepper.full_state_dict("vlm.llm.")  # ZeRO-3 only: consolidated on rank 0
         if rank == 0:
-            vlm.llm.save_pretrained(step_dir / "llm", state_dict=llm_state)
+            _save_llm(vlm.llm, llm_state, step_dir / "llm", llm_dtype)
             tokenizer.save_pretrained(step_dir / "llm")
         if train_vision:
             with stepper.gathered([p for p in vlm.vision.parameters() if p.requires_grad]):
                 if rank == 0:
                     torch.save(trainable_state(vlm.vision), step_dir / "vision_trainable.pt")
+
+
+def _save_llm(llm: Any, state: dict[str, torch.Tensor] | None, out: Path, dtype: torch.dtype) -> None:
+    """`save_pretrained` of `state` (default: the module's own) with floating tensors in `dtype`, copied
+    to the CPU one at a time (no second copy of the model on the GPU); config.json names that dtype."""
+    state = state if state is not None else llm.state_dict()
+    cast = {
+        k: v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()
+        for k, v in state.items()
+    }
+    llm.save_pretrained(out, state_dict=cast)
+    config = out / "config.json"
+    saved = json.loads(config.read_text())
+    saved["dtype"] = str(dtype).removeprefix("torch.")
+    config.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
