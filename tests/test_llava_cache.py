@@ -113,3 +113,14 @@ def test_a_torn_cache_file_is_recomputed(tmp_path: Path) -> None:
     cache.write_bytes(b"not an npz")
     assert _build(path, tokenizer).unsupervised_ids == ["s1"]
     assert load_lengths(cache, 2)[1].tolist() == [1, 0]
+
+
+def test_a_malformed_file_fails_every_build(tmp_path: Path) -> None:
+    """Validation is skipped only for a parse that passed it: a bad record keeps raising."""
+    path = tmp_path / "data.json"
+    records = _records(["red", "blue"])
+    records[1]["conversations"][1]["from"] = "human"
+    path.write_text(json.dumps(records))
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"record #1 \(id 's1'\): turn 1 has from='human'"):
+            _build(path, _tokenizer())

@@ -15,7 +15,14 @@ from torch.utils.data import Dataset
 
 from core.data.chat import tokenizer_name
 from core.data.images import IMAGE_MODES, preprocess
-from core.data.llava_cache import lengths_path, load_lengths, parse_json_list, save_lengths
+from core.data.llava_cache import (
+    is_validated,
+    lengths_path,
+    load_lengths,
+    mark_validated,
+    parse_json_list,
+    save_lengths,
+)
 from core.data.templates import DEFAULT_IMAGE_TOKEN, TEMPLATES, Encoded, encode_conversation
 from core.models.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
@@ -210,8 +217,11 @@ class LlavaDataset(Dataset):
         self.skipped_ids: list[str] = []
         self.unsupervised_ids: list[str] = []
         # Structure first, for every record, so a malformed file fails before any disk access.
-        validated = [_validate_record(item, index, self.json_path) for index, item in enumerate(raw)]
-        for raw_index, record in enumerate(validated):
+        if not is_validated(raw):
+            for index, item in enumerate(raw):
+                _validate_record(item, index, self.json_path)
+            mark_validated(raw)
+        for raw_index, record in enumerate(raw):
             if record.get("image") is not None:
                 path = self.image_root / record["image"]
                 if not path.is_file():

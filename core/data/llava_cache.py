@@ -19,6 +19,8 @@ from core.paths import cache_dir
 # trial builds its datasets once per stage (and benchmarks/evals again). Two stages' files fit.
 _PARSED: OrderedDict[tuple[str, int, int, int], list[Any]] = OrderedDict()
 _PARSED_KEEP = 2
+# Keys of cached parses whose every record passed `_validate_record` (records are never mutated).
+_VALIDATED: set[tuple[str, int, int, int]] = set()
 # Bump when the layout of the lengths file changes, so old files are never misread.
 _LENGTHS_VERSION = 1
 
@@ -38,8 +40,19 @@ def parse_json_list(path: Path) -> Any:
     raw = json.loads(path.read_text())
     _PARSED[key] = raw
     while len(_PARSED) > _PARSED_KEEP:
-        _PARSED.popitem(last=False)
+        _VALIDATED.discard(_PARSED.popitem(last=False)[0])
     return raw
+
+
+def mark_validated(raw: list[Any]) -> None:
+    """Record that every record of a cached parse passed validation (so later datasets skip it)."""
+    for key, value in _PARSED.items():
+        if value is raw:
+            _VALIDATED.add(key)
+
+
+def is_validated(raw: list[Any]) -> bool:
+    return any(value is raw and key in _VALIDATED for key, value in _PARSED.items())
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str | None:
