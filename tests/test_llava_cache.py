@@ -77,6 +77,7 @@ def test_lengths_are_cached_and_equal_a_full_encoding(tmp_path: Path) -> None:
     assert dataset.unsupervised_ids == ["s1"] and len(dataset) == 3
     cache = lengths_path(path, tokenizer, "answer_only", TEMPLATES["answer_only"], (None, None))
     assert cache is not None and cache.is_file() and cache.parent.parent == tmp_path / "cache"
+    assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name]  # no lock or partial left
     tokens, supervised = load_lengths(cache, 4)
     expected = [
         len(encode_conversation(r["conversations"], "answer_only", tokenizer).input_ids)

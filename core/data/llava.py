@@ -299,6 +299,20 @@ class LlavaDataset(Dataset):
         path = lengths_path(self.json_path, self.tokenizer, self.template, TEMPLATES[self.template], extra)
         tokens, supervised = load_lengths(path, self._raw_count)
         missing = [i for i, raw in enumerate(self._raw_index) if tokens[raw] < 0]
+        if not missing or path is None:
+            return self._fill_lengths(path, tokens, supervised, missing)
+        from core.steps.lease import Lease
+
+        # The ranks of a node start together: one tokenises, the others wait and read its file.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with Lease(path.with_name(f".{path.name}.lock")):
+            tokens, supervised = load_lengths(path, self._raw_count)
+            missing = [i for i, raw in enumerate(self._raw_index) if tokens[raw] < 0]
+            return self._fill_lengths(path, tokens, supervised, missing)
+
+    def _fill_lengths(
+        self, path: Path | None, tokens: np.ndarray, supervised: np.ndarray, missing: list[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
         for index in missing:
             encoded = self._encode_text(index)
             raw = self._raw_index[index]
