@@ -16,6 +16,10 @@ grid SPEC *ARGS: setup
 labels SPEC *ARGS: setup
     uv run --frozen --quiet seagrid labels {{SPEC}} {{ARGS}}
 
+# Check the data SPEC needs is under data/ (counts, sizes, images decode) and say what to put where (--download fetches hub datasets).
+data SPEC *ARGS: setup
+    uv run --frozen --quiet seagrid data {{SPEC}} {{ARGS}}
+
 # Print the trials of SPEC with their status, resources, estimates and ids; runs nothing (--format table|json|csv).
 plan SPEC *ARGS: setup
     uv run --frozen --quiet seagrid plan {{SPEC}} {{ARGS}}

@@ -68,6 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_labels.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
 
+    p_data = sub.add_parser(
+        "data",
+        help="check the data a spec needs is on disk, and say where to get what is missing",
+        description="List SPEC's dataset files (stage JSON + image roots, benchmark files, SEA word files), "
+        "check them (counts, sizes, JSON parses, a sample of image references resolve and decode) and "
+        "print what to put where for what is missing. Exit 0 when everything is there, 1 otherwise.",
+        formatter_class=fmt,
+    )
+    p_data.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
+    p_data.add_argument("--sample", type=int, default=16, help="images checked per dataset (default 16)")
+    p_data.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch missing hub datasets first (huggingface_hub, resumable)",
+    )
+
     p_report = sub.add_parser(
         "report",
         help="result tables and plots of a spec's runs (Markdown, CSV, PNG)",
@@ -105,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "labels":
             return build_labels(args.spec, console)
+        if args.command == "data":
+            from grid.data_check import run_data_check
+
+            return run_data_check(args.spec, console, sample=args.sample, fetch=args.download)
         if args.command == "report":
             return report(args, console)
         from grid.run import run_grid

@@ -188,3 +188,23 @@ def test_failed_shard_fails_the_extraction(
             ExtractJob("tiny-clip", words, *data, batch_size=BATCH), out, progress=False, parallel=2
         )
     assert not is_built(out) and len(read_shards(out)) == 2  # resumable, shard by shard
+
+
+def test_shards_read_the_drivers_word_features(
+    data: tuple[Path, Path], words: list[str], tmp_path: Path
+) -> None:
+    """The driver encodes the word list once into the store directory; a shard's `_load` reads that file."""
+    import torch
+
+    job = _job(words, data)
+    extract_mod._write_word_features(job, tmp_path, "cpu")
+    stored = np.load(tmp_path / extract_mod.WORD_FEATURES_FILE)
+    tower, encoded = extract_mod._load(job, torch.device("cpu"))  # no store directory: encoded here
+    assert stored.shape == (len(words), encoded.shape[1])
+    np.testing.assert_allclose(stored, encoded.numpy(), rtol=0, atol=1e-6)
+    planted = np.random.default_rng(0).standard_normal(stored.shape).astype(np.float32)
+    np.save(tmp_path / extract_mod.WORD_FEATURES_FILE, planted)
+    assert np.array_equal(extract_mod._load(job, torch.device("cpu"), tmp_path)[1].numpy(), planted)
+    np.save(tmp_path / extract_mod.WORD_FEATURES_FILE, planted[:-1])
+    with pytest.raises(ValueError, match=r"word_features.npy: shape .* delete it"):
+        extract_mod._load(job, torch.device("cpu"), tmp_path)

@@ -17,6 +17,7 @@ from grid.spec import TrialConfig
 
 def payload(tmp_path: Path, name: str, method: dict, **extra) -> StageJob:
     order = method.pop("group_by_length", "off")
+    workers = method.pop("loader_workers", None)
     cfg = TrialConfig.model_validate(
         {
             "method": method,
@@ -30,6 +31,7 @@ def payload(tmp_path: Path, name: str, method: dict, **extra) -> StageJob:
                 "epochs": 2,
                 "checkpoint_every": 4,
                 "group_by_length": order,
+                "loader_workers": workers,
             },
         }
     )
@@ -45,12 +47,15 @@ def payload(tmp_path: Path, name: str, method: dict, **extra) -> StageJob:
         {"name": "llava"},
         {"name": "sea", "sea": {"top_n": 3}},
         {"name": "llava", "group_by_length": "length"},  # the length-grouped sampler resumes exactly too
+        {"name": "llava", "loader_workers": 2},  # worker processes fetch; the skip stays in the sampler
     ],
 )
 def test_resume_gives_identical_weights(tmp_path: Path, method: dict) -> None:
     method = dict(method)
     order = method.pop("group_by_length", "off")
-    run = lambda name, **kw: payload(tmp_path, name, {**method, "group_by_length": order}, **kw)  # noqa: E731
+    workers = method.pop("loader_workers", None)
+    loader = {"group_by_length": order, "loader_workers": workers}
+    run = lambda name, **kw: payload(tmp_path, name, {**method, **loader}, **kw)  # noqa: E731
     straight = LocalCheckpoints(tmp_path / "ckpt-straight")
     result = run_stage(run("straight"), checkpoints=straight)
     assert result["steps"] == 10

@@ -221,6 +221,16 @@ class StageConfig(Strict):
         description="batch order: off (random, DistributedSampler); modality: LLaVA's "
         "group_by_modality_length (LLaVA-1.5 uses it in stage 2); length: similar lengths share a micro-batch",
     )
+    loader_workers: int | None = Field(
+        None,
+        ge=0,
+        json_schema_extra=NOT_IDENTITY,
+        description="DataLoader worker processes per rank (tokenise and decode images off the training "
+        "process); null: min(4, cpus_per_worker - 1) on GPUs, 0 on CPU",
+    )
+    pin_memory: bool | None = Field(
+        None, json_schema_extra=NOT_IDENTITY, description="pin batches for async copies; null: on GPUs only"
+    )
     log_every: int = Field(1, ge=1, json_schema_extra=NOT_IDENTITY)
     checkpoint_every: int | None = Field(None, ge=1, json_schema_extra=NOT_IDENTITY)
     checkpoint_minutes: float | None = Field(

@@ -8,12 +8,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from core.data.chat import tokenizer_name
 from core.data.images import IMAGE_MODES, preprocess
+from core.data.llava_cache import (
+    is_validated,
+    lengths_path,
+    load_lengths,
+    mark_validated,
+    parse_json_list,
+    save_lengths,
+)
 from core.data.templates import DEFAULT_IMAGE_TOKEN, TEMPLATES, Encoded, encode_conversation
 from core.models.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
@@ -190,7 +199,7 @@ class LlavaDataset(Dataset):
                 "JSON list (paths are relative to the working directory)"
             )
         try:
-            raw = json.loads(self.json_path.read_text())
+            raw = parse_json_list(self.json_path)
         except json.JSONDecodeError as err:
             raise ValueError(
                 f"json_path={self.json_path}: not valid JSON at line {err.lineno} column {err.colno} "
@@ -202,11 +211,17 @@ class LlavaDataset(Dataset):
             raise ValueError(f"json_path={self.json_path}: expected a JSON list, got {type(raw).__name__}")
 
         self.records: list[dict[str, Any]] = []
+        # Each kept record's index in the JSON list: the key of the token-length cache.
+        self._raw_index: list[int] = []
+        self._raw_count = len(raw)
         self.skipped_ids: list[str] = []
         self.unsupervised_ids: list[str] = []
         # Structure first, for every record, so a malformed file fails before any disk access.
-        validated = [_validate_record(item, index, self.json_path) for index, item in enumerate(raw)]
-        for record in validated:
+        if not is_validated(raw):
+            for index, item in enumerate(raw):
+                _validate_record(item, index, self.json_path)
+            mark_validated(raw)
+        for raw_index, record in enumerate(raw):
             if record.get("image") is not None:
                 path = self.image_root / record["image"]
                 if not path.is_file():
@@ -218,6 +233,7 @@ class LlavaDataset(Dataset):
                         "image_root, or set on_missing_image: skip to drop samples whose image is missing"
                     )
             self.records.append(record)
+            self._raw_index.append(raw_index)
         if max_unsupervised_fraction is not None:
             self.check_supervision()
         if not self.records:
@@ -245,15 +261,12 @@ class LlavaDataset(Dataset):
         naming the sample, on a record the template cannot encode or whose text alone exceeds
         `max_length`.
         """
-        kept: list[dict[str, Any]] = []
-        offending: list[str] = []
-        for index, record in enumerate(self.records):
-            encoded = self._encode_text(index)
-            if self._supervised(record, encoded):
-                self._check_text_length(str(record["id"]), encoded)
-                kept.append(record)
-            else:
-                offending.append(str(record["id"]))
+        tokens, supervised = self._text_lengths()
+        keep = [bool(supervised[raw]) for raw in self._raw_index]
+        for index, raw in enumerate(self._raw_index):
+            if keep[index] and self.max_length is not None and tokens[raw] > self.max_length:
+                self._check_text_length(str(self.records[index]["id"]), self._encode_text(index))
+        offending = [str(r["id"]) for r, k in zip(self.records, keep, strict=True) if not k]
         total = len(self.records)
         threshold = self.max_unsupervised_fraction or 0.0
         if offending and len(offending) > threshold * total:
@@ -273,9 +286,41 @@ class LlavaDataset(Dataset):
                 f"{threshold}; ids: {shown}{more}. Check that the template matches the "
                 "LLM's tokenizer and that max_length leaves room for the answers"
             )
-        self.records = kept
+        self.records = [r for r, k in zip(self.records, keep, strict=True) if k]
+        self._raw_index = [i for i, k in zip(self._raw_index, keep, strict=True) if k]
         self.unsupervised_ids.extend(offending)
         return offending
+
+    def _text_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """(text tokens, supervised 0/1) per JSON record, from the on-disk cache, encoding only the kept
+        records it lacks (a 665K-record file is tokenised once per tokenizer and template, not per
+        rank and stage)."""
+        extra = (self.max_length, self.num_visual_tokens)
+        path = lengths_path(self.json_path, self.tokenizer, self.template, TEMPLATES[self.template], extra)
+        tokens, supervised = load_lengths(path, self._raw_count)
+        missing = [i for i, raw in enumerate(self._raw_index) if tokens[raw] < 0]
+        if not missing or path is None:
+            return self._fill_lengths(path, tokens, supervised, missing)
+        from core.steps.lease import Lease
+
+        # The ranks of a node start together: one tokenises, the others wait and read its file.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with Lease(path.with_name(f".{path.name}.lock")):
+            tokens, supervised = load_lengths(path, self._raw_count)
+            missing = [i for i, raw in enumerate(self._raw_index) if tokens[raw] < 0]
+            return self._fill_lengths(path, tokens, supervised, missing)
+
+    def _fill_lengths(
+        self, path: Path | None, tokens: np.ndarray, supervised: np.ndarray, missing: list[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        for index in missing:
+            encoded = self._encode_text(index)
+            raw = self._raw_index[index]
+            tokens[raw] = len(encoded.input_ids)
+            supervised[raw] = int(self._supervised(self.records[index], encoded))
+        if missing:
+            save_lengths(path, tokens, supervised)
+        return tokens, supervised
 
     def __len__(self) -> int:
         return len(self.records)

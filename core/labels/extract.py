@@ -52,6 +52,8 @@ TEXT_BATCH = 1024  # words per text-tower forward pass when encoding the word li
 # parallel="auto" shards only datasets this large: below it Ray's start-up and one encoder load per
 # worker (tens of seconds) eat most of what the extra GPUs save.
 AUTO_MIN_IMAGES = 50_000
+# The driver's word features for the shards of a sharded extraction (removed when the store is finished).
+WORD_FEATURES_FILE = "word_features.npy"
 POLL_S = 0.5  # how often the driver refreshes the progress bar of a sharded extraction
 
 
@@ -518,6 +520,7 @@ def extract_store(
             task = bar.add_task("extract", total=len(ids), completed=writer.done + _shard_rows(shards))
             todo = [s["shard"] for s in shards if s["done"] < s["stop"]]
             if todo and shards_wanted > 1:
+                _write_word_features(job, out_dir, device)
                 _run_shards_ray(
                     out_dir,
                     todo,
@@ -548,6 +551,8 @@ def extract_store(
         if writer.done < writer.stop:
             return None
         writer.finish()
+        # Only the extraction reads them; a finished store is the same with or without shards.
+        (out_dir / WORD_FEATURES_FILE).unlink(missing_ok=True)
     return LabelStore.open(out_dir)
 
 
@@ -578,13 +583,46 @@ def _read_shards_quietly(out_dir: Path) -> list[dict[str, Any]]:
         return []
 
 
-def _load(job: ExtractJob, device: torch.device) -> tuple[Any, torch.Tensor]:
-    """The encoder (with its text tower) on ``device`` and the unit word features in its joint space."""
+def _load(job: ExtractJob, device: torch.device, out_dir: Path | None = None) -> tuple[Any, torch.Tensor]:
+    """The encoder (with its text tower) on ``device`` and the unit word features in its joint space:
+    read from ``out_dir``'s ``word_features.npy`` when the driver wrote it, else encoded here."""
     from core.models.towers import load_encoder
 
     tower = load_encoder(job.encoder_id, path=job.encoder_path, text_tower=True).to(device)
+    stored = _read_word_features(out_dir, len(job.words)) if out_dir is not None else None
+    if stored is not None:
+        return tower, stored.to(device)
     with torch.inference_mode():
         return tower, _word_features(tower, job.words)
+
+
+def _read_word_features(out_dir: Path, count: int) -> torch.Tensor | None:
+    path = out_dir / WORD_FEATURES_FILE
+    if not path.is_file():
+        return None
+    features = np.load(path)
+    if features.ndim != 2 or features.shape[0] != count:
+        raise ValueError(
+            f"{path}: shape {features.shape}, expected ({count}, dim) for this store's word list; delete it "
+            "(it is rebuilt from the encoder) and run again"
+        )
+    return torch.from_numpy(features)
+
+
+def _write_word_features(job: ExtractJob, out_dir: Path, device: str | torch.device | None) -> None:
+    """Encode the word list once for every shard (a 4M-word list costs each shard minutes otherwise)."""
+    if (out_dir / WORD_FEATURES_FILE).is_file():
+        return
+    from core.models.towers import load_encoder
+
+    here = torch.device(device if device is not None else _default_device())
+    tower = load_encoder(job.encoder_id, path=job.encoder_path, text_tower=True).to(here)
+    with torch.inference_mode():
+        features = _word_features(tower, job.words).cpu().numpy()
+    partial = out_dir / f"{WORD_FEATURES_FILE}.tmp"
+    with partial.open("wb") as handle:
+        np.save(handle, features)
+    partial.replace(out_dir / WORD_FEATURES_FILE)
 
 
 def _fill(
@@ -673,7 +711,7 @@ def _extract_shard(
     here = torch.device(device)
     # Tiny encoders are built in, and read from, the driver's cache.
     with using_cache_dir(cache), ShardWriter.open(out_dir, shard) as writer:
-        tower, word_features = _load(job, here)
+        tower, word_features = _load(job, here, Path(out_dir))
         _fill(writer, tower, word_features, here, job, ids, images, max_batches=max_batches)
         return writer.done - writer.start
 

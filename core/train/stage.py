@@ -181,7 +181,12 @@ def _run_stage(
     )
     sampler = build_sampler(job, dataset, world, rank, accum)
     loader = DataLoader(
-        dataset, batch_size=settings.micro_batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=True
+        dataset,
+        batch_size=settings.micro_batch_size,
+        sampler=sampler,
+        collate_fn=collate_fn,
+        drop_last=True,
+        **loader_options(settings.loader_workers, settings.pin_memory, cfg.resources.cpus_per_worker, device),
     )
     stepper = build_stepper(job, run, vlm, objective, accum, total, world, rank, device)
     zero = run.zero
@@ -297,6 +302,23 @@ def build_data(
             )
         return _sea_context(Path(job.labels_dir), dataset, vlm, tokenizer, cfg.seed * 1000 + rank)
     return dataset, make_collate(tokenizer.pad_token_id), {}
+
+
+def loader_options(
+    workers: int | None, pin_memory: bool | None, cpus_per_worker: float, device: torch.device
+) -> dict[str, Any]:
+    """DataLoader worker and pinning options: the settings, or their defaults (null). The sampler stays
+    in this process (workers only fetch the indices it yields), so a resumed epoch's skip still holds."""
+    on_gpu = device.type == "cuda"
+    if workers is None:
+        workers = min(4, max(0, int(cpus_per_worker) - 1)) if on_gpu else 0
+    options: dict[str, Any] = {
+        "num_workers": workers,
+        "pin_memory": on_gpu if pin_memory is None else pin_memory,
+    }
+    if workers:
+        options["prefetch_factor"] = 2
+    return options
 
 
 def build_sampler(job: StageJob, dataset: Any, world: int, rank: int, accum: int) -> Any:
