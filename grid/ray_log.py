@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -62,22 +63,41 @@ def _env(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
 
 
+def _ray_stream_handlers() -> list[logging.StreamHandler]:
+    names = ["ray", *(n for n in logging.Logger.manager.loggerDict if n.startswith("ray."))]
+    return [
+        h
+        for name in names
+        for h in logging.getLogger(name).handlers
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
+
+
+def _set_stream(handler: logging.StreamHandler, stream: Any) -> Any:
+    """`handler.setStream(stream)`, also when its old stream is closed already (setStream flushes it):
+    a handler made while an earlier stream stood in for stderr (an earlier grid's log, a test's capture)."""
+    try:
+        return handler.setStream(stream)
+    except ValueError:
+        handler.stream = stream
+        return None
+
+
 @contextlib.contextmanager
 def _ray_loggers_to(stream: TextIO) -> Iterator[None]:
     """Ray's loggers write to the stream they were given when Ray was imported (the terminal): point
-    their stream handlers at `stream` for the block."""
-    names = ["ray", *(n for n in logging.Logger.manager.loggerDict if n.startswith("ray."))]
-    swapped: list[tuple[logging.StreamHandler, Any]] = []
-    for name in names:
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                swapped.append((handler, handler.setStream(stream)))
+    their stream handlers at `stream` for the block. Handlers Ray makes inside the block take the
+    redirected stderr, i.e. `stream`: afterwards they go back to the real stderr, not a closed log."""
+    swapped = [(h, _set_stream(h, stream)) for h in _ray_stream_handlers()]
     try:
         yield
     finally:
         for handler, old in swapped:
             if old is not None:
-                handler.setStream(old)
+                _set_stream(handler, old)
+        for handler in _ray_stream_handlers():
+            if handler.stream is stream:
+                _set_stream(handler, sys.__stderr__)
 
 
 # Where the workers' log lines go that Ray forwards to this process (None: Ray's own printing, the terminal).
