@@ -175,12 +175,17 @@ def run_search(
     return outcomes
 
 
+def total_trials(search: SearchConfig) -> int:
+    """Trials a search runs at most: num_samples times the product of its `grid` lists."""
+    grids = [len(a) for raw in search.space.values() for k, a in raw.items() if k == "grid"]
+    return search.num_samples * math.prod(grids)
+
+
 def search_summary(spec: ExperimentSpec, cells: list[Trial]) -> str:
     """The space and the trial budget (what `just plan` adds for a search spec)."""
     s = spec.search
     assert s is not None
-    grid_points = math.prod(len(a) for raw in s.space.values() for k, a in raw.items() if k == "grid")
-    per_cell = s.num_samples * grid_points
+    per_cell = total_trials(s)
     lines = [
         f"search: {len(cells)} cell(s) x {per_cell} trials = {len(cells) * per_cell} trials at most; "
         f"{s.mode} {s.metric}; {s.algorithm} (seed {s.seed}); scheduler {s.scheduler.kind}"
@@ -255,7 +260,11 @@ def _one_search(
         )
     grid = tuner.fit()
     outcome.wall_s = time.time() - t0
-    outcome.interrupted = len(grid) > grid.num_terminated + grid.num_errors
+    # Tune ends an interrupted run (Ctrl-C, SIGUSR1) like a finished one, having saved its state with the
+    # trials still running: left-over trials or samples without a spent time budget mean interrupted.
+    left = any(s == "running" for s in out.status.values()) or len(grid) < total_trials(search)
+    budget_spent = search.time_budget_s is not None and outcome.wall_s >= search.time_budget_s
+    outcome.interrupted = left and not budget_spent
     # Trials the time budget or an interruption cut short never got a completion event.
     for tid, status in list(out.status.items()):
         if status == "running":
@@ -272,14 +281,16 @@ def _one_search(
 def _tune_config(search: SearchConfig, cfg: TrialConfig) -> Any:
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+    from ray.tune.search import BasicVariantGenerator
 
     concurrent = max_concurrent(search, cfg)
     if search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        algo: Any = ConcurrencyLimiter(OptunaSearch(seed=search.seed), max_concurrent=concurrent)
+        # Tune wraps a Searcher in a ConcurrencyLimiter of max_concurrent_trials.
+        algo: Any = OptunaSearch(seed=search.seed)
     else:
+        # A SearchGenerator limits itself (Tune ignores max_concurrent_trials for one).
         algo = BasicVariantGenerator(random_state=search.seed, max_concurrent=concurrent)
     scheduler = None
     if search.scheduler.kind == "asha":
@@ -298,7 +309,7 @@ def _tune_config(search: SearchConfig, cfg: TrialConfig) -> Any:
         num_samples=search.num_samples,
         search_alg=algo,
         scheduler=scheduler,
-        max_concurrent_trials=concurrent,
+        max_concurrent_trials=concurrent if search.algorithm == "optuna" else None,
         time_budget_s=search.time_budget_s,
         trial_dirname_creator=lambda trial: trial.trial_id,
     )

@@ -3,6 +3,7 @@ resumed, tracked in MLflow and leaves no placement group or Train actor behind."
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import signal
@@ -14,6 +15,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
+from rich.console import Console
 
 from grid.search import best_row, sampled_trial, sort_rows
 from grid.search_spec import final_metrics, per_step_metrics
@@ -170,13 +172,17 @@ output: {{root: {root}, tracking_uri: "sqlite:///{db}"}}
 """
 
 
+COMPLETED_BEFORE: list[str] = []
+
+
 class InterruptAfterFirst(Callback):
-    """Stops the Tune run (as Ctrl-C would: Tune's SIGUSR1 handler) once the first trial has finished."""
+    """Stops the Tune run (as Ctrl-C would: Tune's SIGUSR1 handler) once the first trial has completed."""
 
     def __init__(self) -> None:
         self.sent = False
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        COMPLETED_BEFORE.append(trial.trial_id)
         if not self.sent:
             self.sent = True
             os.kill(os.getpid(), signal.SIGUSR1)
@@ -200,12 +206,10 @@ def test_asha_search_interrupted_resumed_tracked_and_clean(ray_session, tmp_path
     assert first[0].interrupted
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     exp = client.get_experiment_by_name("tiny_search")
-    done_before = {
-        r.data.tags["seagrid.tune_trial"]
-        for r in client.search_runs([exp.experiment_id], "tags.`seagrid.role` = 'trial'")
-        if r.info.status == "FINISHED"
-    }
-    assert done_before  # the first trial finished before the interruption
+    done_before = set(COMPLETED_BEFORE)
+    assert done_before  # a trial completed (finished or stopped by ASHA) before the interruption
+    interrupted = client.search_runs([exp.experiment_id], "tags.`seagrid.stopped` = 'interrupted'")
+    assert interrupted and all(r.info.status == "KILLED" for r in interrupted)
 
     second = run_search(spec_path, best_dir=best_dir)
     wall = time.time() - t0
@@ -217,8 +221,11 @@ def test_asha_search_interrupted_resumed_tracked_and_clean(ray_session, tmp_path
     for r in runs:
         by_trial.setdefault(r.data.tags["seagrid.tune_trial"], []).append(r)
     assert len(by_trial) == 4
-    for tid in done_before:  # finished trials were not run again
+    for tid in done_before:  # completed trials were not run again
         assert len(by_trial[tid]) == 1
+    for r in interrupted:  # the interrupted one ran again, to its end
+        again = by_trial[r.data.tags["seagrid.tune_trial"]]
+        assert len(again) == 2 and max(again, key=lambda x: x.info.start_time).info.status != "RUNNING"
     latest = {tid: max(rs, key=lambda r: r.info.start_time) for tid, rs in by_trial.items()}
     stopped = [r for r in latest.values() if r.data.tags.get("seagrid.stopped") == "asha"]
     assert stopped and all(r.info.status == "KILLED" for r in stopped)
@@ -244,3 +251,40 @@ def test_asha_search_interrupted_resumed_tracked_and_clean(ray_session, tmp_path
     } and time.time() < deadline:
         time.sleep(1)
     assert left == {"placement_groups": [], "actors": []}
+
+
+def test_callbacks_pickle_to_what_rebuilds_them(tmp_path: Path) -> None:
+    """Tune restores callbacks from a pickle: the tracker comes back from its URI and the run an earlier
+    invocation started is found again by tag, so results after a resume land in the same run."""
+    import pickle
+
+    from grid.console import Board
+    from grid.expand import expand
+    from grid.run import GridResult
+    from grid.search import SearchCallback
+    from grid.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = parse_spec(spec_with({"space": {"method.sea.align_weight": {"choice": [0.5, 2.0]}}}))
+    cell = expand(spec)[0]
+    tracker = Tracker("s", uri)
+    parent = tracker.search_run("key", "search s", tracker.parent_run())
+    board = Board("s", Console(file=io.StringIO()), live=False)
+    cb = SearchCallback(tracker, parent, cell, "key", "asha", out=GridResult(), board=board)
+    tune_trial = type(
+        "T", (), {"trial_id": "abc_00000", "config": {"params": {"method.sea.align_weight": 2.0}}}
+    )()
+    cb.on_trial_start(0, [], tune_trial)
+    run_id = cb.out.run_ids["abc_00000"]
+
+    back = pickle.loads(pickle.dumps(cb))
+    assert back.tracker.uri == uri and back.parent_id == parent and back.key == "key"
+    assert back.out.run_ids == {}  # a new invocation's result; the run is found by its tag
+    back.attach(board, GridResult())
+    step = {"seagrid": {"stage": "stage1", "step": 1, "total_steps": 4, "metrics": {"stage1/loss": 3.0}}}
+    back.on_trial_result(0, [], tune_trial, step)
+    back.on_trial_complete(0, [], tune_trial)  # no final report: stopped by ASHA
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["seagrid.stopped"] == "asha"
+    assert run.data.metrics["stage1/loss"] == 3.0 and run.data.tags["mlflow.parentRunId"] == parent
+    assert run.data.params["method.sea.align_weight"] == "2.0"
