@@ -176,9 +176,9 @@ def flat_metrics(message: dict[str, Any], metric: str | None) -> dict[str, Any]:
     """A stage report's metrics as top-level keys (what Tune's schedulers and searchers read), with
     `<stage>/step` only beside a fresh value of the search metric (ASHA skips results without it), and
     the search metric NaN when this report lacks it (Tune rejects a result without the metric)."""
+    if metric is None:  # a grid: Tune reads nothing at the top level
+        return {}
     out: dict[str, Any] = dict(message.get("metrics") or {})
-    if metric is None:
-        return out
     if metric in out and "stage" in message:
         out[f"{message['stage']}/step"] = message["step"]
     out.setdefault(metric, float("nan"))

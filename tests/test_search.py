@@ -130,6 +130,22 @@ def test_reports_carry_the_search_metric() -> None:
     assert final == {"stage1/final_loss": 1.5, "eval/pope": 0.5, "stage1/loss": 1.5}
 
 
+def test_samples_that_agree_on_stage1_share_its_step() -> None:
+    from core.pipeline import trial_steps
+    from grid.expand import expand
+
+    spec = parse_spec(
+        spec_with(
+            {"space": {"eval.max_new_tokens": {"choice": [8, 16]}}, "metric": "stage1/final_loss"},
+            base={**BASE, "eval": {"enabled": True}},
+        )
+    )
+    cell = expand(spec)[0]
+    a, b = (trial_steps(sampled_trial(cell, {"eval.max_new_tokens": n}).config) for n in (8, 16))
+    assert a.stages["stage1"].dirname == b.stages["stage1"].dirname  # materialised once, then reused
+    assert a.evals["stage1"].dirname != b.evals["stage1"].dirname
+
+
 def test_sampled_trial_is_a_grid_trial_and_best_skips_stopped() -> None:
     spec = parse_spec(spec_with({"space": {"method.sea.align_weight": {"choice": [0.5, 2.0]}}}))
     from grid.expand import expand
