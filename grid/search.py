@@ -71,6 +71,11 @@ def max_concurrent(search: SearchConfig, cfg: TrialConfig) -> int:
     return max(1, int(min(fits)))
 
 
+def short_values(params: dict[str, Any]) -> dict[str, Any]:
+    """Sampled floats to 4 significant digits, for names (params and tags keep them whole)."""
+    return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in params.items()}
+
+
 class SearchCallback(GridCallback):
     """GridCallback for a search: runs are keyed by Tune's trial id (samples appear as the search goes),
     sampled values are params and tags; a trial stopped early is KILLED with `seagrid.stopped`."""
@@ -99,7 +104,9 @@ class SearchCallback(GridCallback):
         params = dict(trial.config.get("params") or {})
         grid_trial = sampled_trial(self.cell, params)
         self.trials[tid] = grid_trial
+        name = run_name({**self.cell.axes, **short_values(params)}, tid)
         tags = {
+            "mlflow.runName": name,
             SEARCH_TAG: self.key,
             TUNE_TRIAL_TAG: tid,
             SAMPLED_TAG: json.dumps(params, sort_keys=True),
@@ -108,7 +115,7 @@ class SearchCallback(GridCallback):
         self.out.run_ids[tid] = self.tracker.start_trial(grid_trial, self.parent_id, tags=tags)
         self.out.status[tid] = "running"
         if tid not in self.board.lines:
-            self.board.add(tid, run_name(params, tid))
+            self.board.add(tid, name)
         self.board.start(tid)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
