@@ -116,9 +116,16 @@ def test_diag_metric_is_per_step_only_with_a_curve() -> None:
 
 
 def test_experiment_search_specs_load() -> None:
+    from grid.expand import expand
+    from grid.search import search_summary
+
     for name in ("search_sea", "search_basic", "smoke_search"):
         spec = load_spec(Path(__file__).resolve().parent.parent / "experiments" / f"{name}.yaml")
         assert spec.search is not None and spec.search.num_samples >= 6
+        if name == "search_sea":  # one search per LLM: the plan shows the space and the budget
+            text = search_summary(spec, expand(spec))
+            assert "2 cell(s) x 24 trials = 48 trials at most" in text
+            assert "method.sea.window: choice [1, 2, 3, 4]" in text
 
 
 def test_reports_carry_the_search_metric() -> None:
