@@ -18,6 +18,7 @@ from core.config.identity import content_hash
 from core.paths import cache_dir
 from grid.console import Board, console_for, duration
 from grid.expand import Trial, expand, slug, trial_hash
+from grid.memory import refuse_if_unfit
 from grid.run import GridCallback, GridResult, _invocation, ui_link
 from grid.search_spec import SearchConfig, metric_stage, with_values
 from grid.spec import ExperimentSpec, SpecError, TrialConfig, load_spec, steps_root
@@ -159,6 +160,7 @@ def run_search(
         raise SpecError(f"{spec_path}: no search block; `seagrid grid` runs a plain grid")
     tracker = Tracker(spec.name, spec.output.tracking_uri)
     cells = expand(spec, str(spec_path))
+    refuse_if_unfit({c.id: c.config for c in cells})  # before anything starts, as a grid does
     console.print(search_summary(spec, cells), highlight=False)
     board = Board(spec.name, console, show_prints=verbose)
     result = GridResult()
