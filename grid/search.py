@@ -55,7 +55,8 @@ def sampled_trial(cell: Trial, params: dict[str, Any]) -> Trial:
     from the sampled values and the hash of what defines its result, as a grid trial's."""
     config = TrialConfig.model_validate(with_values(cell.config.model_dump(mode="json"), params))
     axes = {**cell.axes, **params}
-    return Trial(id=f"{slug(axes)}-{trial_hash(config)}", axes=axes, config=config)
+    readable = slug({**cell.axes, **short_values(params)})
+    return Trial(id=f"{readable}-{trial_hash(config)}", axes=axes, config=config)
 
 
 def max_concurrent(search: SearchConfig, cfg: TrialConfig) -> int:
@@ -395,7 +396,7 @@ def rows_table(title: str, rows: list[dict[str, Any]], metric: str) -> Table:
         v = r["value"]
         table.add_row(
             str(i),
-            *[f"{r['params'].get(p, '')}" for p in paths],
+            *[f"{short_values(r['params']).get(p, '')}" for p in paths],
             "" if v is None else f"{v:.5g}",
             r["status"],
             r["trial_id"] or "",
