@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             from grid.search import run_search
 
             outcomes = run_search(args.spec, console=console, verbose=args.verbose)
-            return 130 if any(o.interrupted for o in outcomes) else 0
+            if any(o.interrupted for o in outcomes):
+                return 130
+            return 1 if any(r["status"] == "failed" for o in outcomes for r in o.rows) else 0
         if args.command == "labels":
             return build_labels(args.spec, console)
         if args.command == "report":
