@@ -175,22 +175,26 @@ def test_sampled_trial_is_a_grid_trial_and_best_skips_stopped() -> None:
     assert best_row(rows, "max") == {"status": "done", "value": 0.3}
 
 
+# BASIC's total loss at step 1 grows with das_weight whatever the learning: ASHA's rung-1 decisions are
+# deterministic. One trial at a time, so the order is the grid's: das 0.01 finishes, the interruption
+# comes; after the resume (Tune does not save ASHA's rungs) das 1 is recorded, 10 and 100 are stopped.
 SEARCH_SPEC = """\
 name: {name}
 base:
   model: {{llm: tiny-llama, encoder: tiny-clip}}
+  method: {{name: basic}}
   data:
     stage1: {{source: synthetic, synthetic: {{num_samples: 64, seed: 1}}}}
   stage1: {{lr: 1.0e-3, global_batch_size: 16, micro_batch_size: 16, epochs: 1, warmup_ratio: 0.0, log_every: 1}}
   resources: {{num_workers: 1, cpus_per_worker: 0.5}}
 search:
   space:
-    stage1.lr: {{grid: [5.0e-2, 1.0e-7, 1.1e-7, 1.2e-7]}}
+    method.basic.das_weight: {{grid: [0.01, 1.0, 10.0, 100.0]}}
   metric: stage1/loss
   mode: min
   num_samples: 1
   scheduler: {{kind: asha, grace_period: 1, max_t: 2, reduction_factor: 2}}
-  max_concurrent: 2
+  max_concurrent: 1
 output: {{root: {root}, tracking_uri: "sqlite:///{db}"}}
 """
 
@@ -232,7 +236,7 @@ def test_asha_search_interrupted_resumed_tracked_and_clean(ray_session, tmp_path
     done_before = set(COMPLETED_BEFORE)
     assert done_before  # a trial completed (finished or stopped by ASHA) before the interruption
     interrupted = client.search_runs([exp.experiment_id], "tags.`seagrid.stopped` = 'interrupted'")
-    assert interrupted and all(r.info.status == "KILLED" for r in interrupted)
+    assert all(r.info.status == "KILLED" for r in interrupted)  # a trial the interruption cut short
 
     second = run_search(spec_path, best_dir=best_dir)
     wall = time.time() - t0
@@ -251,18 +255,20 @@ def test_asha_search_interrupted_resumed_tracked_and_clean(ray_session, tmp_path
         assert len(again) == 2 and max(again, key=lambda x: x.info.start_time).info.status != "RUNNING"
     latest = {tid: max(rs, key=lambda r: r.info.start_time) for tid, rs in by_trial.items()}
     stopped = [r for r in latest.values() if r.data.tags.get("seagrid.stopped") == "asha"]
-    assert stopped and all(r.info.status == "KILLED" for r in stopped)
+    assert {float(r.data.params["method.basic.das_weight"]) for r in stopped} == {10.0, 100.0}
+    assert all(r.info.status == "KILLED" for r in stopped)
     assert all(r.info.status in ("FINISHED", "KILLED") for r in latest.values())
     # Sampled values are params (every config value is) and tags; runs nest under the search's run.
     search_run = client.get_run(outcome.parent_run)
     assert search_run.info.status == "FINISHED" and search_run.data.tags["seagrid.role"] == "search"
     for r in latest.values():
         assert r.data.tags["mlflow.parentRunId"] == outcome.parent_run
-        assert float(r.data.params["stage1.lr"]) == float(r.data.tags["sample.stage1.lr"])
-    # The best config: the good learning rate, a ready-to-run spec, logged with the table and the plot.
-    assert outcome.best is not None and outcome.best["params"]["stage1.lr"] == 5.0e-2
+        sampled = r.data.tags["sample.method.basic.das_weight"]
+        assert float(r.data.params["method.basic.das_weight"]) == float(sampled)
+    # The best config: the smallest das weight, a ready-to-run spec, logged with the table and the plot.
+    assert outcome.best is not None and outcome.best["params"]["method.basic.das_weight"] == 0.01
     best = load_spec(outcome.best_spec)
-    assert best.search is None and best.base.stage1.lr == 5.0e-2
+    assert best.search is None and best.base.method.basic.das_weight == 0.01
     artifacts = {a.path for a in client.list_artifacts(outcome.parent_run, "search")}
     assert {"search/trials.json", "search/metric_vs_params.png"} <= artifacts
     assert yaml.safe_load(outcome.best_spec.read_text())["name"] == "tiny_search-best"
