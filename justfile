@@ -12,6 +12,10 @@ setup:
 grid SPEC *ARGS: setup
     uv run --frozen --quiet seagrid grid {{SPEC}} {{ARGS}}
 
+# Run (or resume) the Ray Tune search of SPEC's `search:` block, one per grid cell (e.g. just tune experiments/search_sea.yaml).
+tune SPEC *ARGS: setup
+    uv run --frozen --quiet seagrid tune {{SPEC}} {{ARGS}}
+
 # Build (or reuse) the SEA label stores the trials of SPEC need, with a progress bar.
 labels SPEC *ARGS: setup
     uv run --frozen --quiet seagrid labels {{SPEC}} {{ARGS}}

@@ -58,6 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
         "of writing it to the log file",
     )
 
+    p_tune = sub.add_parser(
+        "tune",
+        help="run (or resume) the Ray Tune search of a spec's `search:` block, one per grid cell",
+        description="Search the space of SPEC's `search:` block around each grid cell (trials are grid "
+        "trials: same steps, same MLflow runs, nested under one parent run per search). An interrupted "
+        "search resumes when the command runs again. At the end: the trials sorted by the metric, the "
+        "best config as experiments/best/<name>.yaml, a plot of the metric against each parameter.",
+        formatter_class=fmt,
+    )
+    p_tune.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
+    p_tune.add_argument("--verbose", action="store_true", help="show Ray's and Tune's own output")
+
     p_labels = sub.add_parser(
         "labels",
         help="build (or reuse) the SEA label stores a spec's trials need",
@@ -118,7 +130,16 @@ def main(argv: list[str] | None = None) -> int:
             from grid.plan import print_plan
 
             print_plan(args.spec, console, fmt=args.format, out=sys.stdout)
+            if args.format == "table":
+                print_search_plan(args.spec, console)
             return 0
+        if args.command == "tune":
+            from grid.search import run_search
+
+            outcomes = run_search(args.spec, console=console, verbose=args.verbose)
+            if any(o.interrupted for o in outcomes):
+                return 130
+            return 1 if any(r["status"] == "failed" for o in outcomes for r in o.rows) else 0
         if args.command == "labels":
             return build_labels(args.spec, console)
         if args.command == "data":
@@ -134,6 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, UnfitTrialError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def print_search_plan(spec_path: str, console: Console) -> None:
+    """A search spec's plan also shows its space and trial budget."""
+    from grid.expand import expand
+    from grid.search import search_summary
+    from grid.spec import load_spec
+
+    spec = load_spec(spec_path)
+    if spec.search is not None:
+        console.print(search_summary(spec, expand(spec, spec_path)), highlight=False)
 
 
 def report(args: argparse.Namespace, console: Console) -> int:

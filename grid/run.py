@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,27 +39,58 @@ class GridResult:
 
 
 class GridCallback(Callback):
-    """Driver-side: turns Tune events into MLflow runs and board updates (one writer for the store)."""
+    """Driver-side: turns Tune events into MLflow runs and board updates (one writer for the store).
+
+    Restorable: Tune pickles it with the run config and unpickles it on `Tuner.restore`; the tracker is
+    rebuilt from the tracking URI, run ids are found again by tag, and `attach` binds the new
+    invocation's board and result.
+    """
 
     def __init__(
         self, tracker: Tracker, parent_id: str, trials: dict[str, Trial], out: GridResult, board: Board
     ):
-        self.tracker, self.parent_id, self.trials, self.out, self.board = (
-            tracker,
-            parent_id,
-            trials,
-            out,
-            board,
-        )
+        self.tracker, self.parent_id, self.trials = tracker, parent_id, trials
+        self.attach(board, out)
         self.last_step: dict[str, int] = {}
 
+    def attach(self, board: Board, out: GridResult) -> None:
+        """Report to this invocation's board and result."""
+        self.board, self.out = board, out
+
     def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its run config for restoration; the live store handles must not travel.
-        return {}
+        # The live store handle and the console stay behind; what rebuilds them travels.
+        return {
+            "grid": self.tracker.grid,
+            "uri": self.tracker.uri,
+            "parent_id": self.parent_id,
+            "trials": self.trials,
+            "last_step": self.last_step,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if not state:  # pickled by an older seagrid
+            state = {"grid": "unknown", "uri": None, "parent_id": "", "trials": {}, "last_step": {}}
+        self.tracker = Tracker(state["grid"], state["uri"])
+        self.parent_id, self.trials = state["parent_id"], state["trials"]
+        self.last_step = dict(state["last_step"])
+        self.attach(Board(state["grid"], Console(file=io.StringIO()), live=False), GridResult())
 
     @staticmethod
     def _tid(trial: Any) -> str:
         return trial.config["cell"]["trial_id"]
+
+    def _find_run(self, tid: str) -> str | None:
+        """The run an earlier invocation started for this trial (the latest with its id)."""
+        runs = self.tracker.runs_tagged("trial_id", tid)
+        return runs[-1].info.run_id if runs else None
+
+    def run_id(self, tid: str) -> str:
+        if tid not in self.out.run_ids:
+            found = self._find_run(tid)
+            if found is None:
+                raise KeyError(f"no MLflow run for trial {tid}")
+            self.out.run_ids[tid] = found
+        return self.out.run_ids[tid]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tid = self._tid(trial)
@@ -69,18 +102,19 @@ class GridCallback(Callback):
         tid = self._tid(trial)
         sg = result.get("seagrid") or {}
         if "metrics" in sg:
-            self.tracker.log_metrics(self.out.run_ids[tid], sg["metrics"], step=int(sg["step"]))
+            self.tracker.log_metrics(self.run_id(tid), sg["metrics"], step=int(sg["step"]))
             self.last_step[tid] = max(self.last_step.get(tid, 0), int(sg["step"]))
-            self.board.progress(tid, sg["stage"], int(sg["step"]), sg.get("total_steps"), sg["metrics"])
+            if tid in self.board.lines:
+                self.board.progress(tid, sg["stage"], int(sg["step"]), sg.get("total_steps"), sg["metrics"])
         if "final" in sg:
             self.out.summary[tid] = sg["final"]
         for artifact_path, local_dir in (sg.get("artifacts") or {}).items():
             if Path(local_dir).is_dir():
-                self.tracker.log_artifacts(self.out.run_ids[tid], Path(local_dir), artifact_path)
+                self.tracker.log_artifacts(self.run_id(tid), Path(local_dir), artifact_path)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tid = self._tid(trial)
-        self.tracker.finish(self.out.run_ids[tid], self.out.summary.get(tid, {}), self.last_step.get(tid, 0))
+        self.tracker.finish(self.run_id(tid), self.out.summary.get(tid, {}), self.last_step.get(tid, 0))
         self.out.status[tid] = "done"
         self.board.finish(tid, "done")
 
@@ -89,10 +123,12 @@ class GridCallback(Callback):
         text = _error_text(trial)
         self.out.errors[tid] = text
         self.out.status[tid] = "failed"
-        if tid in self.out.run_ids:
-            self.tracker.fail(self.out.run_ids[tid], text)
+        run_id = self.out.run_ids.get(tid) or self._find_run(tid)
+        if run_id:
+            self.tracker.fail(run_id, text)
         last = text.strip().splitlines()[-1] if text.strip() else "unknown error"
-        self.board.finish(tid, "failed", scrub(last))
+        if tid in self.board.lines:
+            self.board.finish(tid, "failed", scrub(last))
 
 
 def _error_text(trial: Any) -> str:
@@ -174,11 +210,13 @@ def _invocation(
     result: GridResult,
     board: Board,
     verbose: bool,
+    runner: Callable[..., None] | None = None,
+    parent_id: str | None = None,
 ) -> None:
     """One invocation under the grid's parent run (reopened here, ended with the invocation: FINISHED,
     FAILED or KILLED): the trials to do run with Ray's output in the log; trial runs an interruption
     leaves RUNNING are marked KILLED."""
-    parent_id = tracker.parent_run(spec_path)
+    parent_id = parent_id or tracker.parent_run(spec_path)
     error: BaseException | None = None
     try:
         if todo:
@@ -186,7 +224,7 @@ def _invocation(
             if not verbose:
                 board.message(f"Ray's output: {log} (--verbose shows it here)")
             with ray_output(log, verbose), board:
-                _tune(spec, todo, tracker, result, board, parent_id)
+                (runner or _tune)(spec, todo, tracker, result, board, parent_id)
     except BaseException as err:
         error = err
         raise

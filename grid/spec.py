@@ -25,6 +25,7 @@ from core.config import (  # noqa: F401  (re-exported: grid code and tests read 
     TrialConfig,
     did_you_mean,
 )
+from grid.search_spec import SearchConfig
 
 
 class SpecError(ValueError):
@@ -65,6 +66,7 @@ class ExperimentSpec(Strict):
     base: TrialConfig = Field(default_factory=TrialConfig)
     grid: GridConfig = Field(default_factory=GridConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    search: SearchConfig | None = Field(None, description="a Tune search per grid cell (`seagrid tune`)")
 
 
 def _loc_to_path(loc: tuple[Any, ...]) -> str:
@@ -116,10 +118,18 @@ def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a spec is a YAML mapping with at least 'name'; got {type(data).__name__}")
     try:
-        return ExperimentSpec.model_validate(data)
+        spec = ExperimentSpec.model_validate(data)
     except ValidationError as err:
         lines = describe_errors(err, ExperimentSpec)
         raise SpecError(f"{source}: invalid spec:\n  " + "\n  ".join(lines)) from None
+    if spec.search is not None:
+        from grid.search_spec import SearchSpecError, check_search
+
+        try:
+            check_search(spec, source)
+        except SearchSpecError as err:
+            raise SpecError(str(err)) from None
+    return spec
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:

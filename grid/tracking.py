@@ -21,6 +21,8 @@ from grid.redact import redact, redact_flat, scrub, secret_values
 
 DEFAULT_STORE = Path("mlflow")
 PARENT_TAG = "seagrid.role"
+SEARCH_TAG = "seagrid.search"
+STOPPED_TAG = "seagrid.stopped"
 MAX_PARAMS_PER_BATCH = 100
 # MLflow's UI (3.x) opens an experiment by its kind; without the tag it guesses GenAI (traces, judges)
 # for a fresh experiment. The value the UI calls "Machine learning" (mlflow/server/js ExperimentKind).
@@ -254,6 +256,49 @@ class Tracker:
         if spec_path:
             tags["spec_path"] = spec_path
         return self.client.create_run(self.experiment_id, tags=redact_flat(tags)).info.run_id
+
+    def search_run(self, key: str, name: str, parent_id: str, tags: dict[str, str] | None = None) -> str:
+        """A search's parent run (tag `seagrid.search`), nested in the grid's parent run, RUNNING:
+        created on first use, reopened when the search resumes."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.{SEARCH_TAG} = '{key}' and tags.{PARENT_TAG} = 'search'",
+            max_results=1,
+        )
+        if runs:
+            if runs[0].info.status != "RUNNING":
+                self.client.update_run(runs[0].info.run_id, status="RUNNING")
+            return runs[0].info.run_id
+        all_tags = {
+            "grid": self.grid,
+            PARENT_TAG: "search",
+            SEARCH_TAG: key,
+            "mlflow.parentRunId": parent_id,
+            "mlflow.runName": name[:MAX_RUN_NAME],
+            **(tags or {}),
+        }
+        return self.client.create_run(self.experiment_id, tags=redact_flat(all_tags)).info.run_id
+
+    def runs_tagged(self, tag: str, value: str) -> list[Any]:
+        """Every run of the experiment with `tag` = `value`, oldest first."""
+        exp_id = self.existing_experiment_id()
+        if exp_id is None:
+            return []
+        return self.client.search_runs(
+            [exp_id],
+            filter_string=f"tags.`{tag}` = '{value}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=50000,
+        )
+
+    def stop(self, run_id: str, reason: str, summary: dict[str, Any] | None = None, step: int = 0) -> None:
+        """A trial a scheduler or a budget stopped early: KILLED with `seagrid.stopped` = reason (never
+        FAILED nor FINISHED: it neither broke nor ran its course)."""
+        if summary:
+            numeric = {k: float(v) for k, v in summary.items() if isinstance(v, int | float)}
+            self.log_metrics(run_id, numeric, step=step)
+        self.client.set_tag(run_id, STOPPED_TAG, reason)
+        self.client.set_terminated(run_id, "KILLED")
 
     def close_parent(self, run_id: str, status: str) -> None:
         """End the grid's parent run for this invocation: FINISHED, FAILED (a trial failed) or KILLED."""

@@ -24,6 +24,7 @@ class TrialJob(Strict):
     results_root: str
     steps_root: str
     cache_dir: str | None = None
+    search_metric: str | None = None  # a search's metric: every report carries it (Tune checks)
 
     @property
     def storage_path(self) -> str:
@@ -44,13 +45,14 @@ def fit_stage(job: StageJob, callbacks: list[Any] | None = None) -> None:
     """The job's stage in a Ray Train TorchTrainer; a relaunch under the same run name (the step's
     directory name) resumes from its latest checkpoint, whichever trial launches it."""
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     from core.train.stage import train_stage
+    from grid.train_cleanup import cleaning_torch_trainer
 
     res = job.trial.resources
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
-    trainer = TorchTrainer(
+    # Its placement group is freed even when Tune stops the trial mid-fit (grid/train_cleanup.py).
+    trainer = cleaning_torch_trainer()(
         train_stage,
         train_loop_config=job.model_dump(mode="json"),
         scaling_config=ray.train.ScalingConfig(
@@ -113,8 +115,6 @@ def run_label_steps(job: TrialJob, steps: TrialSteps) -> None:
 def run_stage_step(job: TrialJob, steps: TrialSteps, stage: str) -> tuple[Materialized, dict[str, Any]]:
     """Run (or reuse) one training stage; returns its step directory and its summary. A one-worker
     stage evaluates in its worker right after training, with the model it has in memory."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     from core.pipeline import LABELS, TRANSFER
 
     cfg, root = job.trial, Path(job.steps_root)
@@ -137,7 +137,7 @@ def run_stage_step(job: TrialJob, steps: TrialSteps, stage: str) -> tuple[Materi
             storage_path=job.storage_path,
             evaluate=evaluate,
         )
-        fit_stage(stage_job, [TuneReportCallback()])
+        fit_stage(stage_job, [flat_report_callback(job.search_metric)])
 
     done = materialize(step, root, build)
     result = json.loads((done.path / "result.json").read_text())
@@ -185,7 +185,43 @@ def run_eval_step(job: TrialJob, steps: TrialSteps, stage: str) -> tuple[Path, d
     return path, read_metrics(path)
 
 
-def _report_curve(stage1_dir: Path) -> None:
+def flat_metrics(message: dict[str, Any], metric: str | None) -> dict[str, Any]:
+    """A stage report's metrics as top-level keys (what Tune's schedulers and searchers read), with
+    `<stage>/step` only beside a fresh value of the search metric (ASHA skips results without it), and
+    the search metric NaN when this report lacks it (Tune rejects a result without the metric)."""
+    if metric is None:  # a grid: Tune reads nothing at the top level
+        return {}
+    out: dict[str, Any] = dict(message.get("metrics") or {})
+    if metric in out and "stage" in message:
+        out[f"{message['stage']}/step"] = message["step"]
+    out.setdefault(metric, float("nan"))
+    return out
+
+
+def flat_report_callback(metric: str | None) -> Any:
+    """Ray Train -> Tune reports (rank 0's), flattened by `flat_metrics`."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class FlatReportCallback(TuneReportCallback):
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            first = dict(metrics[0])
+            first.update(flat_metrics(first.get("seagrid") or {}, metric))
+            super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+
+    return FlatReportCallback()
+
+
+def final_flat(summary: dict[str, Any], metric: str | None) -> dict[str, Any]:
+    """The final report's top-level numbers: the summary's, and a per-step search metric's last value
+    (a stage's `final_<name>`, the stage-1 curve's last point)."""
+    out = {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    if metric is not None and metric not in out:
+        stage, _, name = metric.partition("/")
+        out[metric] = out.get(f"{stage}/final_{name.replace('/', '_')}", float("nan"))
+    return out
+
+
+def _report_curve(stage1_dir: Path, metric: str | None = None) -> None:
     """A reused stage 1 was trained (and its diagnostics curve logged) for another trial: log the curve
     it left for this trial too."""
     import ray.tune
@@ -202,7 +238,8 @@ def _report_curve(stage1_dir: Path) -> None:
             rows[int(row.pop("step"))] = row
     for step, row in sorted(rows.items()):
         metrics = {f"diag/{k}": v for k, v in row.items()}
-        ray.tune.report({"seagrid": {"stage": "stage1", "step": step, "metrics": metrics}})
+        message = {"stage": "stage1", "step": step, "metrics": metrics}
+        ray.tune.report({"seagrid": message, **flat_metrics(message, metric)})
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -213,6 +250,11 @@ def run_trial(config: dict[str, Any]) -> None:
     from core.paths import using_cache_dir
 
     job = TrialJob.model_validate(config["cell"])
+    if config.get("params"):  # a search's sampled values, applied to the cell's config and validated
+        from grid.search_spec import with_values
+
+        trial = TrialConfig.model_validate(with_values(job.trial.model_dump(mode="json"), config["params"]))
+        job = job.model_copy(update={"trial": trial})
     summary: dict[str, Any] = {}
     artifacts: dict[str, str] = {}
     with using_cache_dir(job.cache_dir):
@@ -223,10 +265,11 @@ def run_trial(config: dict[str, Any]) -> None:
             done, part = run_stage_step(job, steps, stage)
             summary.update(part)
             if done.reused:
-                _report_curve(done.path)
+                _report_curve(done.path, job.search_metric)
             if stage in steps.evals:
                 out_dir, metrics = run_eval_step(job, steps, stage)
                 summary.update(metrics)
                 summary[f"eval_dir/{stage}"] = str(out_dir)
                 artifacts[f"eval/{stage}"] = str(out_dir)
-    ray.tune.report({"seagrid": {"final": summary, "artifacts": artifacts}})
+    final = final_flat(summary, job.search_metric) if job.search_metric else {}
+    ray.tune.report({"seagrid": {"final": summary, "artifacts": artifacts}, **final})

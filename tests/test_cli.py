@@ -28,7 +28,7 @@ def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPa
 def test_every_command_and_option_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
     commands = subparsers(parser)
-    assert set(commands) == {"plan", "grid", "labels", "report", "data"}
+    assert set(commands) == {"plan", "grid", "tune", "labels", "report", "data"}
     with pytest.raises(SystemExit):
         main(["--help"])
     top = capsys.readouterr().out
@@ -57,7 +57,7 @@ def recipe(name: str) -> tuple[str, list[str]]:
     return lines[start], body
 
 
-@pytest.mark.parametrize("command", ["grid", "plan", "labels", "report", "data"])
+@pytest.mark.parametrize("command", ["grid", "plan", "tune", "labels", "report", "data"])
 def test_recipes_pass_arguments_through(command: str) -> None:
     header, body = recipe(command)
     assert header.startswith(f"{command} SPEC *ARGS:")
