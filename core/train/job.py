@@ -57,6 +57,14 @@ class StageJob(Strict):
         return self.kind.settings(self.trial)
 
 
+class NonFiniteLoss(FloatingPointError):
+    """A loss term became NaN or infinite: the stage stops at once, naming the step and the term."""
+
+
+class StageOutOfMemory(MemoryError):
+    """A stage ran out of GPU memory; the message names the settings that lower the peak."""
+
+
 class StepBudgetReached(RuntimeError):
     """A stage stopped at its `step_budget` (its checkpoints let the next attempt resume)."""
 

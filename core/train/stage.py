@@ -35,7 +35,7 @@ from core.train.deepspeed_engine import (
     make_optimizer,
     resolve_zero,
 )
-from core.train.job import EvalJob, StageJob, StepBudgetReached
+from core.train.job import EvalJob, NonFiniteLoss, StageJob, StageOutOfMemory, StepBudgetReached
 from core.train.precision import DTYPES, Precision, loop_autocast, module_dtypes, resolve_precision
 from core.train.reduce import mean_across_ranks
 from core.train.schedule import cosine_with_warmup, warmup_steps
@@ -144,7 +144,36 @@ def run_stage(
     trial); training resumes from its latest checkpoint if there is one.
     """
     with using_cache_dir(job.cache_dir):
-        return _run_stage(job, rank, world, checkpoints or LocalCheckpoints(), device or torch.device("cpu"))
+        try:
+            return _run_stage(
+                job, rank, world, checkpoints or LocalCheckpoints(), device or torch.device("cpu")
+            )
+        except torch.OutOfMemoryError as err:
+            raise StageOutOfMemory(out_of_memory_message(job, str(err))) from err
+
+
+def check_finite(values: dict[str, float], stage: str, step: int) -> None:
+    """Stop at once when a loss term is NaN or infinite (the loss is read every micro-step anyway)."""
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        terms = ", ".join(f"{k} = {v}" for k, v in bad.items())
+        raise NonFiniteLoss(
+            f"{stage} step {step}: {terms}; the run is stopped (its last checkpoint is kept). Lower "
+            f"{stage}.lr, raise warmup_ratio, or check the method's weights and the data"
+        )
+
+
+def out_of_memory_message(job: StageJob, detail: str) -> str:
+    """What ran out of memory and the settings that lower it."""
+    s = job.settings
+    return (
+        f"{job.stage} ran out of GPU memory ({detail.splitlines()[0] if detail else 'no detail'}). Settings that "
+        f"reduce it: {job.stage}.micro_batch_size (now {s.micro_batch_size}; gradient accumulation keeps the "
+        f"global batch), {job.stage}.gradient_checkpointing (now {s.gradient_checkpointing}), "
+        f"{job.stage}.deepspeed.zero (now {s.deepspeed.zero}; 3 partitions the weights), "
+        f"{job.stage}.deepspeed.offload (now {s.deepspeed.offload}); `just plan` estimates the peak per GPU "
+        f"against resources.gpu_memory_gb ({job.trial.resources.gpu_memory_gb:g})"
+    )
 
 
 def _run_stage(
@@ -446,7 +475,9 @@ class _Loop:
                 batch = _to_device(batch, self.device)
                 with loop_autocast(run.precision, self.device, deepspeed=run.deepspeed):
                     loss, terms = self.stepper.module(batch)
-                for key, value in {"loss": float(loss.detach()), **terms}.items():
+                values = {"loss": float(loss.detach()), **terms}
+                check_finite(values, self.job.stage, pos.step + 1)
+                for key, value in values.items():
                     sums[key] = sums.get(key, 0.0) + value
                 lr = self.stepper.micro_step(loss)
                 if lr is None:
