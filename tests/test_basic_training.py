@@ -652,11 +652,17 @@ def test_sds_under_zero3_equals_the_unsharded_loss_and_keeps_no_table(
     params = list(vlm.adapter.parameters())
     want_grads = torch.autograd.grad(want, params, retain_graph=True)
 
+    linear = torch.nn.functional.linear
     with deepspeed.zero.Init(
-        config_dict_or_path={"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}},
+        # memory_efficient_linear off: DeepSpeed would replace F.linear for the rest of the test process.
+        config_dict_or_path={
+            "train_micro_batch_size_per_gpu": 1,
+            "zero_optimization": {"stage": 3, "memory_efficient_linear": False},
+        },
         dtype=torch.float32,
     ):
         sharded = nn.Embedding(*table.shape)
+    assert torch.nn.functional.linear is linear  # the rest of the test process computes as before
     with deepspeed.zero.GatheredParameters([sharded.weight], modifier_rank=0):
         sharded.weight.data.copy_(table)
     assert sharded.weight.data.numel() == 0  # partitioned outside a gather
