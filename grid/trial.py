@@ -59,7 +59,10 @@ def fit_stage(job: StageJob, callbacks: list[Any] | None = None) -> None:
             num_workers=res.num_workers, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker
         ),
         run_config=ray.train.RunConfig(
-            name=job.run_name, storage_path=job.storage_path, callbacks=callbacks or []
+            name=job.run_name,
+            storage_path=job.storage_path,
+            callbacks=callbacks or [],
+            failure_config=ray.train.FailureConfig(max_failures=res.max_failures),
         ),
     )
     trainer.fit()

@@ -27,13 +27,29 @@ def seagrid_cache(tmp_path_factory: pytest.TempPathFactory):
         yield path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session():
-    """One local Ray session shared by every test that needs it (starting one costs ~20 s)."""
+    """One local Ray session shared by the tests of a module (starting one costs ~10 s)."""
     import ray
 
     from core.ray_session import ensure_ray
 
     ensure_ray(num_cpus=2)
     yield ray
-    ray.shutdown()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_ray_per_module():
+    """Each module that uses Ray (directly or through the grid commands) gets a session of its own.
+
+    Why: in full-suite runs the one session shared by every module (hundreds of Train and Tune actors over
+    half an hour) twice stopped delivering actor state to the driver: the GCS held an ALIVE notice for a
+    new trial actor that the driver never received, and the grid waited forever. A session per module
+    bounds what one session sees and isolates a module's leftovers from the next.
+    """
+    yield
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

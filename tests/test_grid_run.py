@@ -182,9 +182,35 @@ def test_two_gloo_workers_train_sea(tmp_path: Path, ray_session) -> None:
     assert llm["num_hidden_layers"] >= 1
 
 
+def _killer_callback():
+    """A Ray Train callback (on the controller) that SIGKILLs a training worker's process once, right after
+    the first checkpoint is reported: a real dead rank, from outside the training code."""
+    import os
+    import signal
+
+    import psutil
+    from ray.train import UserCallback
+
+    class KillRankAfterFirstCheckpoint(UserCallback):
+        def __init__(self) -> None:
+            self.killed = False
+
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            if checkpoint is None or self.killed:
+                return
+            for proc in psutil.process_iter(["cmdline"]):
+                if (proc.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker"):
+                    os.kill(proc.pid, signal.SIGKILL)
+                    self.killed = True
+                    return
+
+    return KillRankAfterFirstCheckpoint()
+
+
 def test_relaunched_trainer_resumes_from_ray_checkpoint(tmp_path: Path, ray_session) -> None:
-    """A TorchTrainer (DeepSpeed ZeRO-2) killed after its step-4 checkpoint and relaunched under the same run
-    name resumes there and ends with exactly the adapter of an uninterrupted run."""
+    """A TorchTrainer (DeepSpeed ZeRO-2) whose rank is SIGKILLed after its step-4 checkpoint restarts there
+    (`resources.max_failures: 1`); one stopped after its step-4 checkpoint and relaunched under the same run
+    name resumes there too; both end with exactly the adapter of an uninterrupted run."""
 
     import torch
     from ray.train import TrainingFailedError
@@ -227,7 +253,17 @@ def test_relaunched_trainer_resumes_from_ray_checkpoint(tmp_path: Path, ray_sess
     run_stage(job("straight"), checkpoints=LocalCheckpoints())
     assert json.loads((tmp_path / "ray" / "result.json").read_text())["resumed_from_step"] == 4
 
+    retried = cfg.model_copy(update={"resources": cfg.resources.model_copy(update={"max_failures": 1})})
+    (tmp_path / "killed").mkdir()
+    killed = make_stage_job(
+        retried, "stage1", tmp_path / "killed", run_name="kill-test", storage_path=str(tmp_path / "ray-runs")
+    )
+    fit_stage(killed, callbacks=[_killer_callback()])
+    resumed = json.loads((tmp_path / "killed" / "result.json").read_text())["resumed_from_step"]
+    assert resumed in (4, 8), resumed  # the rank died after the step-4 report; step 8's may have landed
+
     a = load_file(str(tmp_path / "straight" / "adapter" / "adapter.safetensors"))
-    b = load_file(str(tmp_path / "ray" / "adapter" / "adapter.safetensors"))
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    for name in ("ray", "killed"):
+        b = load_file(str(tmp_path / name / "adapter" / "adapter.safetensors"))
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)

@@ -281,6 +281,14 @@ class ResourcesConfig(Strict):
     gpus_per_worker: float = Field(0, ge=0)
     cpus_per_worker: float = Field(1, gt=0)
     gpu_memory_gb: float = Field(80, gt=0, description="memory of each GPU, for the plan's memory check")
+    max_failures: int = Field(
+        0,
+        ge=-1,
+        description="times a stage's worker group is restarted from its latest checkpoint after a worker "
+        "fails (a killed process, a NCCL timeout; node preemptions are retried regardless); 0: never, -1: "
+        "without limit. Ray retries every worker error, a NaN loss or an out-of-memory too, hence off by "
+        "default",
+    )
 
 
 class TrialConfig(Strict):
