@@ -32,6 +32,12 @@ plan SPEC *ARGS: setup
 report SPEC *ARGS: setup
     uv run --frozen --quiet seagrid report {{SPEC}} {{ARGS}}
 
+# A tracking server for several grids at once (specs: output.tracking_uri: http://HOST:PORT); BACKEND can be
+# postgresql://USER:PASSWORD@HOST/DB (README: MLflow). Binds 127.0.0.1 unless HOST says otherwise.
+mlflow-server BACKEND="sqlite:///mlflow/mlflow.db" ARTIFACTS="mlflow/artifacts" PORT="5000" HOST="127.0.0.1": setup
+    mkdir -p mlflow {{ARTIFACTS}}
+    uv run --frozen --quiet mlflow server --backend-store-uri {{BACKEND}} --artifacts-destination {{ARTIFACTS}} --host {{HOST}} --port {{PORT}} --workers 4
+
 # Serve the MLflow UI of the default local store on 127.0.0.1 only (just mlflow 5000 0.0.0.0 opens it to the network).
 mlflow PORT="5000" HOST="127.0.0.1": setup
     mkdir -p mlflow/artifacts

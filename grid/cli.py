@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         from grid.run import run_grid
 
         _, result = run_grid(args.spec, console=console, verbose=args.verbose)
+        if result.interrupted:
+            return 130  # as a shell reports Ctrl-C; the rerun resumes
         return 1 if result.failed else 0
     except (SpecError, UnfitTrialError) as err:
         print(f"error: {err}", file=sys.stderr)

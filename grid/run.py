@@ -37,6 +37,11 @@ class GridResult:
     def failed(self) -> list[str]:
         return [t for t, s in self.status.items() if s == "failed"]
 
+    @property
+    def interrupted(self) -> bool:
+        """Whether the invocation was cut short (Ctrl-C): trials were left unfinished."""
+        return any(s == "killed" for s in self.status.values())
+
 
 class GridCallback(Callback):
     """Driver-side: turns Tune events into MLflow runs and board updates (one writer for the store).
@@ -234,6 +239,10 @@ def _invocation(
                 tracker.kill(result.run_ids[tid])
                 result.status[tid] = "killed"
                 board.finish(tid, "killed")
+        # Tune returns normally after a Ctrl-C (it saves its state and stops the trials): the trials it left
+        # unfinished say the grid was interrupted.
+        if error is None and result.interrupted:
+            error = KeyboardInterrupt()
         tracker.close_parent(parent_id, parent_status(result, error))
 
 

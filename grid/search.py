@@ -22,7 +22,7 @@ from grid.memory import refuse_if_unfit
 from grid.run import GridCallback, GridResult, _invocation, ui_link
 from grid.search_spec import SearchConfig, metric_stage, with_values
 from grid.spec import ExperimentSpec, SpecError, TrialConfig, load_spec, steps_root
-from grid.tracking import SEARCH_TAG, STOPPED_TAG, Tracker, run_name
+from grid.tracking import INTERRUPTED, SEARCH_TAG, STOPPED_TAG, Tracker, run_name
 
 BEST_DIR = Path("experiments/best")
 TUNE_TRIAL_TAG = "seagrid.tune_trial"
@@ -278,7 +278,7 @@ def _one_search(
     # Trials the time budget or an interruption cut short never got a completion event.
     for tid, status in list(out.status.items()):
         if status == "running":
-            why = "interrupted" if outcome.interrupted else "time_budget"
+            why = INTERRUPTED if outcome.interrupted else "time_budget"
             tracker.stop(out.run_ids[tid], why)
             out.status[tid] = "stopped"
             if tid in board.lines:

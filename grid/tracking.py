@@ -23,6 +23,9 @@ DEFAULT_STORE = Path("mlflow")
 PARENT_TAG = "seagrid.role"
 SEARCH_TAG = "seagrid.search"
 STOPPED_TAG = "seagrid.stopped"
+INTERRUPTED = "interrupted"  # the STOPPED_TAG value of a run an interruption cut short (reopened later)
+# How many invocations have run a trial's run (it is reopened after an interruption).
+ATTEMPT_TAG = "seagrid.attempt"
 MAX_PARAMS_PER_BATCH = 100
 # MLflow's UI (3.x) opens an experiment by its kind; without the tag it guesses GenAI (traces, judges)
 # for a fresh experiment. The value the UI calls "Machine learning" (mlflow/server/js ExperimentKind).
@@ -304,8 +307,37 @@ class Tracker:
         """End the grid's parent run for this invocation: FINISHED, FAILED (a trial failed) or KILLED."""
         self.client.set_terminated(run_id, status)
 
+    def interrupted_run(self, trial_id: str) -> Any | None:
+        """The trial's latest run if an interrupted invocation left it (RUNNING after a SIGKILL, KILLED
+        after a SIGINT) and no scheduler or budget stopped it on purpose; None otherwise."""
+        runs = [r for r in self.runs_tagged("trial_id", trial_id) if r.data.tags.get(PARENT_TAG) == "trial"]
+        if not runs:
+            return None
+        last = runs[-1]
+        if (
+            last.info.status in ("RUNNING", "KILLED")
+            and last.data.tags.get(STOPPED_TAG, INTERRUPTED) == INTERRUPTED
+        ):
+            return last
+        return None
+
     def start_trial(self, trial: Trial, parent_id: str, tags: dict[str, str] | None = None) -> str:
-        """A child run for one attempt at a trial, named by its axis values, every config value a param."""
+        """The trial's run for this attempt: the run an interrupted invocation left is reopened (so that a
+        trial has one run however often it was interrupted; its steps resume from their checkpoints),
+        else a new child run named by its axis values, every config value a param."""
+        old = self.interrupted_run(trial.id)
+        if old is not None:
+            run_id = old.info.run_id
+            attempt = int(old.data.tags.get(ATTEMPT_TAG, "1")) + 1
+            self.client.update_run(run_id, status="RUNNING")
+            if STOPPED_TAG in old.data.tags:
+                self.client.delete_tag(run_id, STOPPED_TAG)
+            for key, value in redact_flat({ATTEMPT_TAG: str(attempt), **(tags or {})}).items():
+                self.client.set_tag(run_id, key, value)
+            return run_id
+        return self._new_trial_run(trial, parent_id, tags)
+
+    def _new_trial_run(self, trial: Trial, parent_id: str, tags: dict[str, str] | None) -> str:
         from mlflow.entities import Param
 
         secrets = secret_values()

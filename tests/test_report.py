@@ -398,6 +398,50 @@ def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
         return json.load(r)
 
 
+POINTS_PER_WRITER = 20  # optimizer steps, each a batch of METRICS_PER_STEP values (as a grid logs them)
+METRICS_PER_STEP = 5
+
+
+def _log_trial_metrics(url: str, run_id: str) -> float:
+    """One trial's writer (its own process, as separate grid drivers are): a metric batch per step."""
+    from grid.tracking import Tracker
+
+    tracker = Tracker("concurrent", url)
+    t0 = time.monotonic()
+    for step in range(1, POINTS_PER_WRITER + 1):
+        tracker.log_metrics(run_id, {f"m{i}": step + i / 10 for i in range(METRICS_PER_STEP)}, step=step)
+    return time.monotonic() - t0
+
+
+def test_eight_concurrent_writers_lose_no_metric_point(mlflow_server: str) -> None:
+    """8 trials' writers logging at once to one served store: every point arrives (counted per metric)."""
+    import multiprocessing as mp
+
+    from grid.tracking import Tracker
+
+    tracker = Tracker("concurrent", mlflow_server)
+    parent = tracker.parent_run()
+    run_ids = [
+        tracker.client.create_run(tracker.experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
+        for _ in range(8)
+    ]
+    t0 = time.monotonic()
+    with mp.get_context("spawn").Pool(8) as pool:
+        pool.starmap(_log_trial_metrics, [(mlflow_server, r) for r in run_ids])
+    wall = time.monotonic() - t0
+    total = 0
+    for run_id in run_ids:
+        for i in range(METRICS_PER_STEP):
+            q = urllib.parse.urlencode({"run_id": run_id, "metric_key": f"m{i}"})
+            history = json.loads(_get(f"{mlflow_server}/api/2.0/mlflow/metrics/get-history?{q}"))["metrics"]
+            assert sorted(m["step"] for m in history) == list(range(1, POINTS_PER_WRITER + 1)), (run_id, i)
+            total += len(history)
+    assert total == 8 * POINTS_PER_WRITER * METRICS_PER_STEP
+    print(
+        f"{total} points from 8 writers in {wall:.1f} s ({total / wall:.0f} points/s, sqlite-backed server)"
+    )
+
+
 def test_served_store_round_trip(mlflow_server: str, tmp_path: Path) -> None:
     url = mlflow_server
     spec_path = write_spec(tmp_path / "served.yaml", "served", tmp_path / "results", url)

@@ -237,6 +237,9 @@ def test_asha_search_interrupted_resumed_tracked_and_clean(ray_session, tmp_path
     assert done_before  # a trial completed (finished or stopped by ASHA) before the interruption
     interrupted = client.search_runs([exp.experiment_id], "tags.`seagrid.stopped` = 'interrupted'")
     assert all(r.info.status == "KILLED" for r in interrupted)  # a trial the interruption cut short
+    assert not client.search_runs(
+        [exp.experiment_id], "attributes.status = 'RUNNING' and tags.`seagrid.role` = 'trial'"
+    )
 
     second = run_search(spec_path, best_dir=best_dir)
     wall = time.time() - t0
@@ -250,9 +253,13 @@ def test_asha_search_interrupted_resumed_tracked_and_clean(ray_session, tmp_path
     assert len(by_trial) == 4
     for tid in done_before:  # completed trials were not run again
         assert len(by_trial[tid]) == 1
-    for r in interrupted:  # the interrupted one ran again, to its end
-        again = by_trial[r.data.tags["seagrid.tune_trial"]]
-        assert len(again) == 2 and max(again, key=lambda x: x.info.start_time).info.status != "RUNNING"
+    for r in interrupted:  # the interrupted one ran again, to its end, in its reopened run
+        (again,) = by_trial[r.data.tags["seagrid.tune_trial"]]
+        assert again.info.run_id == r.info.run_id and again.info.status != "RUNNING"
+        assert (
+            again.data.tags["seagrid.attempt"] == "2"
+            and again.data.tags.get("seagrid.stopped") != "interrupted"
+        )
     latest = {tid: max(rs, key=lambda r: r.info.start_time) for tid, rs in by_trial.items()}
     stopped = [r for r in latest.values() if r.data.tags.get("seagrid.stopped") == "asha"]
     assert {float(r.data.params["method.basic.das_weight"]) for r in stopped} == {10.0, 100.0}

@@ -184,7 +184,13 @@ def test_id_is_slug_plus_hash_of_canonical_config(tmp_path: Path) -> None:
     ident["stage1"].pop("log_every")
     ident["stage1"].pop("checkpoint_every")
     ident["stage1"].pop("deepspeed")  # where state lives, not what is computed
-    for how in ("checkpoint_minutes", "checkpoint_keep", "gradient_checkpointing"):
+    for how in (
+        "checkpoint_minutes",
+        "checkpoint_keep",
+        "gradient_checkpointing",
+        "loader_workers",
+        "pin_memory",
+    ):
         ident["stage1"].pop(how)  # how it runs, not what it computes
     for later in ("precision", "group_by_length"):
         ident["stage1"].pop(later)  # added later: part of the identity only when set

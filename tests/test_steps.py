@@ -16,7 +16,9 @@ from pydantic import Field
 
 from core.config import NOT_IDENTITY, Strict
 from core.config.identity import content_hash
+from core.diskfull import DiskFull
 from core.steps import Lease, Step, StepStatus, materialize, read_failure, step_status, walk
+from core.steps.lease import is_stale, this_machine
 from core.steps.status import lock_file, partial_dir
 
 
@@ -147,11 +149,22 @@ def build(out):
     (out / "part.txt").write_text("written before the kill")
     Path(sys.argv[2]).write_text("ready")
     time.sleep(60)
-materialize(Step("killed", Cfg()), Path(sys.argv[1]), build, lease_s=1.0)
+materialize(Step("killed", Cfg()), Path(sys.argv[1]), build, lease_s=600.0)
 """
 
 
-def test_a_killed_holder_is_taken_over_after_its_lease(tmp_path):
+def test_a_dead_process_of_this_machine_is_stale_at_once_others_after_their_lease():
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    fresh = {"age_s": 1.0, "lease_s": 120.0}
+    assert is_stale({**fresh, "machine": this_machine(), "pid": dead.pid})
+    assert not is_stale({**fresh, "machine": this_machine(), "pid": os.getpid()})
+    # Another machine's process table is not ours to read: its holder is trusted until the lease ends.
+    assert not is_stale({**fresh, "machine": "elsewhere/boot", "pid": dead.pid})
+    assert is_stale({"age_s": 121.0, "lease_s": 120.0, "machine": "elsewhere/boot", "pid": dead.pid})
+
+
+def test_a_killed_holder_is_taken_over_without_waiting_out_its_lease(tmp_path):
     ready = tmp_path / "ready"
     repo = Path(__file__).resolve().parent.parent
     child = subprocess.Popen(
@@ -166,13 +179,54 @@ def test_a_killed_holder_is_taken_over_after_its_lease(tmp_path):
         assert step_status(root, step.dirname) is StepStatus.RUNNING
         os.kill(child.pid, signal.SIGKILL)
         child.wait(10)
-        seen: list[object] = []
-        done = materialize(
-            step, root, lambda out: (out / "rest.txt").write_text("2"), poll_s=0.1, on_wait=seen.append
-        )
-        assert seen, "the new caller should have waited for the dead holder's lease to run out"
+        t0 = time.time()
+        done = materialize(step, root, lambda out: (out / "rest.txt").write_text("2"), poll_s=0.1)
+        assert time.time() - t0 < 60, "a dead holder of this machine must not be waited for (lease 600 s)"
         assert (done.path / "part.txt").read_text() == "written before the kill"
         assert step_status(root, step.dirname) is StepStatus.SUCCESS
     finally:
         if child.poll() is None:
             child.kill()
+
+
+needs_dev_full = pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+
+
+@needs_dev_full
+def test_a_full_disk_is_a_clear_error_and_keeps_what_was_written(tmp_path):
+    """A write the kernel refuses with ENOSPC (through /dev/full) names the step, the path and the fix;
+    what the step wrote before stays for the next attempt, and nothing is marked finished."""
+    step = Step("full", Cfg())
+    work = partial_dir(tmp_path, step.dirname)
+    work.mkdir(parents=True)
+    (work / "big.bin").symlink_to("/dev/full")
+
+    def build(out: Path) -> None:
+        (out / "first-shard.txt").write_text("written before the disk filled")
+        (out / "big.bin").write_bytes(b"x" * 4096)
+
+    with pytest.raises(DiskFull) as err:
+        materialize(step, tmp_path, build)
+    text = str(err.value)
+    assert f"step {step.dirname}" in text and str(work) in text and "GiB free" in text
+    assert "output.root" in text and "run the same command again" in text
+    assert (work / "first-shard.txt").read_text() == "written before the disk filled"
+    assert step_status(tmp_path, step.dirname) is not StepStatus.SUCCESS
+    assert not (tmp_path / step.dirname).exists()
+
+
+@needs_dev_full
+def test_a_checkpoint_on_a_full_disk_leaves_the_previous_one_latest(tmp_path):
+    from core.train.checkpoint import LocalCheckpoints
+
+    ckpts = LocalCheckpoints(tmp_path)
+    ckpts.report({"step": 4}, write=lambda d: (d / "state.pt").write_text("step 4"))
+
+    def fill(d: Path) -> None:
+        (d / "state.pt").symlink_to("/dev/full")
+        (d / "state.pt").write_bytes(b"x" * 4096)
+
+    with pytest.raises(DiskFull, match="checkpoint at step 8"):
+        ckpts.report({"step": 8}, write=fill)
+    with ckpts.latest() as latest:
+        assert latest is not None and (latest / "state.pt").read_text() == "step 4"

@@ -1,7 +1,8 @@
 """A lock file with a heartbeat lease: exclusive create, no `flock` (works on Lustre and NFS mounts).
 
 The holder's thread touches the file every `lease_s / 4` seconds; a lock whose file has not been touched
-for `lease_s` belongs to a dead holder and may be broken. Breaking renames the file away first (atomic:
+for `lease_s`, or whose holder is a process of this machine that no longer runs, belongs to a dead holder
+and may be broken. Breaking renames the file away first (atomic:
 of two breakers, one wins) and checks that what it moved is the stale lock it judged, so a live lock
 taken in between is put back rather than stolen.
 """
@@ -25,6 +26,30 @@ def _holder_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def this_machine() -> str:
+    """Host name and kernel boot id: equal only for processes that see the same process table (a
+    container on the same kernel has its own host name)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = "?"
+    return f"{socket.gethostname()}/{boot}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine is running (a zombie, killed but not yet reaped, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def read_lock(path: Path) -> dict[str, Any] | None:
     """The lock's record with `age_s` (seconds since its last heartbeat), or None when unlocked."""
     try:
@@ -38,8 +63,12 @@ def read_lock(path: Path) -> dict[str, Any] | None:
 
 
 def is_stale(record: dict[str, Any]) -> bool:
-    """Whether a lock's holder missed its heartbeats for a whole lease."""
-    return record["age_s"] > float(record.get("lease_s", DEFAULT_LEASE_S))
+    """Whether a lock's holder missed its heartbeats for a whole lease, or is a process of this machine
+    that is gone (a rerun after a SIGKILL takes over at once instead of waiting out the lease)."""
+    if record["age_s"] > float(record.get("lease_s", DEFAULT_LEASE_S)):
+        return True
+    pid = record.get("pid")
+    return record.get("machine") == this_machine() and isinstance(pid, int) and not pid_alive(pid)
 
 
 class Lease:
@@ -56,7 +85,14 @@ class Lease:
     def try_acquire(self) -> bool:
         """Take the lock if it is free (or its holder is dead); False when a live holder has it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"holder": self.holder, "lease_s": self.lease_s, "since": time.time(), **self.info}
+        record = {
+            "holder": self.holder,
+            "machine": this_machine(),
+            "pid": os.getpid(),
+            "lease_s": self.lease_s,
+            "since": time.time(),
+            **self.info,
+        }
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:

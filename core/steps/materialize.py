@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.diskfull import naming_full_disk
 from core.steps.lease import DEFAULT_LEASE_S, Lease
 from core.steps.status import (
     failed_file,
@@ -65,11 +67,14 @@ def materialize(
         work.mkdir(parents=True, exist_ok=True)
         (work / STEP_FILE).write_text(json.dumps(step.describe(), indent=2, sort_keys=True))
         try:
-            build(work)
+            with naming_full_disk(work, f"step {step.dirname}"):
+                build(work)
+                write_success(work, {"holder": lease.holder, "hash": step.hash})
         except BaseException:
-            write_failure(root, step.dirname, lease.holder, traceback.format_exc())
+            # On a full disk the record itself may not fit; the error raised is what matters.
+            with contextlib.suppress(OSError):
+                write_failure(root, step.dirname, lease.holder, traceback.format_exc())
             raise
-        write_success(work, {"holder": lease.holder, "hash": step.hash})
         os.rename(work, final)
         failed_file(root, step.dirname).unlink(missing_ok=True)
         return Materialized(final, False)

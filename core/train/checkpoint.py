@@ -16,6 +16,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from core.diskfull import naming_full_disk
+
 STATE_FILE = "training_state.pt"
 
 
@@ -132,8 +134,9 @@ class RayCheckpoints:
     ranks' folders into one.
     """
 
-    def __init__(self, rank: int) -> None:
+    def __init__(self, rank: int, storage: str | None = None) -> None:
         self.rank = rank
+        self.storage = storage or "~/ray_results"  # Ray's default storage_path
 
     @contextlib.contextmanager
     def latest(self) -> Iterator[Path | None]:
@@ -153,8 +156,11 @@ class RayCheckpoints:
             ray.train.report({"seagrid": message})
             return
         with tempfile.TemporaryDirectory() as tmp:
-            write(Path(tmp))
-            ray.train.report({"seagrid": message}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            with naming_full_disk(tmp, f"checkpoint at step {message.get('step')} (local copy)"):
+                write(Path(tmp))
+            storage = Path(self.storage).expanduser()
+            with naming_full_disk(storage, f"checkpoint at step {message.get('step')} (run storage)"):
+                ray.train.report({"seagrid": message}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 class LocalCheckpoints:
@@ -176,5 +182,7 @@ class LocalCheckpoints:
             tmp = self.root / f".{target.name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            write(tmp)
+            # The previous checkpoint stays the latest until this one is complete (rename).
+            with naming_full_disk(tmp, f"checkpoint at step {message['step']}"):
+                write(tmp)
             tmp.rename(target)

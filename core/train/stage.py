@@ -122,7 +122,11 @@ def train_stage(job: dict[str, Any] | StageJob) -> None:
     job = StageJob.model_validate(job)
     rank, world = _ray_context()
     run_stage(
-        job, rank=rank, world=world, checkpoints=RayCheckpoints(rank), device=ray.train.torch.get_device()
+        job,
+        rank=rank,
+        world=world,
+        checkpoints=RayCheckpoints(rank, job.storage_path),
+        device=ray.train.torch.get_device(),
     )
 
 
