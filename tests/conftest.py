@@ -53,3 +53,17 @@ def _fresh_ray_per_module():
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()
+
+
+@pytest.fixture
+def own_process_group():
+    """The MASTER_*/RANK variables a one-process group sets are gone afterwards, so that Ray workers started by
+    later tests do not inherit them (the group itself stays: DeepSpeed keeps handles to it)."""
+    keys = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    before = {k: os.environ.get(k) for k in keys}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

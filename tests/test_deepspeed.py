@@ -3,7 +3,6 @@ plain PyTorch, saved weights under ZeRO-3, exact resume from DeepSpeed checkpoin
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -18,19 +17,8 @@ from core.train.job import StepBudgetReached, make_stage_job
 from core.train.stage import run_stage
 from grid.spec import SpecError, TrialConfig, parse_spec
 
-
-@pytest.fixture(autouse=True)
-def own_process_group():
-    """The MASTER_*/RANK variables the one-process group sets are gone afterwards, so that Ray workers started
-    by later tests do not inherit them (the group itself stays: DeepSpeed keeps handles to it)."""
-    keys = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
-    before = {k: os.environ.get(k) for k in keys}
-    yield
-    for key, value in before.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+# The one-process group's MASTER_*/RANK variables are gone after each test (conftest.own_process_group).
+pytestmark = pytest.mark.usefixtures("own_process_group")
 
 
 def test_config_is_llava_zero3_with_auto_resolved() -> None:

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from core.models.llm import load_llm, resolve_gradient_checkpointing
 from core.train.deepspeed_engine import deepspeed_config, init_distributed
 
-
-@pytest.fixture(autouse=True)
-def own_process_group():
-    """As in test_deepspeed: the one-process group's environment variables do not leak to later tests."""
-    keys = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
-    before = {k: os.environ.get(k) for k in keys}
-    yield
-    for key, value in before.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+# The one-process group's MASTER_*/RANK variables are gone after each test (conftest.own_process_group).
+pytestmark = pytest.mark.usefixtures("own_process_group")
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ keeps fp32 masters; why DeepSpeed's `bf16` section rather than autocast (what ba
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from torch import nn
@@ -12,18 +10,8 @@ from torch import nn
 from core.train.deepspeed_engine import DeepSpeedStepper, deepspeed_config, init_distributed
 from core.train.precision import loop_autocast, module_dtypes, resolve_precision
 
-
-@pytest.fixture(autouse=True)
-def own_process_group():
-    """As in test_deepspeed: the one-process group's environment variables do not leak to later tests."""
-    keys = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
-    before = {k: os.environ.get(k) for k in keys}
-    yield
-    for key, value in before.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+# The one-process group's MASTER_*/RANK variables are gone after each test (conftest.own_process_group).
+pytestmark = pytest.mark.usefixtures("own_process_group")
 
 
 class Probe(nn.Module):
