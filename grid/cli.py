@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from rich.console import Console
 
@@ -18,21 +19,30 @@ Exit codes: 0 success, 1 a trial failed, 2 a bad spec or argument."""
 SPEC_HELP = "path of the experiment spec (YAML), e.g. experiments/smoke.yaml"
 
 
+def _command(sub: Any, name: str, *, help: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand that takes a SPEC, its description laid out as written."""
+    command = sub.add_parser(
+        name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    command.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every command and option, with the help `seagrid --help` and `seagrid COMMAND --help` print."""
-    fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog="seagrid", description=DESCRIPTION, formatter_class=fmt)
+    parser = argparse.ArgumentParser(
+        prog="seagrid", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p_plan = sub.add_parser(
+    p_plan = _command(
+        sub,
         "plan",
         help="print the trials of a spec, their status and cost; runs nothing",
         description="Expand SPEC into its trials and print each one's id, axis values, status in MLflow "
         "(new/done/failed/running/killed), resources and estimates (visual tokens, GPUs, ZeRO stages, "
         "GPU-hours). Starts nothing and writes nothing.",
-        formatter_class=fmt,
     )
-    p_plan.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
     p_plan.add_argument(
         "--format",
         choices=("table", "json", "csv"),
@@ -41,16 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
         "trial, nested fields as dotted columns such as estimates.gpu_hours)",
     )
 
-    p_run = sub.add_parser(
+    p_run = _command(
+        sub,
         "grid",
         help="run every trial of a spec that is not done yet",
         description="Run every trial of SPEC whose latest MLflow run is not FINISHED (Ray Tune schedules "
         "them, Ray Train runs each stage), log everything to MLflow and show one table of the trials "
         "updated in place (plain lines when stdout is not a terminal). Ray's and Tune's own output goes to "
         "<output.root>/logs/<grid>-<time>.log.",
-        formatter_class=fmt,
     )
-    p_run.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
     p_run.add_argument(
         "--verbose",
         action="store_true",
@@ -58,37 +67,34 @@ def build_parser() -> argparse.ArgumentParser:
         "of writing it to the log file",
     )
 
-    p_tune = sub.add_parser(
+    p_tune = _command(
+        sub,
         "tune",
         help="run (or resume) the Ray Tune search of a spec's `search:` block, one per grid cell",
         description="Search the space of SPEC's `search:` block around each grid cell (trials are grid "
         "trials: same steps, same MLflow runs, nested under one parent run per search). An interrupted "
         "search resumes when the command runs again. At the end: the trials sorted by the metric, the "
         "best config as experiments/best/<name>.yaml, a plot of the metric against each parameter.",
-        formatter_class=fmt,
     )
-    p_tune.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
     p_tune.add_argument("--verbose", action="store_true", help="show Ray's and Tune's own output")
 
-    p_labels = sub.add_parser(
+    _command(
+        sub,
         "labels",
         help="build (or reuse) the SEA label stores a spec's trials need",
         description="Build the SEA word-label stores of every trial of SPEC that uses SEA, in this process "
         "with a progress bar (trials sharing a store build it once); `seagrid grid` would otherwise build "
         "them inside the trials.",
-        formatter_class=fmt,
     )
-    p_labels.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
 
-    p_data = sub.add_parser(
+    p_data = _command(
+        sub,
         "data",
         help="check the data a spec needs is on disk, and say where to get what is missing",
         description="List SPEC's dataset files (stage JSON + image roots, benchmark files, SEA word files), "
         "check them (counts, sizes, JSON parses, a sample of image references resolve and decode) and "
         "print what to put where for what is missing. Exit 0 when everything is there, 1 otherwise.",
-        formatter_class=fmt,
     )
-    p_data.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
     p_data.add_argument("--sample", type=int, default=16, help="images checked per dataset (default 16)")
     p_data.add_argument(
         "--download",
@@ -96,15 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch missing hub datasets first (huggingface_hub, resumable)",
     )
 
-    p_report = sub.add_parser(
+    p_report = _command(
+        sub,
         "report",
         help="result tables and plots of a spec's runs (Markdown, CSV, PNG)",
         description="Read SPEC's runs from MLflow and write a paper-style table (mean ± std over the axes "
         "not in the rows, delta to the llava baseline) and plots to <output.root>/reports/<name>/, print "
         "the table and log the files to the grid's parent run.",
-        formatter_class=fmt,
     )
-    p_report.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
     p_report.add_argument(
         "--rows",
         metavar="PATHS",
