@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.labels.extract import fast_score_error, select_labels
+from core.labels.extract import ExtractJob, exact_chunk, fast_score_error, select_labels
 from core.sea import extract_labels
 
 
@@ -69,3 +69,23 @@ def test_few_words_and_bad_arguments() -> None:
     with pytest.raises(ValueError, match="fast='int8': unknown"):
         select_labels(patch, word, 2, fast="int8")
     assert fast_score_error("bfloat16", 768) < 0.05 and fast_score_error("tf32", 768) < 0.01
+
+
+def test_exact_chunk_is_cut_to_the_memory_budget():
+    # CLIP-L/336 at the default batch: 32 x 576 patches; 1 GiB at 32 bytes per (patch, word) entry.
+    assert exact_chunk(32 * 576, None, 1 << 30) == (1 << 30) // (32 * 32 * 576) == 1820
+    assert exact_chunk(32 * 576, 65536, 1 << 30) == 1820  # the setting's default would need 38 GB
+    assert exact_chunk(10, 100, 1 << 30) == 100
+    assert exact_chunk(10**9, None, 1) == 1
+
+
+def test_exact_scorer_under_a_small_budget_equals_the_brute_force_top_n():
+    patch, word = _features(seed=3, words=500)
+    rows = patch.shape[0] * patch.shape[1]
+    job = ExtractJob("tiny-clip", ("placeholder",), "unused.json", ".", top_n=4, budget_bytes=32 * rows * 7)
+    assert exact_chunk(rows, None, job.budget_bytes) == 7  # 72 chunks of words
+    index, score = job.scorer(torch.device("cpu"))(patch, word)
+    want_index, want_score = _brute_force(patch, word, 4, negate=True)
+    assert index.reshape(rows, 4).tolist() == want_index
+    for got, want in zip(score.reshape(rows, 4).tolist(), want_score, strict=True):
+        assert got == pytest.approx(want, abs=1e-6)

@@ -75,7 +75,11 @@ class SeaConfig(Strict):
         description="Ray tasks for label extraction: a number, or auto (one per GPU for large datasets)",
     )
     label_chunk_words: int = Field(
-        65536, ge=1, json_schema_extra=NOT_IDENTITY, description="words scored at once"
+        65536,
+        ge=1,
+        json_schema_extra=NOT_IDENTITY,
+        description="words scored at once (exact scoring cuts it further to keep a batch's scores within 1 "
+        "GiB)",
     )
 
     @field_validator("labels_from")

@@ -166,6 +166,9 @@ class ExtractJob:
     batch_size: int = 32
     encoder_path: str | None = None
     chunk_size: int | None = None
+    # Scoring memory per batch: an exact chunk of words is cut to fit (a 4M-word list against 32 x 576
+    # patches in one chunk would be 300 GB of scores and ranking keys).
+    budget_bytes: int = 1 << 30
     score_dtype: str = "float32"
     num_workers: int = 0
     on_missing_image: str = "fail"
@@ -199,7 +202,11 @@ class ExtractJob:
             fast = "bfloat16" if device.type == "cuda" else "exact"
         if fast == "exact":
             return lambda feats, words: extract_labels(
-                feats, words, top_n=self.top_n, negate=self.negate, chunk_size=self.chunk_size
+                feats,
+                words,
+                top_n=self.top_n,
+                negate=self.negate,
+                chunk_size=exact_chunk(feats.shape[0] * feats.shape[1], self.chunk_size, self.budget_bytes),
             )
         return lambda feats, words: select_labels(feats, words, self.top_n, negate=self.negate, fast=fast)
 
@@ -284,6 +291,17 @@ def fast_score_error(fast: str, dim: int) -> float:
     """
     u = FAST_UNIT_ROUNDOFF[fast]
     return 2 * (3 * u + u * u + dim * 2.0**-24)
+
+
+# What one (patch, word) entry of an exact chunk holds at once: its float32 score, its int64 ranking key
+# and the key arithmetic's temporaries (measured peak about 32 bytes; `_chunk_words` doubles this).
+EXACT_BYTES_PER_SCORE = 16
+
+
+def exact_chunk(rows: int, chunk_size: int | None, budget_bytes: int) -> int:
+    """Words per exact-scoring chunk for `rows` patches: `chunk_size` (None: all) cut to the memory budget."""
+    bound = _chunk_words(rows, budget_bytes, EXACT_BYTES_PER_SCORE)
+    return bound if chunk_size is None else min(chunk_size, bound)
 
 
 def _chunk_words(rows: int, budget_bytes: int, bytes_per_score: int) -> int:
