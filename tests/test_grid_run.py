@@ -72,6 +72,7 @@ def write_spec(tmp_path: Path, exclude: str = "[]") -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_grid_end_to_end(tmp_path: Path, ray_session, capsys: pytest.CaptureFixture[str]) -> None:
     spec_path = write_spec(tmp_path)
     spec = load_spec(spec_path)
@@ -133,6 +134,7 @@ def test_grid_end_to_end(tmp_path: Path, ray_session, capsys: pytest.CaptureFixt
     )
 
 
+@pytest.mark.slow
 def test_two_gloo_workers_train_sea(tmp_path: Path, ray_session) -> None:
     """num_workers from the spec: two CPU workers (gloo) run one SEA trial through both stages, stage 1 under
     DeepSpeed ZeRO-2 (a checkpoint written by both ranks into one Ray checkpoint), stage 2 under ZeRO-3
@@ -209,6 +211,7 @@ def _killer_callback():
     return KillRankAfterFirstCheckpoint()
 
 
+@pytest.mark.slow
 def test_killed_rank_restarts_from_its_ray_checkpoint(tmp_path: Path, ray_session) -> None:
     """A TorchTrainer (DeepSpeed ZeRO-2) whose rank is SIGKILLed after its step-4 checkpoint restarts from it
     (`resources.max_failures: 1`) and ends with exactly the adapter of an uninterrupted run. (A relaunch in

@@ -489,6 +489,7 @@ def test_served_store_round_trip(mlflow_server: str, tmp_path: Path) -> None:
     assert _get(f"{url}/get-artifact?{q}").decode() == report.markdown
 
 
+@pytest.mark.slow
 def test_real_grid_evaluates_into_served_store(mlflow_server: str, tmp_path: Path, ray_session) -> None:
     """A real trial (stage 1, then the evaluation step) against the served store: its evaluation metrics,
     diagnostics curve and pictures read back through the REST API, then the report."""
