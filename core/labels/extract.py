@@ -257,11 +257,21 @@ def _collate_images(items: list[tuple[torch.Tensor, bool]]) -> tuple[torch.Tenso
 
 
 def _word_features(tower: Any, words: Sequence[str]) -> torch.Tensor:
-    parts = [
-        tower.text_features(list(words[i : i + TEXT_BATCH]), normalize=True)
-        for i in range(0, len(words), TEXT_BATCH)
-    ]
-    return torch.cat(parts).float()
+    """`[q, e]` float32 text features of `words`, written into one preallocated table.
+
+    Why not a list of batches and `torch.cat`: each kept batch (128 KiB) pinned the heap above the freed
+    activations of its forward pass, and the process grew by about 5.7 KB per word (23 GB at 4M words
+    before the machine ran out; measured with `bench/label_words_bench.py`).
+    """
+    out: torch.Tensor | None = None
+    for i in range(0, len(words), TEXT_BATCH):
+        feats = tower.text_features(list(words[i : i + TEXT_BATCH]), normalize=True)
+        if out is None:
+            out = torch.empty((len(words), feats.shape[1]), dtype=torch.float32, device=feats.device)
+        out[i : i + feats.shape[0]] = feats
+        del feats
+    assert out is not None, "no words"
+    return out
 
 
 # Unit roundoff of the inputs of a fast matmul ("tf32": float32 inputs on CUDA with TF32 matmuls allowed).
