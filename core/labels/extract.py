@@ -167,7 +167,7 @@ class ExtractJob:
     encoder_path: str | None = None
     chunk_size: int | None = None
     # Scoring memory per batch: an exact chunk of words is cut to fit (a 4M-word list against 32 x 576
-    # patches in one chunk would be 300 GB of scores and ranking keys).
+    # patches in one chunk would be 300 GB of float32 scores alone).
     budget_bytes: int = 1 << 30
     score_dtype: str = "float32"
     num_workers: int = 0
@@ -304,7 +304,8 @@ def fast_score_error(fast: str, dim: int) -> float:
 
 
 # What one (patch, word) entry of an exact chunk holds at once: its float32 score, its int64 ranking key
-# and the key arithmetic's temporaries (measured peak about 32 bytes; `_chunk_words` doubles this).
+# and the key arithmetic's temporaries (about 32 bytes: `_chunk_words` doubles this; a 1 GiB budget peaked
+# at 1.2 GB in `bench/label_words_bench.py`).
 EXACT_BYTES_PER_SCORE = 16
 
 

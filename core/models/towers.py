@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -180,15 +182,16 @@ class OpenClipTower(VisionTower):
         assert self.text_model is not None
         return self.text_model.encode_text(tokens)
 
-    def _tokenize(self, words: list[str]) -> torch.Tensor:
+    @cached_property
+    def _open_clip_tokenizer(self) -> Any:
         # Built once per tower: open_clip's get_tokenizer reads and indexes its BPE vocabulary at every call,
         # which dominated encoding a 4M-word list (4,000 calls).
-        tokenizer = self.__dict__.get("_open_clip_tokenizer")
-        if tokenizer is None:
-            import open_clip
+        import open_clip
 
-            tokenizer = self.__dict__["_open_clip_tokenizer"] = open_clip.get_tokenizer(self.model_name)
-        return tokenizer(words)
+        return open_clip.get_tokenizer(self.model_name)
+
+    def _tokenize(self, words: list[str]) -> torch.Tensor:
+        return self._open_clip_tokenizer(words)
 
 
 def _hidden_state_features(tower: VisionTower, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
