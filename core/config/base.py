@@ -6,13 +6,14 @@ import difflib
 from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict
+from pydantic.config import JsonDict
 
 # Fields that say where or how a trial runs but not what its result is carry this marker: they are
 # left out of trial ids and step hashes (core.config.identity) and recorded as tags/params only.
-NOT_IDENTITY = {"identity": False}
+NOT_IDENTITY: JsonDict = {"identity": False}
 # A setting added after trials were run: part of the identity only when it differs from its default, so
 # adding it renames no existing trial or step.
-IDENTITY_IF_SET = {"identity": "if_set"}
+IDENTITY_IF_SET: JsonDict = {"identity": "if_set"}
 
 
 class Strict(BaseModel):
