@@ -62,6 +62,10 @@ bench-one NAME *ARGS: setup
 test: setup
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 uv run --frozen --quiet pytest -q
 
+# The fast tier for the inner loop: every test that starts no TorchTrainer and is not marked slow (under 3 minutes).
+test-fast: setup
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 uv run --frozen --quiet pytest -q --fast
+
 # ruff lint and format check.
 lint: setup
     uv run --frozen --quiet ruff check .

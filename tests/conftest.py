@@ -67,3 +67,34 @@ def own_process_group():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under `--fast` (just test-fast) a test that starts a Ray Train TorchTrainer without the `trainer` marker
+    fails at once, so the fast tier cannot silently grow the tens of seconds each fit costs."""
+    if config.getoption("--fast"):
+        config.option.markexpr = " and ".join(
+            part for part in (config.option.markexpr, "not trainer and not slow") if part
+        )
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--fast", action="store_true", help="the fast tier: no TorchTrainer, no slow tests")
+
+
+@pytest.fixture(autouse=True)
+def _trainer_marker_is_honest(request: pytest.FixtureRequest):
+    """In the fast tier, starting a TorchTrainer is an error naming the marker to add."""
+    if not request.config.getoption("--fast"):
+        yield
+        return
+    from ray.train.torch import TorchTrainer
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(
+            f"{request.node.nodeid} starts a TorchTrainer: mark it @pytest.mark.trainer (or slow)"
+        )
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TorchTrainer, "fit", refuse)
+        yield
