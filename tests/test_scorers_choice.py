@@ -14,7 +14,7 @@ import pytest
 from openpyxl import load_workbook
 from PIL import Image
 
-from core.evaluation.scorers import mmbench, mmmu, mmvp, seedbench
+from core.evaluation.scorers import mmbench, mmmu, mmvp, scienceqa, seedbench
 from core.evaluation.scorers.common import ScorerInputError
 
 
@@ -311,3 +311,70 @@ def test_mmmu_read_parquet_and_score(tmp_path: Path) -> None:
     assert metrics[f"{mmmu.SUBJECT_PREFIX}Math"] == 0.5
     assert metrics[f"{mmmu.DOMAIN_PREFIX}Art and Design"] == 1.0
     assert metrics[f"{mmmu.DOMAIN_PREFIX}Science"] == 0.5
+
+
+# --------------------------------------------------------------------------------------------------------
+# ScienceQA
+# --------------------------------------------------------------------------------------------------------
+
+
+def _write_sqa(tmp: Path) -> dict[str, Path]:
+    problems = {
+        "10": {
+            "question": "Which is a mammal?",
+            "choices": ["frog", "whale"],
+            "answer": 1,
+            "hint": "",
+            "image": "image.png",
+        },
+        "11": {
+            "question": "Pick  one.",
+            "choices": ["x", "y", "z"],
+            "answer": 2,
+            "hint": "A hint.",
+            "image": None,
+        },
+        "12": {
+            "question": "Which is hot?",
+            "choices": ["ice", "fire", "snow"],
+            "answer": 1,
+            "hint": "",
+            "image": "image.png",
+        },
+        "99": {"question": "train only", "choices": ["a", "b"], "answer": 0, "hint": "", "image": None},
+    }
+    (tmp / "problems.json").write_text(json.dumps(problems))
+    (tmp / "pid_splits.json").write_text(json.dumps({"test": ["10", "11", "12"], "train": ["99"]}))
+    (tmp / "images").mkdir()
+    return {"problems": tmp / "problems.json", "splits": tmp / "pid_splits.json", "images": tmp / "images"}
+
+
+def test_scienceqa_prompt_parsing_and_img_accuracy(tmp_path: Path) -> None:
+    samples = scienceqa.read(_write_sqa(tmp_path))
+    assert [s.id for s in samples] == ["10", "11", "12"] and samples[1].image is None
+    assert samples[0].image == tmp_path / "images" / "10" / "image.png"
+    assert scienceqa.prompt(samples[0]) == (
+        "Context: N/A\nWhich is a mammal?\nA. frog\nB. whale\n"
+        "Answer with the option's letter from the given choices directly."
+    )
+    assert scienceqa.prompt(samples[1]).startswith("Context: A hint.\nPick one.\nA. x")  # double space folded
+    metrics = scienceqa.score(samples, {"10": "B", "11": "The answer is C", "12": "C. snow"})
+    assert metrics == {scienceqa.ACCURACY: pytest.approx(2 / 3), scienceqa.IMG_ACCURACY: 0.5}
+
+
+@pytest.mark.parametrize(
+    ("text", "n", "letter"),
+    [
+        ("B", 3, "B"),
+        (" C ", 3, "C"),
+        ("A. frog", 2, "A"),
+        ("A.frog", 2, None),  # needs ". " after the letter
+        ("I think The answer is B.", 2, "B"),
+        ("The answer is E", 3, None),  # beyond the problem's choices
+        ("", 2, None),
+        ("AB", 2, None),
+        ("B\nbecause", 2, "B"),  # newline read as ". "
+    ],
+)
+def test_scienceqa_answer_parsing(text: str, n: int, letter: str | None) -> None:
+    assert scienceqa.parse_answer(text, n) == letter

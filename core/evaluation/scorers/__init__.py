@@ -34,6 +34,7 @@ from core.evaluation.scorers import (
     mmvet,
     mmvp,
     ocrbench,
+    scienceqa,
     seedbench,
     vqa,
 )
@@ -51,6 +52,7 @@ FAMILIES: dict[str, Family] = {
         ocrbench.FAMILY,
         seedbench.FAMILY,
         mmmu.FAMILY,
+        scienceqa.FAMILY,
         captions.FAMILY,
         mmvet.FAMILY,
         llava_wild.FAMILY,
