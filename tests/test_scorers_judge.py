@@ -233,3 +233,18 @@ def test_llava_wild_relative_score(judge_config: JudgeConfig, tmp_path: Path) ->
 )
 def test_llava_wild_score_parsing(review: str, pair: tuple[float, float]) -> None:
     assert llava_wild.parse_scores(review) == pair
+
+
+def test_unreachable_judge_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    config = JudgeConfig(
+        base_url=f"http://127.0.0.1:9/v1?key={SECRET}",
+        model="m",
+        cache_dir=tmp_path,
+        max_attempts=2,
+        retry_wait_s=0,
+    )
+    judge = Judge(config)
+    with pytest.raises(JudgeError, match=r"unreachable") as err:
+        judge.complete([{"role": "user", "content": "hi"}], 0.0, 3)
+    assert judge.requests_sent == 2 and SECRET not in str(err.value) and not list(tmp_path.rglob("*.json"))

@@ -66,7 +66,8 @@ def prompt(sample: CaptionSample) -> str:
     return CAPTION_PROMPT
 
 
-def _require_java() -> None:
+def require_java() -> None:
+    """Raise ScorerInputError naming the fix when no `java` is on PATH (`just data` can call this too)."""
     if shutil.which("java") is None:
         raise ScorerInputError(
             "COCO caption scoring needs a Java runtime (pycocoevalcap's PTB tokenizer and METEOR): "
@@ -85,7 +86,7 @@ def score(
     from pycocoevalcap.rouge.rouge import Rouge
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    _require_java()
+    require_java()
     preds = predictions_for(samples, predictions)
     tokenizer = PTBTokenizer()
     gts = tokenizer.tokenize({s.id: [{"caption": r} for r in s.references] for s in samples})

@@ -106,6 +106,7 @@ class Judge:
 
     def _post(self, payload: Mapping[str, object]) -> str:
         url = self.config.base_url.rstrip("/") + "/chat/completions"
+        shown = self._scrub(url)  # some gateways take the key in the URL: never print it
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.config.api_key_env)
         if key:
@@ -122,14 +123,14 @@ class Judge:
                 detail = self._scrub(err.read().decode(errors="replace")[:300])
                 retryable = err.code == 429 or err.code >= 500
                 if not retryable or attempt == self.config.max_attempts:
-                    raise JudgeError(f"judge {url} answered HTTP {err.code}: {detail}") from None
+                    raise JudgeError(f"judge {shown} answered HTTP {err.code}: {detail}") from None
             except (urllib.error.URLError, TimeoutError, OSError) as err:
                 if attempt == self.config.max_attempts:
-                    raise JudgeError(f"judge {url} unreachable: {self._scrub(str(err))}") from None
+                    raise JudgeError(f"judge {shown} unreachable: {self._scrub(str(err))}") from None
             except (KeyError, IndexError, ValueError) as err:
                 raise JudgeError(
-                    f"judge {url} reply is not a chat completion ({type(err).__name__})"
+                    f"judge {shown} reply is not a chat completion ({type(err).__name__})"
                 ) from None
-            log.warning("judge %s attempt %d failed; retrying", url, attempt)
+            log.warning("judge %s attempt %d failed; retrying", shown, attempt)
             time.sleep(min(self.config.retry_wait_s * 2 ** (attempt - 1), 30.0))
-        raise JudgeError(f"judge {url}: no reply")  # unreachable: the loop returns or raises
+        raise JudgeError(f"judge {shown}: no reply")  # unreachable: the loop returns or raises
