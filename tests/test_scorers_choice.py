@@ -228,11 +228,16 @@ def test_seedbench_first_character_rule(tmp_path: Path) -> None:
     assert seedbench.prompt(samples[0]) == (
         "question 1?\nA. cat\nB. dog\nC. cow\nD. pig\nAnswer with the option's letter from the given choices directly."
     )
-    metrics = seedbench.score(samples, {"1": " A. cat", "2": "The answer is B", "3": "C"})
-    assert metrics[seedbench.ALL] == pytest.approx(2 / 3)  # "The answer is B" reads as "T"
-    assert metrics[seedbench.IMAGE] == pytest.approx(2 / 3)
-    assert metrics[f"{seedbench.QUESTION_TYPE_PREFIX}Scene Understanding"] == 0.5
-    assert metrics[f"{seedbench.QUESTION_TYPE_PREFIX}Instance Identity"] == 1.0
+    preds = {"1": " A. cat", "2": "The answer is B", "3": "C\n"}
+    # LLaVA: the stripped answer must be the letter: only question 3 is right.
+    llava = seedbench.score(samples, preds)
+    assert llava[seedbench.ALL] == pytest.approx(1 / 3) and llava[seedbench.IMAGE] == pytest.approx(1 / 3)
+    assert llava[f"{seedbench.QUESTION_TYPE_PREFIX}Scene Understanding"] == 0.0
+    assert llava[f"{seedbench.QUESTION_TYPE_PREFIX}Instance Identity"] == 1.0
+    # lmms-eval: the first character: "A. cat" is A, "The answer is B" is "T".
+    lmms = seedbench.score(samples, preds, first_character=True)
+    assert lmms[seedbench.ALL] == pytest.approx(2 / 3)
+    assert lmms[f"{seedbench.QUESTION_TYPE_PREFIX}Scene Understanding"] == 0.5
     (tmp_path / "frames").mkdir()
     with_video = seedbench.read({**paths, "video_frames": tmp_path / "frames"})
     assert with_video[-1].image == tmp_path / "frames" / "v1.png"

@@ -18,7 +18,8 @@ Interface (every family is a `common.Family`, listed once in `FAMILIES` below):
   parsing and aggregation; every sample needs a prediction. Judged families (`needs_judge`) take
   `judge=judge.Judge(...)` and return `judge.JudgedMetrics`, whose `judge_model` belongs in the result.
 - Options a spec may pass through: `mmbench.read(paths, lang)`, `scienceqa.read(paths, split)`,
-  `mmmu.score(..., seed)` (the fallback letter's seed), `captions.score(..., spice)`.
+  `mmmu.score(..., seed)` (the fallback letter's seed), `seedbench.score(..., first_character)`,
+  `captions.score(..., spice)`.
 - `metrics`: the fixed metric names (declared once as constants in the family's module; per-category
   names are `<PREFIX><name>`); `headline`: the number a paper table shows.
 - Submission files for the evaluation servers: `vqa.write_vqav2_submission`, `vqa.write_vizwiz_submission`,

@@ -1,4 +1,4 @@
-"""SEED-Bench: SEED-Bench.json, LLaVA-1.5's letter prompt, the answer letter read as lmms-eval does, accuracy."""
+"""SEED-Bench: SEED-Bench.json, LLaVA-1.5's letter prompt, LLaVA's exact-letter rule (or lmms-eval's), accuracy."""
 
 from __future__ import annotations
 
@@ -72,14 +72,19 @@ def prompt(sample: SeedSample) -> str:
     return f"{sample.question}\n{option_block(sample.options)}\n{LETTER_INSTRUCTION}"
 
 
-def extract_letter(prediction: str) -> str:
-    """lmms-eval's SEED rule: the stripped answer's first character ("A." and "A) cat" read as A)."""
-    return prediction.strip()[:1]
+def extract_letter(prediction: str, first_character: bool = False) -> str:
+    """LLaVA's convert_seed_for_submission.py: the (stripped) answer must be the letter itself.
+    `first_character`: lmms-eval's looser rule, the stripped answer's first character ("A." reads as A)."""
+    text = prediction.strip()
+    return text[:1] if first_character else text
 
 
-def score(samples: Sequence[SeedSample], predictions: Mapping[str, str]) -> dict[str, float]:
+def score(
+    samples: Sequence[SeedSample], predictions: Mapping[str, str], first_character: bool = False
+) -> dict[str, float]:
+    """Accuracy overall, per data type (image = SEED-IMG) and per question type."""
     preds = predictions_for(samples, predictions)
-    right = [extract_letter(p) == s.answer for s, p in zip(samples, preds, strict=True)]
+    right = [extract_letter(p, first_character) == s.answer for s, p in zip(samples, preds, strict=True)]
     groups: dict[str, list[bool]] = {ALL: right}
     for s, ok in zip(samples, right, strict=True):
         groups.setdefault(s.data_type, []).append(ok)
