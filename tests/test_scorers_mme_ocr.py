@@ -37,7 +37,9 @@ def _mme_root(tmp: Path) -> Path:
 def test_mme_acc_acc_plus_and_totals(tmp_path: Path) -> None:
     samples = mme.read({"root": _mme_root(tmp_path)})
     assert len(samples) == 8
-    assert mme.prompt(samples[0]) == "Is there a dog? Please answer yes or no."
+    assert mme.prompt(samples[0]) == "Is there a dog?\nAnswer the question using a single word or phrase."
+    double_space = mme.MmeSample("x", "OCR", Path("i.jpg"), "Is it 'OK'?  Please answer yes or no.", "yes")
+    assert mme.prompt(double_space) == "Is it 'OK'?\nAnswer the question using a single word or phrase."
     by_q = {s.id: s for s in samples}
     preds = {
         # existence: e1 both right, e2 one of two wrong -> acc 3/4 = 75, acc+ 1/2 = 50, score 125

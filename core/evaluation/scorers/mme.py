@@ -6,7 +6,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.evaluation.scorers.common import DataFile, Family, ScorerInputError, predictions_for, require
+from core.evaluation.scorers.common import (
+    SHORT_ANSWER_INSTRUCTION,
+    DataFile,
+    Family,
+    ScorerInputError,
+    predictions_for,
+    require,
+)
 
 PERCEPTION = "perception"
 COGNITION = "cognition"
@@ -40,6 +47,7 @@ FILES = (
     ),
 )
 _IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")
+MME_SUFFIX = "Please answer yes or no."
 
 
 @dataclass(frozen=True)
@@ -96,8 +104,12 @@ def read(paths: Mapping[str, Path]) -> list[MmeSample]:
 
 
 def prompt(sample: MmeSample) -> str:
-    """The question as MME ships it; it already ends in "Please answer yes or no." (LLaVA asks it as is)."""
-    return sample.question
+    """LLaVA-1.5's MME prompt (llava_mme.jsonl): MME's " Please answer yes or no." replaced by the
+    short-answer instruction on its own line."""
+    question = sample.question
+    if question.endswith(MME_SUFFIX):
+        question = question[: -len(MME_SUFFIX)]
+    return f"{question.strip()}\n{SHORT_ANSWER_INSTRUCTION}"
 
 
 def parse_yes_no(prediction: str) -> str:
