@@ -119,6 +119,7 @@ def adapter(step_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(step_dir / "adapter" / "adapter.safetensors"))
 
 
+@pytest.mark.slow
 def test_zero2_and_zero3_match_plain_pytorch(tmp_path: Path) -> None:
     """One rank, fp32: ZeRO only changes where state lives, so both stages end where plain PyTorch does
     (accumulation scaling, clipping, the schedule and SEA's log_tau inside the engine included)."""

@@ -102,6 +102,7 @@ def test_resolve_parallel(monkeypatch) -> None:
             resolve_parallel(bad, 100)
 
 
+@pytest.mark.slow
 def test_parallel_store_is_byte_identical(
     ray_session, reference: Path, data: tuple[Path, Path], words: list[str], tmp_path: Path, monkeypatch
 ) -> None:

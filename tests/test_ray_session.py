@@ -99,6 +99,7 @@ def head() -> Iterator[tuple[Path, str, str]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_joins_live_local_cluster_with_token_auth(head: tuple[Path, str, str]) -> None:
     root, address, head_log = head
     assert "Token authentication is enabled" in head_log  # the case that makes joining hard
@@ -107,6 +108,7 @@ def test_joins_live_local_cluster_with_token_auth(head: tuple[Path, str, str]) -
     assert SECRET not in log
 
 
+@pytest.mark.slow
 def test_joins_ray_address_of_local_token_cluster(head: tuple[Path, str, str]) -> None:
     root, address, _ = head
     result, _ = _drive(_env(root, RAY_ADDRESS=address, **{MODE_ENV: "existing"}))
@@ -126,6 +128,7 @@ def test_mode_chooses_between_live_cluster_and_local(
     assert join_target("local") is None
 
 
+@pytest.mark.slow
 def test_stale_address_file_is_ignored() -> None:
     root = _short_tmp()
     (root / "ray").mkdir()

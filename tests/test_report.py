@@ -413,6 +413,7 @@ def _log_trial_metrics(url: str, run_id: str) -> float:
     return time.monotonic() - t0
 
 
+@pytest.mark.slow
 def test_eight_concurrent_writers_lose_no_metric_point(mlflow_server: str) -> None:
     """8 trials' writers logging at once to one served store: every point arrives (counted per metric)."""
     import multiprocessing as mp
