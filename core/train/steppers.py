@@ -5,19 +5,23 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
 from core.train.checkpoint import load_state, save_state
 
+if TYPE_CHECKING:
+    from core.methods.objective import Objective
+    from core.models.vlm import VLM
+
 
 class TrainModule(nn.Module):
     """The VLM and the method's objective as one module, so that what wraps it (DDP, a DeepSpeed engine)
     also reduces, shards and checkpoints the objective's own parameters (SEA's log_tau)."""
 
-    def __init__(self, vlm: nn.Module, objective: nn.Module) -> None:
+    def __init__(self, vlm: VLM, objective: Objective) -> None:
         super().__init__()
         self.vlm = vlm
         self.objective = objective
