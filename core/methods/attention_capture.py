@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from core.models.vlm import VLM
+    from core.models.vlm import VLM, SplicedInputs
 
 # Attribute set on the attention modules of layers 1..k while a capture is active: (capture, layer index).
 CAPTURE_ATTR = "_seagrid_capture"
@@ -275,7 +275,7 @@ class ShallowLayerCapture:
 
     # --- hooks ---
 
-    def _on_splice(self, spliced: Any) -> None:
+    def _on_splice(self, spliced: SplicedInputs) -> None:
         self._forwards += 1
         if self._forwards > 1:
             raise RuntimeError(

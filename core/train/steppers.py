@@ -63,7 +63,7 @@ class TorchStepper:
         self,
         module: TrainModule,
         optimizer: torch.optim.Optimizer,
-        scheduler: Any,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
         *,
         accumulation: int,
         world: int,
@@ -92,7 +92,7 @@ class TorchStepper:
         if self.micro % self.accumulation:
             return None
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        lr = self.scheduler.get_last_lr()[0]
+        lr = float(self.scheduler.get_last_lr()[0])  # torch types the lrs as float | Tensor
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
