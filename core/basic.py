@@ -199,7 +199,7 @@ class _WeightedKL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, v: Tensor, v_hat: Tensor, table: Tensor, w: Tensor, chunk: int, dtype: torch.dtype
     ) -> Tensor:
         ctx.save_for_backward(v, v_hat, table, w)
@@ -239,7 +239,7 @@ class _WeightedKLGradInForward(torch.autograd.Function):
     `[chunk, V]` matmuls per chunk instead of five)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, v: Tensor, v_hat: Tensor, table: Tensor, w: Tensor, chunk: int, dtype: torch.dtype
     ) -> Tensor:
         total = torch.zeros((), dtype=dtype, device=v.device)

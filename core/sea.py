@@ -13,12 +13,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from core.models.tokenizer import Tokenizer
 
 __all__ = [
     "LabelRows",
@@ -348,7 +351,7 @@ def sample_pairs(
     return batch_idx[keep], patch_idx[keep], label_id[keep]
 
 
-def _word_token_ids(words: Sequence[str], tokenizer: Any) -> list[list[int]]:
+def _word_token_ids(words: Sequence[str], tokenizer: Tokenizer) -> list[list[int]]:
     """Token ids of each word as it appears mid-sentence, without special tokens (REFERENCE.md 2.6)."""
     for word in words:
         if not isinstance(word, str) or not word.strip() or word != word.strip():
@@ -379,7 +382,8 @@ def _word_token_ids(words: Sequence[str], tokenizer: Any) -> list[list[int]]:
         for i, bare_ids, spaced_ids in zip(fallback, bare, spaced, strict=True):
             # A tokenizer that already marks a bare word's start (SentencePiece dummy prefix: "▁word")
             # gives the mid-sentence form for "word"; " word" would add a second, lone "▁".
-            first = tokenizer.convert_ids_to_tokens(bare_ids[0]) if bare_ids else ""
+            tokens = tokenizer.convert_ids_to_tokens(bare_ids[:1])  # a list in, a list out
+            first = tokens[0] if tokens else ""
             result[i] = bare_ids if first.startswith(_WHITESPACE_TOKENS) else spaced_ids
     for word, ids in zip(words, result, strict=True):
         if not ids:
@@ -387,7 +391,7 @@ def _word_token_ids(words: Sequence[str], tokenizer: Any) -> list[list[int]]:
     return result
 
 
-def label_embeddings(words: Sequence[str], tokenizer: Any, embedding: nn.Module | Tensor) -> Tensor:
+def label_embeddings(words: Sequence[str], tokenizer: Tokenizer, embedding: nn.Module | Tensor) -> Tensor:
     """Mean LLM input embedding of each word's tokens (REFERENCE.md 2.6; SEA Eq. 10).
 
     Args:
@@ -413,6 +417,7 @@ def label_embeddings(words: Sequence[str], tokenizer: Any, embedding: nn.Module 
     if isinstance(words, str):
         raise ValueError(f"words must be a list of strings, got the single string {words!r}")
     words = list(words)
+    dim: int | None
     if isinstance(embedding, Tensor):
         if embedding.dim() != 2:
             raise ValueError(f"embedding weight must be [V, D], got shape {tuple(embedding.shape)}")
@@ -496,7 +501,7 @@ class LabelRows:
 def label_embedding_rows(
     words: Sequence[str],
     word_ids: Sequence[int] | np.ndarray | Tensor,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     embedding: nn.Module | Tensor,
     *,
     chunk: int = 65536,

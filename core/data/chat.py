@@ -49,7 +49,7 @@ import contextlib
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from core.data.templates import (
     DEFAULT_IMAGE_TOKEN,
@@ -58,6 +58,9 @@ from core.data.templates import (
     register_template,
 )
 from core.models.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+if TYPE_CHECKING:
+    from core.models.tokenizer import Tokenizer
 
 ROLES = ("human", "gpt")
 
@@ -203,16 +206,16 @@ def conversation_pairs(conversations: Conversation, template: str) -> list[tuple
     return list(zip(values[0::2], values[1::2], strict=True))
 
 
-def tokenizer_name(tokenizer: Any) -> str:
+def tokenizer_name(tokenizer: Tokenizer) -> str:
     """A readable name for error messages: the hub id or path, else the class name."""
     return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
 
 
 # Per tokenizer object: {template: adds_bos}, so the special-token check runs once, not per sample.
-_CHECKED: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDictionary()
+_CHECKED: weakref.WeakKeyDictionary[Tokenizer, dict[str, bool]] = weakref.WeakKeyDictionary()
 
 
-def _check_tokenizer(fmt: ChatFormat, tokenizer: Any) -> bool:
+def _check_tokenizer(fmt: ChatFormat, tokenizer: Tokenizer) -> bool:
     """Raise if a marker of `fmt` is not one token of `tokenizer`; return whether it adds a bos."""
     try:
         cached = _CHECKED.get(tokenizer, {})
@@ -249,7 +252,7 @@ def _render(segments: Sequence[tuple[str, bool]]) -> tuple[str, bytearray]:
     return text, supervised
 
 
-def _chunk_offsets(tokenizer: Any, chunks: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+def _chunk_offsets(tokenizer: Tokenizer, chunks: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
     """(ids, character offsets) of each chunk, tokenised on its own without special tokens (one call)."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(
@@ -263,7 +266,7 @@ def _chunk_offsets(tokenizer: Any, chunks: list[str]) -> list[tuple[list[int], l
     ]
 
 
-def encode_segments(segments: Sequence[tuple[str, bool]], tokenizer: Any, add_bos: bool) -> Encoded:
+def encode_segments(segments: Sequence[tuple[str, bool]], tokenizer: Tokenizer, add_bos: bool) -> Encoded:
     """Tokenise the whole prompt that `segments` render to; supervise the tokens covering supervised text.
 
     `<image>` (only in masked segments) becomes IMAGE_TOKEN_INDEX (labelled IGNORE_INDEX), the text
@@ -287,7 +290,7 @@ def encode_segments(segments: Sequence[tuple[str, bool]], tokenizer: Any, add_bo
     return Encoded(input_ids=input_ids, labels=labels)
 
 
-def encode_chat(template: str, conversations: Conversation, tokenizer: Any) -> Encoded:
+def encode_chat(template: str, conversations: Conversation, tokenizer: Tokenizer) -> Encoded:
     """Encode a LLaVA conversation with the chat template `template` (a key of CHAT_FORMATS)."""
     fmt = CHAT_FORMATS[template]
     pairs = conversation_pairs(conversations, template)
@@ -296,7 +299,7 @@ def encode_chat(template: str, conversations: Conversation, tokenizer: Any) -> E
 
 
 def _register(name: str) -> None:
-    def encode(conversations: Conversation, tokenizer: Any) -> Encoded:
+    def encode(conversations: Conversation, tokenizer: Tokenizer) -> Encoded:
         return encode_chat(name, conversations, tokenizer)
 
     encode.__name__ = f"encode_{name}"

@@ -8,12 +8,15 @@ import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw
 
 from core.cache import build_once
 from core.paths import cache_dir
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 # Bump when the drawing or captioning changes, so cached datasets built by older code are not reused.
 GENERATOR_VERSION = 1
@@ -77,7 +80,7 @@ def check_drawing(where: str, image_size: int, max_objects: int) -> None:
         )
 
 
-def spec_digest(spec: Any, **versions: int | str) -> str:
+def spec_digest(spec: DataclassInstance, **versions: int | str) -> str:
     """Short hash of a spec dataclass and the generator versions that wrote it: its cache directory's name."""
     payload = json.dumps({**asdict(spec), **versions}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]

@@ -216,11 +216,15 @@ def _text_question(rng: random.Random) -> tuple[str, str, list[str]]:
     if kind == "sides":
         shape = rng.choice(sorted(SIDES))
         right = SIDES[shape]
-        wrong = rng.sample([n for n in range(2, 11) if n != right], 3)
-        return QUESTIONS["sides"].format(shape=shape), str(right), [str(n) for n in wrong]
-    a, b = rng.randint(0, 9), rng.randint(0, 9)
-    wrong = rng.sample([n for n in range(19) if n != a + b], 3)
-    return QUESTIONS["add"].format(a=NUMBER_WORDS[a], b=NUMBER_WORDS[b]), str(a + b), [str(n) for n in wrong]
+        wrong_sides = rng.sample([n for n in range(2, 11) if n != right], 3)
+        return QUESTIONS["sides"].format(shape=shape), str(right), [str(n) for n in wrong_sides]
+    x, y = rng.randint(0, 9), rng.randint(0, 9)
+    wrong_sums = rng.sample([n for n in range(19) if n != x + y], 3)
+    return (
+        QUESTIONS["add"].format(a=NUMBER_WORDS[x], b=NUMBER_WORDS[y]),
+        str(x + y),
+        [str(n) for n in wrong_sums],
+    )
 
 
 def _text_mc(spec: SyntheticEvalSpec, out: Path) -> None:

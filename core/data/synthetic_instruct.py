@@ -144,8 +144,8 @@ def _text_question(rng: random.Random) -> tuple[str, str]:
     if kind == "sides":
         shape = rng.choice(sorted(SIDES))
         return QUESTIONS["sides"].format(shape=shape), str(SIDES[shape])
-    a, b = rng.randint(0, 9), rng.randint(0, 9)
-    return QUESTIONS["add"].format(a=NUMBER_WORDS[a], b=NUMBER_WORDS[b]), str(a + b)
+    x, y = rng.randint(0, 9), rng.randint(0, 9)
+    return QUESTIONS["add"].format(a=NUMBER_WORDS[x], b=NUMBER_WORDS[y]), str(x + y)
 
 
 def _rounds(

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from core.models.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+if TYPE_CHECKING:
+    from core.models.tokenizer import Tokenizer
 
 DEFAULT_IMAGE_TOKEN = "<image>"
 
 Conversation = Sequence[Mapping[str, str]]
-# A template encodes one conversation with a Hugging Face tokenizer (typed loosely: any object with
-# `__call__(text).input_ids` and `bos_token_id` works).
-TemplateFn = Callable[[Conversation, Any], "Encoded"]
+# A template encodes one conversation with a Hugging Face tokenizer.
+TemplateFn = Callable[[Conversation, "Tokenizer"], "Encoded"]
 
 
 @dataclass
@@ -38,7 +40,7 @@ class Encoded:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
-def tokenizer_image_token(prompt: str, tokenizer: Any) -> list[int]:
+def tokenizer_image_token(prompt: str, tokenizer: Tokenizer) -> list[int]:
     """Tokenise `prompt`, replacing each `<image>` by IMAGE_TOKEN_INDEX, as LLaVA's helper of that name.
 
     Each text chunk is tokenised on its own with the tokenizer's default special tokens; the bos
@@ -72,7 +74,7 @@ def register_template(name: str) -> Callable[[TemplateFn], TemplateFn]:
 
 
 @register_template("plain")
-def encode_plain(conversations: Conversation, tokenizer: Any) -> Encoded:
+def encode_plain(conversations: Conversation, tokenizer: Tokenizer) -> Encoded:
     """LLaVA stage-1 `plain` template: `<image>` + caption + "\\n"; only caption and "\\n" are supervised.
 
     Follows LLaVA's `preprocess_plain`: the human prompt is discarded, the text is tokenised with
@@ -97,7 +99,7 @@ def encode_plain(conversations: Conversation, tokenizer: Any) -> Encoded:
     return Encoded(input_ids=input_ids, labels=labels)
 
 
-def encode_conversation(conversations: Conversation, template: str, tokenizer: Any) -> Encoded:
+def encode_conversation(conversations: Conversation, template: str, tokenizer: Tokenizer) -> Encoded:
     """Encode one conversation with the named template (a key of TEMPLATES)."""
     try:
         fn = TEMPLATES[template]

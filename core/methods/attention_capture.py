@@ -6,10 +6,13 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from core.models.vlm import VLM, SplicedInputs
 
 # Attribute set on the attention modules of layers 1..k while a capture is active: (capture, layer index).
 CAPTURE_ATTR = "_seagrid_capture"
@@ -92,7 +95,8 @@ def _no_autocast(device: torch.device) -> Iterator[None]:
 
 def decoder_layers(llm: nn.Module) -> nn.ModuleList:
     """The causal LM's decoder layers (`model.layers` for Llama, Mistral, Gemma, Phi3)."""
-    decoder = llm.get_decoder() if hasattr(llm, "get_decoder") else getattr(llm, "model", None)
+    get_decoder = getattr(llm, "get_decoder", None)
+    decoder = get_decoder() if get_decoder is not None else getattr(llm, "model", None)
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, nn.ModuleList):
         raise ValueError(
@@ -107,11 +111,20 @@ def _original_function(original: str, module: nn.Module) -> Callable[..., Any]:
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
-    if original == "eager":
-        if eager is None:
+    if eager is None:
+        if original == "eager":
             raise ValueError(f"{type(module).__module__} has no eager_attention_forward to delegate to")
-        return eager
+        eager = _no_eager_function(type(module).__module__)
     return ALL_ATTENTION_FUNCTIONS.get_interface(original, eager)
+
+
+def _no_eager_function(module_name: str) -> Callable[..., Any]:
+    """The default for `get_interface`, which transformers falls back to only for an unset implementation."""
+
+    def missing(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError(f"{module_name} has no eager_attention_forward to delegate to")
+
+    return missing
 
 
 def _make_capture_function(original: str) -> Callable[..., Any]:
@@ -155,7 +168,9 @@ def capture_implementation(original: str) -> str:
         # Same mask as the original gets (None for sdpa's causal skip, 2D for flash, 4D otherwise);
         # an original without a mask function gets none either way.
         if original in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
-            AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[original])
+            # transformers' mapping is an unannotated dict literal, which mypy infers as `builtins.function`.
+            mask_function = cast("Callable[..., Any]", ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[original])
+            AttentionMaskInterface.register(name, mask_function)
     return name
 
 
@@ -178,7 +193,7 @@ class ShallowLayerCapture:
 
     def __init__(
         self,
-        vlm: nn.Module,
+        vlm: VLM,
         layers: int,
         weights: Tensor,
         *,
@@ -260,7 +275,7 @@ class ShallowLayerCapture:
 
     # --- hooks ---
 
-    def _on_splice(self, spliced: Any) -> None:
+    def _on_splice(self, spliced: SplicedInputs) -> None:
         self._forwards += 1
         if self._forwards > 1:
             raise RuntimeError(

@@ -6,11 +6,14 @@ import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+    from torch import nn
+    from transformers import PretrainedConfig, PreTrainedModel
+
+    from core.models.tokenizer import Tokenizer
 
 from core.config.facts import CHAT_TEMPLATES  # noqa: E402  (re-exported)
 from core.models.tiny import TinyBuilder, checkpoint_source
@@ -268,13 +271,19 @@ def llm_source(llm_id: str, path: str | Path | None = None) -> str:
     return checkpoint_source(get_llm_spec(llm_id), path, "llm")
 
 
+def input_embeddings(model: PreTrainedModel) -> nn.Embedding:
+    """The LLM's token embedding table. transformers types `get_input_embeddings` as any `nn.Module`, but
+    every causal LM in the registry returns an `nn.Embedding` (or a subclass: Gemma's scaled embedding)."""
+    return cast("nn.Embedding", model.get_input_embeddings())
+
+
 def load_llm(
     llm_id: str,
     *,
     path: str | Path | None = None,
     dtype: torch.dtype | None = None,
     zero3_config: Mapping[str, Any] | None = None,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+) -> tuple[PreTrainedModel, Tokenizer]:
     """Load the causal LM and its tokenizer through `from_pretrained`, whatever the source.
 
     The weights load straight into `dtype` (default float32; bf16 where the stage computes in it). With
@@ -293,10 +302,11 @@ def load_llm(
     tokenizer = AutoTokenizer.from_pretrained(source, padding_side="right", model_max_length=spec.max_length)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
-    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+    table_size = input_embeddings(model).num_embeddings
+    if table_size < len(tokenizer):
         raise ValueError(
             f"llm {llm_id!r} from {source}: tokenizer has {len(tokenizer)} tokens but the embedding table "
-            f"only {model.get_input_embeddings().num_embeddings}; the checkpoint and tokenizer do not match"
+            f"only {table_size}; the checkpoint and tokenizer do not match"
         )
     return model, tokenizer
 

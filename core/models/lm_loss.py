@@ -43,7 +43,10 @@ def supervised_lm_loss(
     if count == 0:
         # Nothing supervised: a zero that still reaches every trainable weight (ranks stay in step).
         return hidden.sum() * 0.0
-    size = chunk or default_chunk(head.weight.shape[0] if hasattr(head, "weight") else 32000)
+    weight = getattr(
+        head, "weight", None
+    )  # the vocabulary size sizes the chunk; 32000 for a head without one
+    size = chunk or default_chunk(weight.shape[0] if isinstance(weight, Tensor) else 32000)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, count, size):
         part = (rows[start : start + size], ys[start : start + size])

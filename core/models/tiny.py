@@ -75,9 +75,13 @@ def _distributed_rank() -> int:
 class HasSource(Protocol):
     """What a registry entry needs for `checkpoint_source`: an id, a hub id and maybe a tiny builder."""
 
-    id: str
-    hub_id: str | None
-    builder: TinyBuilder | None
+    # Read-only (properties), so that frozen dataclasses (LLMSpec, EncoderSpec) match.
+    @property
+    def id(self) -> str: ...
+    @property
+    def hub_id(self) -> str | None: ...
+    @property
+    def builder(self) -> TinyBuilder | None: ...
 
 
 def checkpoint_source(spec: HasSource, path: str | Path | None, kind: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,20 @@ from core.models.vision import (
     encoder_config,
     get_encoder_spec,
 )
+
+if TYPE_CHECKING:
+    from open_clip.model import CLIP, CustomTextCLIP
+    from open_clip.transformer import VisionTransformer
+    from transformers import (
+        CLIPModel,
+        CLIPVisionModel,
+        Dinov2Model,
+        PreTrainedModel,
+        SiglipModel,
+        SiglipVisionModel,
+    )
+
+    from core.models.tokenizer import Tokenizer
 
 
 class VisionTower(nn.Module):
@@ -143,11 +157,11 @@ class OpenClipTower(VisionTower):
                 f"encoder {spec.id!r}: only open_clip's plain VisionTransformer (no attentional pooling) "
                 f"is supported, got {type(visual).__name__}"
             )
-        self.visual = visual
+        self.visual: VisionTransformer = visual
         self.num_blocks = len(visual.transformer.resblocks)
         self.block_index = _block_index(spec, self.num_blocks)
         self.model_name = model_name
-        self.text_model: nn.Module | None = None
+        self.text_model: CLIP | CustomTextCLIP | None = None
         if text_tower and spec.has_text_tower:
             model.visual = nn.Identity()  # registered once, under self.visual
             self.text_model = model
@@ -179,7 +193,8 @@ class OpenClipTower(VisionTower):
         return out["image_intermediates"][0] @ self.visual.proj
 
     def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        assert self.text_model is not None
+        if self.text_model is None:  # callers check _require_text first
+            raise ValueError(f"encode_text: encoder {self.spec.id!r} {self._no_text_reason()}")
         return self.text_model.encode_text(tokens)
 
     @cached_property
@@ -194,7 +209,9 @@ class OpenClipTower(VisionTower):
         return self._open_clip_tokenizer(words)
 
 
-def _hidden_state_features(tower: VisionTower, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+def _hidden_state_features(
+    tower: VisionTower, model: PreTrainedModel, pixel_values: torch.Tensor
+) -> torch.Tensor:
     """Hidden state `spec.feature_layer` of a transformers vision model, prefix tokens dropped."""
     spec = tower.spec
     hidden = model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
@@ -210,7 +227,7 @@ def _hidden_state_features(tower: VisionTower, model: nn.Module, pixel_values: t
 class Dinov2Tower(VisionTower):
     """A transformers DINOv2 model (no text tower)."""
 
-    def __init__(self, spec: EncoderSpec, model: nn.Module) -> None:
+    def __init__(self, spec: EncoderSpec, model: Dinov2Model) -> None:
         super().__init__(spec)
         self.model = model
         self.num_blocks = model.config.num_hidden_layers
@@ -232,7 +249,7 @@ class HfDualTower(VisionTower):
     def __init__(
         self,
         spec: EncoderSpec,
-        model: nn.Module,
+        model: PreTrainedModel,
         *,
         source: str | None,
         no_text_reason: str | None = None,
@@ -242,15 +259,20 @@ class HfDualTower(VisionTower):
         self.source = source
         self._with_text = hasattr(model, "text_model")
         self._why_no_text = no_text_reason
-        self._tokenizer: object | None = None
+        self._tokenizer: Tokenizer | None = None
         self.num_blocks = self.vision_model.config.num_hidden_layers
         _block_index(spec, self.num_blocks)
         self.freeze()
 
     @property
-    def vision_model(self) -> nn.Module:
+    def vision_model(self) -> PreTrainedModel:
         # A property, not a second attribute: the vision half is registered once, under `model`.
-        return self.model.vision_model if self._with_text else self.model
+        return self.dual_model.vision_model if self._with_text else self.model
+
+    @property
+    def dual_model(self) -> CLIPModel | SiglipModel:
+        """`model` as the whole dual encoder; only meaningful while `has_text_tower`."""
+        return cast("CLIPModel | SiglipModel", self.model)
 
     @property
     def has_text_tower(self) -> bool:
@@ -263,7 +285,7 @@ class HfDualTower(VisionTower):
         return _hidden_state_features(self, self.vision_model, pixel_values)
 
     def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.get_text_features(input_ids=tokens).pooler_output
+        return self.dual_model.get_text_features(input_ids=tokens).pooler_output
 
     def _tokenize(self, words: list[str]) -> torch.Tensor:
         if self._tokenizer is None:
@@ -283,8 +305,8 @@ class HfDualTower(VisionTower):
                 ) from err
         # Pad to the full context: SigLIP pools the last position and was trained that way; for
         # CLIP (causal, pooled at end-of-text) the padding does not change the result.
-        length = self.model.text_model.config.max_position_embeddings
-        return self._tokenizer(  # type: ignore[operator]
+        length = self.dual_model.text_model.config.max_position_embeddings
+        return self._tokenizer(
             words, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
         ).input_ids
 
@@ -293,17 +315,17 @@ class HfClipTower(HfDualTower):
     """transformers CLIP the LLaVA way: `hidden_states[-2]` of `CLIPVisionModel`, CLS dropped."""
 
     def _joint_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        vision = self.vision_model
+        vision = cast("CLIPVisionModel", self.vision_model)
         last = vision(pixel_values=pixel_values).last_hidden_state[:, self.spec.num_prefix_tokens :]
         # The pooled image embedding is visual_projection(post_layernorm(CLS)); patches go the same way.
-        return self.model.visual_projection(vision.post_layernorm(last))
+        return cast("CLIPModel", self.model).visual_projection(vision.post_layernorm(last))
 
 
 class HfSiglipTower(HfDualTower):
     """transformers SigLIP: no CLS token, so every token of `hidden_states[-2]` is a patch."""
 
     def _joint_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        vision = self.vision_model
+        vision = cast("SiglipVisionModel", self.vision_model)
         last = vision(pixel_values=pixel_values).last_hidden_state  # post_layernorm already applied
         batch, m, width = last.shape
         # SigLIP pools with an attention head (MAP), not a projection. Each patch goes through that
@@ -357,7 +379,9 @@ def _hf_source(spec: EncoderSpec, path: str | Path | None) -> str:
     return checkpoint_source(spec, path, "encoder")
 
 
-def _hf_dual_classes(spec: EncoderSpec) -> tuple[type[nn.Module], type[nn.Module], type[HfDualTower]]:
+def _hf_dual_classes(
+    spec: EncoderSpec,
+) -> tuple[type[PreTrainedModel], type[PreTrainedModel], type[HfDualTower]]:
     import transformers
 
     full, vision, tower_cls = _HF_DUAL_CLASSES[spec.kind]
@@ -431,10 +455,10 @@ def build_meta_encoder(encoder_id: str, *, text_tower: bool = False) -> VisionTo
     spec = get_encoder_spec(encoder_id)
     config = encoder_config(encoder_id)  # raises for entries without arch facts
     if spec.kind == "hf_dinov2":
-        from transformers import Dinov2Model
+        from transformers import Dinov2Config, Dinov2Model
 
         with torch.device("meta"):
-            return Dinov2Tower(spec, Dinov2Model(config))
+            return Dinov2Tower(spec, Dinov2Model(cast(Dinov2Config, config)))  # a dinov2 arch gives one
     if spec.kind in _HF_DUAL_CLASSES:
         full_cls, vision_cls, tower_cls = _hf_dual_classes(spec)
         with torch.device("meta"):

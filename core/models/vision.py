@@ -186,7 +186,7 @@ def _tiny_siglip_tokenizer(model_max_length: int) -> Any:
 
 
 def _build_tiny_hf_dual(out_dir: Path, config: dict[str, Any]) -> None:
-    from transformers import AutoConfig, CLIPModel, SiglipModel
+    from transformers import CLIPConfig, CLIPModel, PreTrainedModel, SiglipConfig, SiglipModel
 
     arch = dict(config["arch"])
     model_type = arch.pop("model_type")
@@ -197,8 +197,11 @@ def _build_tiny_hf_dual(out_dir: Path, config: dict[str, Any]) -> None:
             f"tiny {model_type}: tokenizer has {len(tokenizer)} tokens, text_config.vocab_size is "
             f"{arch['text_config']['vocab_size']}; fix the tiny config"
         )
-    model_cls = CLIPModel if model_type == "clip" else SiglipModel
-    model_cls(AutoConfig.for_model(model_type, **arch)).save_pretrained(out_dir)
+    # The config classes AutoConfig.for_model would pick, named so that each model gets its own config type.
+    model: PreTrainedModel = (
+        CLIPModel(CLIPConfig(**arch)) if model_type == "clip" else SiglipModel(SiglipConfig(**arch))
+    )
+    model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 
 

@@ -5,16 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
 from core.models.adapter import build_adapter
 from core.models.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from core.models.llm import get_llm_spec, load_llm
+from core.models.llm import get_llm_spec, input_embeddings, load_llm
 from core.models.towers import VisionTower, load_encoder
+
+if TYPE_CHECKING:
+    from transformers import GenerationMixin
+
+    from core.models.tokenizer import Tokenizer
+    from core.train.precision import ModuleDtypes
 
 
 @dataclass
@@ -67,6 +73,10 @@ class VLM(nn.Module):
     def num_visual_tokens(self) -> int:
         return self.vision.spec.num_patches
 
+    def input_embeddings(self) -> nn.Embedding:
+        """The LLM's token embedding table (core.models.llm.input_embeddings)."""
+        return input_embeddings(self.llm)
+
     def encode_images(self, pixel_values: torch.Tensor, *, detach_features: bool = False) -> torch.Tensor:
         """Visual tokens `[B, m, D]`: adapter applied to the tower's patch features (computed without
         gradient when `detach_features`, so a loss on the tokens reaches the adapter only)."""
@@ -77,7 +87,7 @@ class VLM(nn.Module):
             features = self.vision(pixel_values)
         adapter_dtype = next(self.adapter.parameters()).dtype
         tokens = self.adapter(features.to(adapter_dtype))
-        return tokens.to(self.llm.get_input_embeddings().weight.dtype)
+        return tokens.to(self.input_embeddings().weight.dtype)
 
     def splice(
         self, batch: Mapping[str, Any], *, padding_side: Literal["right", "left"] = "right"
@@ -92,17 +102,17 @@ class VLM(nn.Module):
         input_ids, attention_mask, labels, pixel_values, has_image = _check_batch(batch)
         batch_size = input_ids.shape[0]
         m = self.num_visual_tokens
-        device = self.llm.get_input_embeddings().weight.device
+        device = self.input_embeddings().weight.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         labels = labels.to(device) if labels is not None else None
 
         visual = self.encode_images(pixel_values) if pixel_values is not None else None
         # The placeholder's own embedding is looked up (as id 0) and then discarded.
-        embeds = self.llm.get_input_embeddings()(input_ids.clamp(min=0))
+        embeds = self.input_embeddings()(input_ids.clamp(min=0))
         is_image = input_ids == IMAGE_TOKEN_INDEX
 
         seq_embeds: list[torch.Tensor] = []
-        seq_labels: list[torch.Tensor] = []
+        seq_labels: list[torch.Tensor | None] = []
         positions = torch.full((batch_size, m), -1, dtype=torch.long, device=device)
         for i in range(batch_size):
             keep = attention_mask[i].bool()
@@ -111,7 +121,8 @@ class VLM(nn.Module):
             if emb.shape[0] == 0:
                 raise ValueError(f"sample {i} has no tokens (attention_mask is all zero)")
             if has_image[i]:
-                assert visual is not None
+                if visual is None:  # _check_batch guarantees pixel_values for image rows
+                    raise ValueError(f"sample {i} has an image token but the batch has no pixel_values")
                 where = is_image[i][keep].nonzero().flatten()
                 if where.numel() != 1:
                     raise ValueError(
@@ -144,7 +155,7 @@ class VLM(nn.Module):
             start = width - n if padding_side == "left" else 0
             out_embeds[i, start : start + n] = emb
             out_mask[i, start : start + n] = 1
-            if out_labels is not None:
+            if out_labels is not None and lab is not None:
                 out_labels[i, start : start + n] = lab
             row = positions[i]
             positions[i] = torch.where((row >= 0) & (row < n), row + start, torch.full_like(row, -1))
@@ -159,7 +170,7 @@ class VLM(nn.Module):
         for hook in self.splice_hooks:
             hook(spliced)
         if not logits and spliced.labels is not None:
-            return self._supervised_forward(spliced, output_hidden_states)
+            return self._supervised_forward(spliced, spliced.labels, output_hidden_states)
         out = self.llm(
             inputs_embeds=spliced.inputs_embeds,
             attention_mask=spliced.attention_mask,
@@ -177,7 +188,9 @@ class VLM(nn.Module):
             hidden_states=tuple(out.hidden_states) if output_hidden_states else None,
         )
 
-    def _supervised_forward(self, spliced: SplicedInputs, output_hidden_states: bool) -> VLMOutput:
+    def _supervised_forward(
+        self, spliced: SplicedInputs, labels: torch.Tensor, output_hidden_states: bool
+    ) -> VLMOutput:
         from core.models.lm_loss import supervised_lm_loss
 
         out = self.llm.get_decoder()(
@@ -188,7 +201,7 @@ class VLM(nn.Module):
         )
         softcap = getattr(self.llm.config, "final_logit_softcapping", None)
         loss = supervised_lm_loss(
-            self.llm.get_output_embeddings(), out.last_hidden_state, spliced.labels, softcap=softcap
+            self.llm.get_output_embeddings(), out.last_hidden_state, labels, softcap=softcap
         )
         return VLMOutput(
             loss=loss,
@@ -204,9 +217,15 @@ class VLM(nn.Module):
     def generate(self, batch: Mapping[str, Any], **generate_kwargs: Any) -> torch.Tensor:
         """New token ids `[B, n_new]` for a batch of prompts (spliced and left-padded)."""
         spliced = self.splice({k: v for k, v in batch.items() if k != "labels"}, padding_side="left")
-        return self.llm.generate(
+        # Every registry LLM is an `AutoModelForCausalLM`, which generates; `PreTrainedModel` itself does not.
+        # transformers' stubs: `generate` is wrapped in torch.no_grad() and annotates `self` with a Protocol,
+        # which mypy reads as a second `self` parameter ("Invalid self argument").
+        out = cast("GenerationMixin", self.llm).generate(  # type: ignore[misc]
             inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask, **generate_kwargs
         )
+        if not isinstance(out, torch.Tensor):
+            raise ValueError("VLM.generate returns token ids only; do not pass return_dict_in_generate=True")
+        return out
 
     def named_trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(name, p) for name, p in self.named_parameters() if p.requires_grad]
@@ -285,9 +304,9 @@ def build_vlm(
     llm_path: str | Path | None = None,
     encoder_path: str | Path | None = None,
     dtype: torch.dtype = torch.float32,
-    dtypes: Any = None,
+    dtypes: ModuleDtypes | None = None,
     zero3_config: Mapping[str, Any] | None = None,
-) -> tuple[VLM, PreTrainedTokenizerBase]:
+) -> tuple[VLM, Tokenizer]:
     """Load the LLM and the encoder (no text tower), add a fresh adapter.
 
     Everything in `dtype`, unless `dtypes` (a core.train.precision.ModuleDtypes) gives each part its own;
@@ -299,7 +318,7 @@ def build_vlm(
     )
     llm, tokenizer = load_llm(llm_id, path=llm_path, dtype=llm_dtype, zero3_config=zero3_config)
     vision = load_encoder(encoder_id, path=encoder_path, text_tower=False, dtype=vision_dtype)
-    d_llm = llm.get_input_embeddings().embedding_dim
+    d_llm = input_embeddings(llm).embedding_dim
     module = build_adapter(adapter, vision.spec.feature_dim, d_llm).to(adapter_dtype)
     vlm = VLM(vision, module, llm, max_length=get_llm_spec(llm_id).max_length, adapter_name=adapter)
     return vlm, tokenizer

@@ -129,7 +129,9 @@ def init_distributed(device: torch.device) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
 
 
-def make_optimizer(groups: list[dict[str, Any]], lr: float, weight_decay: float, offload: str) -> Any:
+def make_optimizer(
+    groups: list[dict[str, Any]], lr: float, weight_decay: float, offload: str
+) -> torch.optim.Optimizer:
     """AdamW over the parameter groups; DeepSpeed's CPU Adam (AdamW mode) when optimizer states live on CPU."""
     if offload != "none":
         from deepspeed.ops.adam import DeepSpeedCPUAdam
@@ -141,7 +143,13 @@ def make_optimizer(groups: list[dict[str, Any]], lr: float, weight_decay: float,
 class DeepSpeedStepper:
     """Micro-steps through a DeepSpeed engine: it scales by accumulation, clips, steps and zeroes itself."""
 
-    def __init__(self, module: nn.Module, optimizer: Any, scheduler: Any, config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        config: dict[str, Any],
+    ) -> None:
         import deepspeed
 
         self.zero = config["zero_optimization"]["stage"]

@@ -79,7 +79,9 @@ def deepspeed_precision(precision: Precision) -> dict[str, Any]:
     return {"fp16": {"enabled": False}, "bf16": {"enabled": precision == "bf16"}}
 
 
-def loop_autocast(precision: Precision, device: torch.device, *, deepspeed: bool) -> Any:
+def loop_autocast(
+    precision: Precision, device: torch.device, *, deepspeed: bool
+) -> contextlib.AbstractContextManager[Any]:
     """The context the training loop runs each forward in: autocast to bf16 on the plain path; nothing
     under DeepSpeed, whose engine owns precision (on CUDA it would switch an outer autocast off anyway)."""
     if precision == "fp32" or deepspeed:

@@ -5,19 +5,23 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
 from core.train.checkpoint import load_state, save_state
 
+if TYPE_CHECKING:
+    from core.methods.objective import Objective
+    from core.models.vlm import VLM
+
 
 class TrainModule(nn.Module):
     """The VLM and the method's objective as one module, so that what wraps it (DDP, a DeepSpeed engine)
     also reduces, shards and checkpoints the objective's own parameters (SEA's log_tau)."""
 
-    def __init__(self, vlm: nn.Module, objective: nn.Module) -> None:
+    def __init__(self, vlm: VLM, objective: Objective) -> None:
         super().__init__()
         self.vlm = vlm
         self.objective = objective
@@ -59,7 +63,7 @@ class TorchStepper:
         self,
         module: TrainModule,
         optimizer: torch.optim.Optimizer,
-        scheduler: Any,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
         *,
         accumulation: int,
         world: int,
@@ -88,7 +92,7 @@ class TorchStepper:
         if self.micro % self.accumulation:
             return None
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        lr = self.scheduler.get_last_lr()[0]
+        lr = float(self.scheduler.get_last_lr()[0])  # torch types the lrs as float | Tensor
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
