@@ -43,7 +43,7 @@ def trial_status(run: RunInfo | None) -> str:
 def make_plan(spec: ExperimentSpec, source: str, tracker: Tracker) -> list[PlanRow]:
     """Every trial of the spec with its status in the tracking store."""
     trials = expand(spec, source)
-    runs = tracker.trial_runs()
+    runs = tracker.trial_runs([t.id for t in trials])
     return [PlanRow(t, trial_status(runs.get(t.id)), runs.get(t.id)) for t in trials]
 
 
