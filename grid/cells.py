@@ -72,14 +72,20 @@ def product_size(spec: ExperimentSpec) -> int:
     return math.prod(sizes)
 
 
-def iter_product(spec: ExperimentSpec) -> Iterator[dict[str, Any]]:
-    """The product cells ({path: raw value}), one at a time, in a stable order."""
+def _factors(spec: ExperimentSpec) -> list[list[dict[str, Any]]]:
+    """One list of choices per axis and per zip group; a cell takes one choice of each."""
     g = spec.grid
     factors: list[list[dict[str, Any]]] = [[{p: v} for v in vals] for p, vals in g.axes.items()]
     for group in g.zip:
         n = len(next(iter(group.values())))
         factors.append([{p: vals[j] for p, vals in group.items()} for j in range(n)])
-    for combo in itertools.product(*factors):
+    return factors
+
+
+def iter_product(spec: ExperimentSpec, reverse: bool = False) -> Iterator[dict[str, Any]]:
+    """The product cells ({path: raw value}), one at a time, in a stable order (or its reverse)."""
+    factors = _factors(spec)
+    for combo in itertools.product(*[f[::-1] if reverse else f for f in factors]):
         yield {k: v for part in combo for k, v in part.items()}
 
 
@@ -128,17 +134,49 @@ def matches(cell: dict[str, Any], base: dict[str, Any], rule: dict[str, Any]) ->
     return all(same_value(value_at(cell, base, path), value) for path, value in rule.items())
 
 
+# Up to this many exclude rules, the cells they remove together are counted by inclusion-exclusion
+# (2^rules products of per-axis counts); above it, by walking the cells.
+_MAX_RULES_COUNTED = 10
+
+
+def _owner(factors: list[list[dict[str, Any]]], path: str) -> int | None:
+    """The factor whose choices set `path` (or a section above it); None when only the base does."""
+    for i, factor in enumerate(factors):
+        if any(path == k or path.startswith(k + ".") for k in factor[0]):
+            return i
+    return None
+
+
+def _cells_matching(
+    factors: list[list[dict[str, Any]]], base: dict[str, Any], rules: list[dict[str, Any]]
+) -> int:
+    """How many product cells match every one of `rules`, without building a cell: the rules' values
+    split by the axis (factor) that sets them, so the count is a product of per-axis counts."""
+    by_factor: dict[int | None, list[tuple[str, Any]]] = {}
+    for rule in rules:
+        for path, value in rule.items():
+            by_factor.setdefault(_owner(factors, path), []).append((path, value))
+    if not all(same_value(_walk(base, p), v) for p, v in by_factor.pop(None, [])):
+        return 0
+    total = math.prod(len(f) for i, f in enumerate(factors) if i not in by_factor)
+    for i, wants in by_factor.items():
+        total *= sum(all(same_value(value_at(c, base, p), v) for p, v in wants) for c in factors[i])
+    return total
+
+
 def count_filters(spec: ExperimentSpec, base: dict[str, Any]) -> FilterCounts:
-    """Walk the product once (O(1) memory): the cells each exclude rule matches and how many are removed."""
+    """The cells each exclude rule matches and how many they remove, in O(axis values) time and memory
+    (a grid of 10^6 cells is counted, not walked)."""
     rules = spec.grid.exclude
-    counts = FilterCounts(product_size(spec), [0] * len(rules), 0, len(spec.grid.include))
-    if not rules:
-        return counts
-    for cell in iter_product(spec):
-        hit = [i for i, rule in enumerate(rules) if matches(cell, base, rule)]
-        for i in hit:
-            counts.excluded[i] += 1
-        counts.removed += bool(hit)
+    factors = _factors(spec)
+    counts = FilterCounts(product_size(spec), [], 0, len(spec.grid.include))
+    counts.excluded = [_cells_matching(factors, base, [rule]) for rule in rules]
+    if len(rules) <= _MAX_RULES_COUNTED:
+        for k in range(1, len(rules) + 1):
+            for subset in itertools.combinations(rules, k):
+                counts.removed += (-1) ** (k + 1) * _cells_matching(factors, base, list(subset))
+    else:
+        counts.removed = sum(any(matches(c, base, r) for r in rules) for c in iter_product(spec))
     return counts
 
 
@@ -165,3 +203,22 @@ def check_filters(spec: ExperimentSpec, base: dict[str, Any], counts: FilterCoun
                 f"{source}: grid.exclude[{i}] {rule} matches no cell of the grid, so it removes nothing; "
                 f"fix its paths or values (closest cells: {near})"
             )
+
+
+def _kept(spec: ExperimentSpec, base: dict[str, Any], reverse: bool) -> Iterator[dict[str, Any]]:
+    rules = spec.grid.exclude
+    return (c for c in iter_product(spec, reverse) if not any(matches(c, base, r) for r in rules))
+
+
+def scan(spec: ExperimentSpec, base: dict[str, Any], keep: int) -> tuple[FilterCounts, list[Any], list[Any]]:
+    """The filter counts and the first and last `keep` cells the filters keep ((cell, origin) pairs;
+    includes come last), reading the product from both ends: time and memory do not grow with the grid."""
+    counts = count_filters(spec, base)
+    n_grid = counts.product - counts.removed
+    first = list(itertools.islice(_kept(spec, base, reverse=False), keep))
+    tail = list(itertools.islice(_kept(spec, base, reverse=True), max(0, min(keep, n_grid - keep))))[::-1]
+    cells = [(c, "grid") for c in [*first, *tail]]
+    includes = [(dict(extra), f"grid.include[{i}]") for i, extra in enumerate(spec.grid.include)]
+    shown_first = (cells + includes)[:keep]
+    rest = (cells + includes)[keep:]
+    return counts, shown_first, rest[-keep:] if rest else []

@@ -71,12 +71,17 @@ def spec_needs(spec_path: str) -> list[Need]:
     """Every on-disk input of the spec's trials (enabled stages, enabled benchmarks, diagnostics, SEA word
     files), once."""
     spec = load_spec(spec_path)
+    return needs_of_trials(expand(spec, spec_path))
+
+
+def needs_of_trials(trials: Iterable[Any]) -> list[Need]:
+    """The on-disk inputs of these trials, once each (`seagrid data` and the pre-flight of a run)."""
     out: dict[tuple[str, str], Need] = {}
 
     def add(need: Need) -> None:
         out.setdefault((need.kind, str(need.path)), need)
 
-    for trial in expand(spec, spec_path):
+    for trial in trials:
         cfg = trial.config
         stages = [("stage1", cfg.stage1.enabled), ("stage2", cfg.stage2.enabled)]
         for stage, enabled in stages:

@@ -71,7 +71,7 @@ def _get_path(data: dict[str, Any], path: str) -> Any:
     return node
 
 
-def _check_paths(spec: ExperimentSpec, source: str) -> None:
+def check_grid(spec: ExperimentSpec, source: str) -> None:
     """Every path an axis, zip group, exclude or include names is a field of TrialConfig."""
     g = spec.grid
     for path in g.axes:
@@ -170,7 +170,7 @@ def expand_grid(spec: ExperimentSpec, source: str = "<spec>") -> Expansion:
     An exclude rule that matches nothing, an include entry that adds nothing and a grid left empty are
     SpecErrors: each is a typo or a filter that does not do what it says.
     """
-    _check_paths(spec, source)
+    check_grid(spec, source)
     base = spec.base.model_dump(mode="json")
     counts = count_filters(spec, base)
     check_filters(spec, base, counts, source)

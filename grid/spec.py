@@ -51,6 +51,9 @@ class OutputConfig(Strict):
     )
     tracking_uri: str | None = None
     max_concurrent_trials: int | None = Field(None, ge=1)
+    max_trials_unconfirmed: int = Field(
+        500, ge=1, description="`seagrid grid` starts more trials than this only with --yes"
+    )
 
 
 def steps_root(output: OutputConfig) -> Path:

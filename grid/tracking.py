@@ -18,6 +18,7 @@ import yaml
 from core.config.identity import content_hash, flatten
 from grid.expand import Trial
 from grid.redact import redact, redact_flat, scrub, secret_values
+from grid.tracking_check import setting_name
 
 DEFAULT_STORE = Path("mlflow")
 PARENT_TAG = "seagrid.role"
@@ -173,6 +174,7 @@ class Tracker:
     def __init__(self, grid_name: str, tracking_uri: str | None = None) -> None:
         self.grid = grid_name
         self.uri = tracking_uri or default_tracking_uri(create=False)
+        self.setting = setting_name(tracking_uri)
         self._client = None
         self._experiment_id: str | None = None
 
@@ -182,6 +184,9 @@ class Tracker:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
+            from grid.tracking_check import check_store
+
+            check_store(self.uri, self.setting)  # seconds, not MLflow's minutes of retries
             db = sqlite_path(self.uri)
             if db is not None:  # the store's folder, made on first use (never by a read of a missing store)
                 db.parent.mkdir(parents=True, exist_ok=True)
