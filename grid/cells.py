@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import heapq
 import itertools
 import math
@@ -68,7 +69,7 @@ def check_groups(spec: ExperimentSpec, source: str) -> None:
 def product_size(spec: ExperimentSpec) -> int:
     """Cells of the axis product and zip groups, counted without building them."""
     sizes = [len(v) for v in spec.grid.axes.values()]
-    sizes += [len(next(iter(group.values()))) for group in spec.grid.zip]
+    sizes += [len(next(iter(group.values()), [])) for group in spec.grid.zip]
     return math.prod(sizes)
 
 
@@ -182,9 +183,9 @@ def count_filters(spec: ExperimentSpec, base: dict[str, Any]) -> FilterCounts:
 
 def closest_cells(spec: ExperimentSpec, base: dict[str, Any], rule: dict[str, Any], n: int = 3) -> list[str]:
     """The cells that agree with most of a rule's values, as `path=value` text (for an error message)."""
-    scored: list[tuple[int, int, str]] = []
+    scored: list[tuple[float, int, str]] = []
     for k, cell in enumerate(iter_product(spec)):
-        score = sum(same_value(value_at(cell, base, p), v) for p, v in rule.items())
+        score = sum(_likeness(value_at(cell, base, p), v) for p, v in rule.items())
         text = ", ".join(f"{p}={value_at(cell, base, p)!r}" for p in rule)
         item = (score, -k, text)
         if len(scored) < n * 4:
@@ -192,6 +193,13 @@ def closest_cells(spec: ExperimentSpec, base: dict[str, Any], rule: dict[str, An
         else:
             heapq.heappushpop(scored, item)
     return list(dict.fromkeys(t for _, _, t in sorted(scored, reverse=True)))[:n]
+
+
+def _likeness(found: Any, wanted: Any) -> float:
+    """1 for the same value, else how alike the two read as text (a typo scores high)."""
+    if same_value(found, wanted):
+        return 1.0
+    return 0.9 * difflib.SequenceMatcher(None, str(found), str(wanted)).ratio()
 
 
 def check_filters(spec: ExperimentSpec, base: dict[str, Any], counts: FilterCounts, source: str) -> None:
