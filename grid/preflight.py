@@ -79,13 +79,9 @@ def _writable_dir_problem(path: Path, setting: str) -> str | None:
 def check_output_root(ctx: Preflight) -> list[str]:
     """output.root and the steps root are (or can become) writable directories."""
     out = ctx.spec.output
-    found = [
-        _writable_dir_problem(Path(out.root).expanduser().absolute(), "output.root"),
-        _writable_dir_problem(
-            steps_root(out), "output.steps_root" if out.steps_root else "output.root/steps"
-        ),
-    ]
-    return list(dict.fromkeys(p for p in found if p))
+    root = _writable_dir_problem(Path(out.root).expanduser().absolute(), "output.root")
+    steps = _writable_dir_problem(steps_root(out), "output.steps_root") if out.steps_root else None
+    return [p for p in (root, steps) if p]
 
 
 def check_data_files(ctx: Preflight) -> list[str]:
@@ -110,10 +106,13 @@ def run_preflight(ctx: Preflight, checks: list[Check] | None = None) -> list[str
     return [p for check in (CHECKS if checks is None else checks) for p in check(ctx)]
 
 
-def refuse_problems(problems: list[str]) -> None:
+def refuse_problems(source: str, problems: list[str]) -> None:
+    """Raise one PreflightError listing every problem (nothing when there is none)."""
     if problems:
         lines = "\n  - ".join(problems)
-        raise PreflightError(f"{len(problems)} problem(s) found before any trial started:\n  - {lines}")
+        raise PreflightError(
+            f"{source}: {len(problems)} problem(s) found before any trial started:\n  - {lines}"
+        )
 
 
 def preflight_plan(
@@ -128,11 +127,13 @@ def preflight_plan(
     if ctx.cells > spec.output.max_trials_unconfirmed and not confirmed:
         ctx.cells = count_filters(spec, spec.base.model_dump(mode="json")).kept
         if ctx.cells > spec.output.max_trials_unconfirmed:
-            refuse_problems(run_preflight(ctx, [check_trial_count, check_tracking_store, check_output_root]))
+            refuse_problems(
+                source, run_preflight(ctx, [check_trial_count, check_tracking_store, check_output_root])
+            )
     if check_tracking_store(ctx):  # no statuses without a store: check the data of every trial
         ctx.trials = expand(spec, source)
-        refuse_problems(run_preflight(ctx))
+        refuse_problems(source, run_preflight(ctx))
     rows = make_plan(spec, source, tracker)
     ctx.trials = [r.trial for r in rows if r.status != "done"]
-    refuse_problems(run_preflight(ctx))
+    refuse_problems(source, run_preflight(ctx))
     return rows

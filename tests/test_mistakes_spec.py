@@ -133,7 +133,9 @@ def test_spellings_of_one_value_are_one_cell_with_one_id(tmp_path: Path) -> None
 def test_a_section_value_is_named_by_what_was_written(tmp_path: Path) -> None:
     """A section given in part: its slug hash covers the keys written, as validated (not the defaults)."""
     a = expand(load_spec(_spec(tmp_path, "name: g\ngrid: {axes: {method.sea: [{align_weight: 1e-1}]}}\n")))
-    b = expand(load_spec(_spec(tmp_path, "name: g\ngrid: {axes: {method.sea: [{align_weight: 0.1}]}}\n", "b.yaml")))
+    b = expand(
+        load_spec(_spec(tmp_path, "name: g\ngrid: {axes: {method.sea: [{align_weight: 0.1}]}}\n", "b.yaml"))
+    )
     assert a[0].axes == {"method.sea": {"align_weight": 0.1}} and a[0].id == b[0].id
 
 
