@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line(err: BaseException) -> str:
     """The error's message; a SpecError keeps its lines (one finding each)."""
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        # "[Errno 20] Not a directory: '...'" says neither which setting nor what to do
+        return f"{err.filename}: {err.strerror.lower()}; check the spec's paths (output.root, data files)"
     text = str(err) or type(err).__name__
     return text if isinstance(err, SpecError) else " ".join(text.split())
 

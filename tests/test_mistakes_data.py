@@ -340,3 +340,17 @@ def test_label_store_metadata_with_a_missing_key_or_wrong_type(tmp_path: Path, c
     assert f"label store {store}: corrupt, {fragment}" in str(err.value) and "delete the directory" in str(
         err.value
     )
+
+
+def test_report_into_an_output_root_that_is_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "results").write_text("not a folder")
+    spec = _spec(
+        tmp_path, {}, {"root": str(tmp_path / "results"), "tracking_uri": f"sqlite:///{tmp_path}/m.db"}
+    )
+    before = _tree(tmp_path)
+    assert main(["report", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'results'}/reports/m: not a directory; check the spec's paths (output.root" in err
+    assert "Traceback" not in err and _tree(tmp_path) == before
