@@ -212,6 +212,4 @@ def _axis_hint(line: str, cell: dict[str, Any]) -> str:
                 if path == axis or path.startswith(axis + ".")
                 else f"in this cell, {line}"
             )
-    if path == "base":
-        return f"in this cell, {line}"
     return f"base.{line}"
