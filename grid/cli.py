@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {_one_line(err)}", file=sys.stderr)
         if not isinstance(err, SpecError | UnfitTrialError):
-            print("(seagrid --debug ... shows where it happened)", file=sys.stderr)
+            print(f"(seagrid {args.command} --debug ... shows where it happened)", file=sys.stderr)
         return 2
     except Exception as err:  # MLflow's and Ray's own errors: still no traceback unless asked for
         if args.debug or type(err).__module__.split(".")[0] not in ("mlflow", "ray", "yaml", "pydantic"):

@@ -354,3 +354,4 @@ def test_report_into_an_output_root_that_is_a_file(
     err = capsys.readouterr().err
     assert f"{tmp_path / 'results'}/reports/m: not a directory; check the spec's paths (output.root" in err
     assert "Traceback" not in err and _tree(tmp_path) == before
+    assert "(seagrid report --debug ... shows where it happened)" in err
