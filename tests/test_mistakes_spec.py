@@ -49,11 +49,12 @@ def _refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]
 
 
 def test_unquoted_off_is_the_string_off_not_zero_stage_0(tmp_path: Path) -> None:
-    text = "name: g\nbase: {stage1: {deepspeed: {zero: off}}, stage2: {enabled: on}}\n"
+    text = "name: g\ndescription: yes\nbase: {stage1: {deepspeed: {zero: off}}, stage2: {enabled: on}}\n"
     assert yaml.safe_load(text)["base"]["stage1"]["deepspeed"]["zero"] is False  # YAML 1.1: the trap
     spec = load_spec(_spec(tmp_path, text))
     assert spec.base.stage1.deepspeed.zero == "off"  # plain DDP, as the README documents
     assert spec.base.stage2.enabled is True  # `on` for a switch still means on
+    assert spec.description == "yes"  # a string stays the word written (YAML 1.1 made it True: refused)
 
 
 def test_a_yaml11_boolean_where_a_number_is_expected_names_the_rule(
