@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from grid.cells import count_filters, product_size
 from grid.expand import Trial, expand
 from grid.plan import PlanRow, make_plan
 from grid.spec import ExperimentSpec, SpecError, steps_root
@@ -40,7 +41,7 @@ class Preflight:
     spec: ExperimentSpec
     source: str
     tracker: Tracker
-    trials: list[Trial] = field(default_factory=list)  # the trials this run would start
+    trials: list[Trial] | None = None  # the trials this run would start (None: not expanded yet)
     confirmed: bool = False  # the user passed --yes
     cells: int = 0  # cells of the grid, counted before expansion
 
@@ -51,7 +52,7 @@ Check = Callable[[Preflight], list[str]]
 def check_trial_count(ctx: Preflight) -> list[str]:
     """More trials than output.max_trials_unconfirmed need --yes (a typo in an axis can mean 10^6 runs)."""
     cap = ctx.spec.output.max_trials_unconfirmed
-    n = len(ctx.trials) or ctx.cells
+    n = ctx.cells if ctx.trials is None else len(ctx.trials)
     if n > cap and not ctx.confirmed:
         return [
             f"{ctx.source}: this run would start {n} trials, more than output.max_trials_unconfirmed={cap}; "
@@ -90,7 +91,7 @@ def check_data_files(ctx: Preflight) -> list[str]:
     from grid.data_check import check, needs_of_trials, where_to_get
 
     problems = []
-    for need in needs_of_trials(ctx.trials):
+    for need in needs_of_trials(ctx.trials or []):
         found = check(need, SAMPLE_IMAGES)
         if not found.ok:
             detail = "; ".join(found.lines)
@@ -115,17 +116,21 @@ def refuse_problems(source: str, problems: list[str]) -> None:
         )
 
 
+def _finished_trials(tracker: Tracker) -> int:
+    return sum(run.status == "FINISHED" for run in tracker.trial_runs().values())
+
+
 def preflight_plan(
     spec: ExperimentSpec, source: str, tracker: Tracker, *, confirmed: bool = False
 ) -> list[PlanRow]:
     """The run's plan, after a pre-flight that found nothing; a PreflightError listing everything found
     otherwise. An over-large grid is refused from its cell count, before it is expanded."""
-    from grid.cells import count_filters, product_size
-
     ctx = Preflight(spec, source, tracker, confirmed=confirmed)
     ctx.cells = product_size(spec) + len(spec.grid.include)
     if ctx.cells > spec.output.max_trials_unconfirmed and not confirmed:
-        ctx.cells = count_filters(spec, spec.base.model_dump(mode="json")).kept
+        # At least this many would start: the cells the filters keep, less every trial finished before.
+        finished = 0 if check_tracking_store(ctx) else _finished_trials(tracker)
+        ctx.cells = count_filters(spec, spec.base.model_dump(mode="json")).kept - finished
         if ctx.cells > spec.output.max_trials_unconfirmed:
             refuse_problems(
                 source, run_preflight(ctx, [check_trial_count, check_tracking_store, check_output_root])

@@ -294,3 +294,18 @@ def test_run_of_more_trials_than_the_setting_needs_yes(
     assert "would start 3 trials" in err and "output.root" in err  # every problem at once
     err = _refused(tmp_path, capsys, ["grid", "--yes"], small)
     assert "would start" not in err and "output.root" in err  # --yes lifts the limit, nothing else
+
+
+def test_a_large_grid_already_done_needs_no_yes(tmp_path: Path) -> None:
+    """The limit counts the trials a run would start, not the grid's cells."""
+    from grid.preflight import preflight_plan
+
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    text = f"name: d\ngrid: {{axes: {{seed: [1, 2, 3]}}}}\noutput: {{root: {tmp_path / 'r'}, max_trials_unconfirmed: 2, tracking_uri: '{db}'}}\n"
+    spec = load_spec(_spec(tmp_path, text))
+    tracker = Tracker("d", db)
+    parent = tracker.parent_run()
+    for t in expand(spec)[:2]:
+        tracker.finish(tracker.start_trial(t, parent), {})
+    rows = preflight_plan(spec, "spec.yaml", Tracker("d", db))  # 1 trial to start: no --yes needed
+    assert [r.status for r in rows] == ["done", "done", "new"]
