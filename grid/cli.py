@@ -25,7 +25,21 @@ def _command(sub: Any, name: str, *, help: str, description: str) -> argparse.Ar
         name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     command.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
+    command.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of an error (for a bug report)"
+    )
     return command
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an int >= 1 (argparse then names the option in its one-line error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1; give a number of images >= 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         "them, Ray Train runs each stage), log everything to MLflow and show one table of the trials "
         "updated in place (plain lines when stdout is not a terminal). Ray's and Tune's own output goes to "
         "<output.root>/logs/<grid>-<time>.log.",
+    )
+    p_run.add_argument(
+        "--yes",
+        action="store_true",
+        help="start the run even when it has more trials than output.max_trials_unconfirmed (default 500)",
     )
     p_run.add_argument(
         "--verbose",
@@ -95,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
         "check them (counts, sizes, JSON parses, a sample of image references resolve and decode) and "
         "print what to put where for what is missing. Exit 0 when everything is there, 1 otherwise.",
     )
-    p_data.add_argument("--sample", type=int, default=16, help="images checked per dataset (default 16)")
+    p_data.add_argument(
+        "--sample", type=positive_int, default=16, help="images checked per dataset (default 16)"
+    )
     p_data.add_argument(
         "--download",
         action="store_true",
@@ -124,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors a user's spec, files or settings cause: one line and exit 2 (a traceback only with --debug).
+USER_ERRORS: tuple[type[BaseException], ...] = (SpecError, UnfitTrialError, ValueError, OSError)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (2 bad spec, 1 failed trials, 0 all done)."""
     args = build_parser().parse_args(argv)
@@ -131,47 +156,70 @@ def main(argv: list[str] | None = None) -> int:
 
     console = console_for(sys.stdout)
     try:
-        if args.command == "plan":
-            from grid.plan import print_plan
-
-            print_plan(args.spec, console, fmt=args.format, out=sys.stdout)
-            if args.format == "table":
-                print_search_plan(args.spec, console)
-            return 0
-        if args.command == "tune":
-            from grid.search import run_search
-
-            outcomes = run_search(args.spec, console=console, verbose=args.verbose)
-            if any(o.interrupted for o in outcomes):
-                return 130
-            return 1 if any(r["status"] == "failed" for o in outcomes for r in o.rows) else 0
-        if args.command == "labels":
-            return build_labels(args.spec, console)
-        if args.command == "data":
-            from grid.data_check import run_data_check
-
-            return run_data_check(args.spec, console, sample=args.sample, fetch=args.download)
-        if args.command == "report":
-            return report(args, console)
-        from grid.run import run_grid
-
-        _, result = run_grid(args.spec, console=console, verbose=args.verbose)
-        if result.interrupted:
-            return 130  # as a shell reports Ctrl-C; the rerun resumes
-        return 1 if result.failed else 0
-    except (SpecError, UnfitTrialError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        return _dispatch(args, console)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        if not isinstance(err, SpecError | UnfitTrialError):
+            print(f"(seagrid {args.command} --debug ... shows where it happened)", file=sys.stderr)
         return 2
+    except Exception as err:  # MLflow's and Ray's own errors: still no traceback unless asked for
+        if args.debug or type(err).__module__.split(".")[0] not in ("mlflow", "ray", "yaml", "pydantic"):
+            raise
+        print(f"error: {type(err).__name__}: {_one_line(err)} (--debug shows the traceback)", file=sys.stderr)
+        return 2
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message; a SpecError keeps its lines (one finding each)."""
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        # "[Errno 20] Not a directory: '...'" says neither which setting nor what to do
+        return f"{err.filename}: {err.strerror.lower()}; check the spec's paths (output.root, data files)"
+    text = str(err) or type(err).__name__
+    return text if isinstance(err, SpecError) else " ".join(text.split())
+
+
+def _dispatch(args: argparse.Namespace, console: Console) -> int:
+    if args.command == "plan":
+        from grid.plan_summary import plan_command
+
+        plan_command(args.spec, console, fmt=args.format, out=sys.stdout)
+        if args.format == "table":
+            print_search_plan(args.spec, console)
+        return 0
+    if args.command == "tune":
+        from grid.search import run_search
+
+        outcomes = run_search(args.spec, console=console, verbose=args.verbose)
+        if any(o.interrupted for o in outcomes):
+            return 130
+        return 1 if any(r["status"] == "failed" for o in outcomes for r in o.rows) else 0
+    if args.command == "labels":
+        return build_labels(args.spec, console)
+    if args.command == "data":
+        from grid.data_check import run_data_check
+
+        return run_data_check(args.spec, console, sample=args.sample, fetch=args.download)
+    if args.command == "report":
+        return report(args, console)
+    from grid.run import run_grid
+
+    _, result = run_grid(args.spec, console=console, verbose=args.verbose, confirmed=args.yes)
+    if result.interrupted:
+        return 130  # as a shell reports Ctrl-C; the rerun resumes
+    return 1 if result.failed else 0
 
 
 def print_search_plan(spec_path: str, console: Console) -> None:
     """A search spec's plan also shows its space and trial budget."""
     from grid.expand import expand
-    from grid.search import search_summary
     from grid.spec import load_spec
 
     spec = load_spec(spec_path)
     if spec.search is not None:
+        from grid.search import search_summary  # Ray Tune's imports: only for a search
+
         console.print(search_summary(spec, expand(spec, spec_path)), highlight=False)
 
 

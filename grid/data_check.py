@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from core.config.trial import METHODS_WITH_SEA
+from core.data.llava_json import load_llava_records
 from grid.expand import expand
 from grid.spec import load_spec
 
@@ -53,6 +54,10 @@ class Need:
     label: str  # e.g. "stage2 dataset llava-v1.5-mix665k", "benchmark gqa question_file"
     source: str  # key into SOURCES, or ""
     image_root: Path | None = None
+    field: str = ""  # the spec field that names the path (in error messages)
+    # Reads the file(s) exactly as its consumer will (the same function), returning a summary line;
+    # raises ValueError on what the consumer would refuse. None: presence and size only.
+    reads: Callable[[], str] | None = None
 
 
 @dataclass
@@ -63,29 +68,68 @@ class Finding:
 
 
 def spec_needs(spec_path: str) -> list[Need]:
-    """Every on-disk input of the spec's trials (enabled stages, enabled benchmarks, SEA word files), once."""
+    """Every on-disk input of the spec's trials (enabled stages, enabled benchmarks, diagnostics, SEA word
+    files), once."""
     spec = load_spec(spec_path)
+    return needs_of_trials(expand(spec, spec_path))
+
+
+def needs_of_trials(trials: Iterable[Any]) -> list[Need]:
+    """The on-disk inputs of these trials, once each (`seagrid data` and the pre-flight of a run)."""
     out: dict[tuple[str, str], Need] = {}
 
     def add(need: Need) -> None:
         out.setdefault((need.kind, str(need.path)), need)
 
-    for trial in expand(spec, spec_path):
+    for trial in trials:
         cfg = trial.config
         stages = [("stage1", cfg.stage1.enabled), ("stage2", cfg.stage2.enabled)]
         for stage, enabled in stages:
             data = getattr(cfg.data, stage)
             if enabled and data.source == "llava":
                 label = f"{stage} dataset {data.name}"
-                add(Need("llava", Path(data.json_path), label, data.name, Path(data.image_root)))
+                root = _path(data.image_root)
+                add(Need("llava", _path(data.json_path), label, data.name, root, f"data.{stage}.json_path"))
         if cfg.eval.enabled:
             for bench in cfg.eval.benchmarks:
                 if bench.source == "files":
                     add_benchmark(bench, add)
+            add_diagnostics(cfg.eval.diagnostics, add)
         words = cfg.method.sea.words
         if cfg.method.name in METHODS_WITH_SEA and words.source == "file":
-            add(Need("file", Path(words.path), "SEA word list (one word per line)", ""))
+            add(word_list_need(_path(words.path), "SEA word list (one word per line)"))
     return list(out.values())
+
+
+def _path(value: str) -> Path:
+    return Path(value).expanduser()  # `~/data/...` is the user's home, as the loaders read it
+
+
+def word_list_need(path: Path, label: str) -> Need:
+    """A word list, read by the reader the labels and diagnostics use (UTF-8, BOM, duplicates)."""
+
+    def reads() -> str:
+        from core.labels.words import read_word_list
+
+        return f"{len(read_word_list(path))} words"
+
+    return Need("file", path, label, "", reads=reads)
+
+
+def add_diagnostics(diag: Any, add: Any) -> None:
+    """The held-out set of the alignment diagnostics (source files): read as the diagnostics read it."""
+    if diag.source != "files":
+        return
+    root = _path(diag.image_root)
+    add(
+        Need(
+            "llava", _path(diag.json_path), "diagnostics held-out set", "", root, "eval.diagnostics.json_path"
+        )
+    )
+    if diag.words_file:
+        add(word_list_need(_path(diag.words_file), "diagnostics word list (one word per line)"))
+    if diag.label_store:
+        add(Need("dir", _path(diag.label_store), "diagnostics label store", ""))
 
 
 def add_benchmark(bench: Any, add: Any) -> None:
@@ -95,14 +139,50 @@ def add_benchmark(bench: Any, add: Any) -> None:
         "annotation_dir": "dir",
         "image_root": "images",
     }
+    # The need that carries the benchmark's own reader (the others are its inputs).
+    reader_on = "annotation_dir" if bench.kind == "pope" else "question_file"
     for name, kind in kinds.items():
         value = getattr(bench, name)
         if value is None:
             continue
-        path = Path(value)
+        path = _path(value)
         # A directory question_file (MMLU's csv folder) is checked as a directory.
         kind = "dir" if kind == "file" and (path.is_dir() or not path.suffix) else kind
-        add(Need(kind, path, f"benchmark {bench.name} {name}", bench.name))
+        reads = benchmark_reader(bench) if name == reader_on else None
+        add(Need(kind, path, f"benchmark {bench.name} {name}", bench.name, field=name, reads=reads))
+
+
+def benchmark_reader(bench: Any) -> Callable[[], str]:
+    """The benchmark's files read by the evaluation's own reader (core.evaluation.benchmarks)."""
+
+    def reads() -> str:
+        from core.evaluation.benchmarks import bench_files, read_mc, read_pope, read_vqa
+
+        files = bench_files(bench, None)
+        if bench.kind == "pope":
+            try:
+                splits = read_pope(files.annotation_dir, files.question_file, bench.splits)
+            except ValueError as err:
+                raise ValueError(f"{err}{_pope_layout_hint(files.annotation_dir)}") from None
+            return f"{sum(len(v) for v in splits.values())} questions in {len(splits)} splits, as evaluation reads them"
+        items = (
+            read_vqa(files.question_file, files.annotation_file)
+            if bench.kind == "vqa"
+            else read_mc(files.question_file)
+        )
+        return f"{len(items)} questions, as evaluation reads them"
+
+    return reads
+
+
+def _pope_layout_hint(annotation_dir: Path | None) -> str:
+    """Where POPE's label files are when annotation_dir is one level off."""
+    if annotation_dir is None or not annotation_dir.is_dir():
+        return ""
+    found = sorted({p.parent for p in annotation_dir.glob("*/coco_pope_*.json")})
+    if not found and annotation_dir.parent.is_dir() and any(annotation_dir.parent.glob("coco_pope_*.json")):
+        found = [annotation_dir.parent]
+    return f"; the coco_pope_*.json files are in {found[0]}: set annotation_dir to it" if found else ""
 
 
 def _decodes(path: Path) -> str | None:
@@ -159,17 +239,18 @@ def _read_records(path: Path) -> list[Any]:
 
 
 def check_llava(need: Need, sample: int, rng: random.Random) -> Finding:
-    """The JSON parses as a list; a sample of its image references exist under image_root and decode."""
+    """The JSON passes the loaders' own check (core.data.llava_json); a sample of its image references
+    exist under image_root and decode."""
     path, root = need.path, need.image_root
     assert root is not None
     if not path.is_file():
         return Finding(need, False, [f"missing JSON {path}"])
     try:
-        records = _read_records(path)
-    except (ValueError, OSError, UnicodeDecodeError) as err:
-        return Finding(need, False, [f"cannot read {path}: {err}; re-download it"])
+        records = load_llava_records(path, need.field or "json_path")
+    except (ValueError, OSError) as err:
+        return Finding(need, False, [f"cannot read {path}: {err}; fix or re-download it"])
     lines = [f"{path}: {len(records)} records, {path.stat().st_size / 1e6:.1f} MB"]
-    with_image = [r for r in records if isinstance(r, dict) and r.get("image")]
+    with_image = [r for r in records if r.get("image")]
     if not with_image:
         return Finding(need, True, lines)
     if not root.is_dir():
@@ -192,20 +273,33 @@ def check_llava(need: Need, sample: int, rng: random.Random) -> Finding:
 
 def check(need: Need, sample: int, seed: int = 0) -> Finding:
     """Check one need; the sample of images is drawn with `seed` (the same files each run)."""
-    rng = random.Random(seed)
+    found = _check_presence(need, sample, random.Random(seed))
+    if not found.ok or need.reads is None:
+        return found
+    try:
+        return Finding(need, True, [*found.lines, need.reads()])
+    except (ValueError, OSError) as err:
+        return Finding(need, False, [*found.lines, f"refused as the trials would refuse it: {err}"])
+
+
+def _check_presence(need: Need, sample: int, rng: random.Random) -> Finding:
     if need.kind == "llava":
         return check_llava(need, sample, rng)
     if need.kind == "images":
         found = check_images(need.path, sample, rng)
         return Finding(need, found.ok, found.lines)
     if need.kind == "dir":
+        if need.path.exists() and not need.path.is_dir():
+            return Finding(need, False, [f"{need.path}: a file, but a directory is expected here"])
         if not need.path.is_dir():
             return Finding(need, False, [f"missing directory {need.path}"])
         files = [p for p in need.path.rglob("*") if p.is_file()]
         return Finding(need, bool(files), [f"{need.path}: {len(files)} files, {_size(files)}"])
+    if need.path.is_dir():
+        return Finding(need, False, [f"{need.path}: a directory, but a file is expected here"])
     if not need.path.is_file():
         return Finding(need, False, [f"missing file {need.path}"])
-    if need.path.suffix in (".json", ".jsonl"):
+    if need.reads is None and need.path.suffix in (".json", ".jsonl"):
         try:
             count = len(_read_records(need.path))
         except (ValueError, OSError, UnicodeDecodeError) as err:

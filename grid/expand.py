@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import copy
-import itertools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from core.config.identity import content_hash, identity_dict
-from grid.spec import ExperimentSpec, SpecError, TrialConfig, describe_errors, did_you_mean
+from grid.cells import FilterCounts, check_filters, check_groups, count_filters, iter_product, matches
+from grid.spec import ExperimentSpec, SpecError, TrialConfig, describe_errors, did_you_mean, with_yaml_hints
 
 
 @dataclass(frozen=True)
@@ -70,41 +71,31 @@ def _get_path(data: dict[str, Any], path: str) -> Any:
     return node
 
 
-def _cells(spec: ExperimentSpec, source: str) -> list[tuple[dict[str, Any], bool]]:
-    """(assignments {path: value}, whether exclude rules apply) for every cell, before validation."""
+def check_grid(spec: ExperimentSpec, source: str) -> None:
+    """Every path an axis, zip group, exclude or include names is a field of TrialConfig."""
     g = spec.grid
-    for path, values in g.axes.items():
+    for path in g.axes:
         check_path(path, f"{source}: grid.axes")
-        if not values:
-            raise SpecError(f"{source}: grid.axes.{path}: an axis needs at least one value")
-    factors: list[list[dict[str, Any]]] = [[{p: v} for v in vals] for p, vals in g.axes.items()]
-    seen = set(g.axes)
     for i, group in enumerate(g.zip):
-        lengths = {p: len(v) for p, v in group.items()}
         for path in group:
             check_path(path, f"{source}: grid.zip[{i}]")
-            if path in seen:
-                raise SpecError(
-                    f"{source}: grid.zip[{i}].{path}: this path is already varied by another axis"
-                )
-            seen.add(path)
-        if len(set(lengths.values())) > 1:
-            raise SpecError(f"{source}: grid.zip[{i}]: zipped axes must have equal lengths; got {lengths}")
-        n = next(iter(lengths.values()), 0)
-        factors.append([{p: vals[j] for p, vals in group.items()} for j in range(n)])
-    cells = [dict(kv for part in combo for kv in part.items()) for combo in itertools.product(*factors)]
     for i, rule in enumerate(g.exclude):
         for path in rule:
             check_path(path, f"{source}: grid.exclude[{i}]")
     for i, extra in enumerate(g.include):
         for path in extra:
             check_path(path, f"{source}: grid.include[{i}]")
-    return [(c, True) for c in cells] + [(dict(extra), False) for extra in g.include]
+    check_groups(spec, source)
 
 
-def _matches(data: dict[str, Any], rule: dict[str, Any]) -> bool:
-    """An exclude rule matches a cell whose resolved config has every value the rule names."""
-    return all(_get_path(data, path) == value for path, value in rule.items())
+def iter_cells(spec: ExperimentSpec, base: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
+    """(assignments {path: raw value}, where the cell comes from) of every cell the filters keep, lazily."""
+    rules = spec.grid.exclude
+    for cell in iter_product(spec):
+        if not any(matches(cell, base, rule) for rule in rules):
+            yield cell, "grid"
+    for i, extra in enumerate(spec.grid.include):
+        yield dict(extra), f"grid.include[{i}]"
 
 
 def slug(axes: dict[str, Any], max_len: int = 60) -> str:
@@ -124,40 +115,101 @@ def slug(axes: dict[str, Any], max_len: int = 60) -> str:
     return re.sub(r"[^A-Za-z0-9._=+-]+", "-", raw)[:max_len].strip("-_")
 
 
+def _project(validated: Any, raw: Any) -> Any:
+    """The validated value restricted to what the user wrote: the keys of a section given in part, so
+    that defaults filled in by validation do not enter the slug."""
+    if isinstance(raw, dict) and isinstance(validated, dict):
+        return {k: _project(validated.get(k), v) for k, v in raw.items()}
+    if isinstance(raw, list) and isinstance(validated, list) and len(raw) == len(validated):
+        return [_project(a, b) for a, b in zip(validated, raw, strict=True)]
+    return validated
+
+
+def canonical_axes(cell: dict[str, Any], config: TrialConfig) -> dict[str, Any]:
+    """Each axis value as validation read it (`1e-3`, `0.001` and `1.0e-3` are all 0.001), so that the
+    spelling of a value never changes a trial id."""
+    data = config.model_dump(mode="json")
+    return {path: _project(_get_path(data, path), raw) for path, raw in cell.items()}
+
+
 def trial_hash(config: TrialConfig) -> str:
     """Hash of what defines the trial's result (not paths, logging, resources or code version)."""
     return content_hash(identity_dict(config))
 
 
+@dataclass
+class Expansion:
+    """The trials of a grid and what its filters did."""
+
+    trials: list[Trial]
+    counts: FilterCounts
+
+
+def make_trial(cell: dict[str, Any], base: dict[str, Any], source: str, origin: str = "grid") -> Trial:
+    """One validated cell; an invalid value is named with the cell it is in."""
+    data = copy.deepcopy(base)
+    for path, value in cell.items():
+        _set_path(data, path, value)
+    try:
+        config = TrialConfig.model_validate(data)
+    except ValidationError as err:
+        where = ", ".join(f"{p}={v!r}" for p, v in cell.items())
+        lines = with_yaml_hints(describe_errors(err, TrialConfig), err)
+        if not where:
+            raise SpecError(f"{source}: the base config is invalid:\n  " + "\n  ".join(lines)) from None
+        name = "the cell" if origin == "grid" else f"{origin}, the cell"
+        axis_lines = [_axis_hint(line, cell) for line in lines]
+        raise SpecError(f"{source}: {name} {where} is invalid:\n  " + "\n  ".join(axis_lines)) from None
+    axes = canonical_axes(cell, config)
+    return Trial(id=f"{slug(axes)}-{trial_hash(config)}", axes=axes, config=config)
+
+
+def expand_grid(spec: ExperimentSpec, source: str = "<spec>") -> Expansion:
+    """All trials of the grid, validated, in a stable order, one per distinct id, with the filter counts.
+
+    An exclude rule that matches nothing, an include entry that adds nothing and a grid left empty are
+    SpecErrors: each is a typo or a filter that does not do what it says.
+    """
+    check_grid(spec, source)
+    base = spec.base.model_dump(mode="json")
+    counts = count_filters(spec, base)
+    check_filters(spec, base, counts, source)
+    trials: list[Trial] = []
+    origin_of: dict[str, str] = {}
+    for cell, origin in iter_cells(spec, base):
+        trial = make_trial(cell, base, source, origin)
+        if trial.id in origin_of:
+            if origin != "grid":
+                raise SpecError(
+                    f"{source}: {origin} {cell} adds nothing: the grid already has this cell ({trial.id}, "
+                    f"from {origin_of[trial.id]}); drop the entry"
+                )
+            counts.merged += 1
+            continue
+        origin_of[trial.id] = origin
+        trials.append(trial)
+    if not trials:
+        raise SpecError(f"{source}: the grid has no cell left ({'; '.join(counts.lines())}); {EMPTY_FIX}")
+    return Expansion(trials, counts)
+
+
+EMPTY_FIX = "check grid.exclude, or add values to the axes"
+
+
 def expand(spec: ExperimentSpec, source: str = "<spec>") -> list[Trial]:
     """All trials of the grid, validated, in a stable order, without duplicates."""
-    base = spec.base.model_dump(mode="json")
-    trials: list[Trial] = []
-    ids: set[str] = set()
-    for cell, excludable in _cells(spec, source):
-        data = copy.deepcopy(base)
-        for path, value in cell.items():
-            _set_path(data, path, value)
-        if excludable and any(_matches(data, rule) for rule in spec.grid.exclude):
-            continue
-        try:
-            config = TrialConfig.model_validate(data)
-        except ValidationError as err:
-            where = ", ".join(f"{p}={v!r}" for p, v in cell.items()) or "the base config"
-            lines = describe_errors(err, TrialConfig)
-            axis_lines = [_axis_hint(line, cell) for line in lines]
-            raise SpecError(f"{source}: the cell {where} is invalid:\n  " + "\n  ".join(axis_lines)) from None
-        trial_id = f"{slug(cell)}-{trial_hash(config)}"
-        if trial_id in ids:
-            continue
-        ids.add(trial_id)
-        trials.append(Trial(id=trial_id, axes=cell, config=config))
-    return trials
+    return expand_grid(spec, source).trials
 
 
 def _axis_hint(line: str, cell: dict[str, Any]) -> str:
+    """Blame the cell when the failing path is an axis, inside one or a section holding one (a model
+    check over several fields); the base only when no axis is involved."""
     path = line.split(":", 1)[0]
     for axis in cell:
-        if path == axis or path.startswith(axis + "."):
-            return f"grid axis {line}"
+        if path in (axis, "(top level)") or path.startswith(axis + ".") or axis.startswith(path + "."):
+            return (
+                f"grid axis {line}"
+                if path == axis or path.startswith(axis + ".")
+                else f"in this cell, {line}"
+            )
     return f"base.{line}"

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.table import Table
 
-from grid.expand import Trial, expand
+from grid.expand import Trial, expand, expand_grid
 from grid.plan_steps import steps_of_trials, steps_text
 from grid.spec import ExperimentSpec, load_spec, steps_root
 from grid.tracking import RunInfo, Tracker
@@ -42,8 +42,12 @@ def trial_status(run: RunInfo | None) -> str:
 
 def make_plan(spec: ExperimentSpec, source: str, tracker: Tracker) -> list[PlanRow]:
     """Every trial of the spec with its status in the tracking store."""
-    trials = expand(spec, source)
-    runs = tracker.trial_runs()
+    return plan_rows(expand(spec, source), tracker)
+
+
+def plan_rows(trials: list[Trial], tracker: Tracker) -> list[PlanRow]:
+    """The trials with their status in the tracking store (a run under an older spelling of an id counts)."""
+    runs = tracker.trial_runs([t.id for t in trials])
     return [PlanRow(t, trial_status(runs.get(t.id)), runs.get(t.id)) for t in trials]
 
 
@@ -221,7 +225,8 @@ def print_plan(
     nothing is started or written."""
     spec = load_spec(spec_path)
     tracker = Tracker(spec.name, spec.output.tracking_uri)
-    rows = make_plan(spec, str(spec_path), tracker)
+    expansion = expand_grid(spec, str(spec_path))
+    rows = plan_rows(expansion.trials, tracker)
     statuses = {r.trial.id: r.status for r in rows}
     steps = steps_of_trials([r.trial for r in rows], steps_root(spec.output), statuses)
     if fmt != "table":
@@ -232,4 +237,7 @@ def print_plan(
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
     extra = {r.trial.id: {**cost_columns(r.trial), "steps": steps_text(steps[r.trial.id])} for r in rows}
     console.print(plan_table(f"{spec.name}: {len(rows)} trials ({summary})", rows, extra))
+    g = spec.grid
+    if g.exclude or g.include or expansion.counts.merged:
+        console.print("filters: " + "; ".join(expansion.counts.lines()), highlight=False, soft_wrap=True)
     return rows

@@ -340,7 +340,7 @@ def build_report(
         check_path(path, f"{spec_path}: report rows")
     trials = expand(spec, str(spec_path))
     tracker = Tracker(spec.name, tracking_uri or spec.output.tracking_uri)
-    runs = tracker.trial_runs()
+    runs = tracker.trial_runs([t.id for t in trials])
     varied = list(dict.fromkeys(a for t in trials for a in t.axes))
     paths = list(dict.fromkeys([*rows, METHOD, "model.llm", *varied]))
     frame = trials_frame(trials, runs, paths)

@@ -17,7 +17,8 @@ from core.ray_session import ensure_ray
 from grid.console import Board, console_for, duration
 from grid.expand import Trial
 from grid.memory import refuse_if_unfit
-from grid.plan import PlanRow, estimates, make_plan
+from grid.plan import PlanRow, estimates
+from grid.preflight import preflight_plan
 from grid.ray_log import ray_output
 from grid.redact import scrub
 from grid.spec import ExperimentSpec, load_spec, steps_root
@@ -163,6 +164,7 @@ def run_grid(
     console: Console | None = None,
     spec: ExperimentSpec | None = None,
     verbose: bool = False,
+    confirmed: bool = False,
 ) -> tuple[list[PlanRow], GridResult]:
     """Run every trial not yet done; returns the plan as it was and what happened to each trial.
 
@@ -172,7 +174,8 @@ def run_grid(
     console = console or console_for()
     spec = spec or load_spec(spec_path)
     tracker = Tracker(spec.name, spec.output.tracking_uri)
-    rows = make_plan(spec, str(spec_path), tracker)
+    # Every problem a user can fix (files, tracking store, output, grid size), reported at once.
+    rows = preflight_plan(spec, str(spec_path), tracker, confirmed=confirmed)
     todo = [r.trial for r in rows if r.status != "done"]
     # A trial that cannot fit its GPUs is refused before anything starts, with the settings that would fit.
     refuse_if_unfit({t.id: t.config for t in todo})

@@ -58,6 +58,8 @@ def distribution(path: str, raw: dict[str, Any], where: str) -> tuple[str, Any]:
     if not isinstance(args, list) or not args:
         raise SearchSpecError(f"{where}.{kind}: needs {DISTRIBUTIONS[kind]}; got {args!r}")
     if kind in ("uniform", "loguniform", "randint"):
+        # Bounds are numbers however they are written ('1e-4' quoted, as the base config accepts it).
+        args = [_bound(a, kind) for a in args]
         if len(args) != 2 or not all(isinstance(a, int | float) and not isinstance(a, bool) for a in args):
             raise SearchSpecError(f"{where}.{kind}: needs {DISTRIBUTIONS[kind]}; got {args!r}")
         if args[0] >= args[1]:
@@ -65,6 +67,17 @@ def distribution(path: str, raw: dict[str, Any], where: str) -> tuple[str, Any]:
         if kind == "loguniform" and args[0] <= 0:
             raise SearchSpecError(f"{where}.loguniform: low must be > 0 (got {args[0]})")
     return kind, args
+
+
+def _bound(value: Any, kind: str) -> Any:
+    """A bound written as text ('1e-4', '3') read as the number it spells; anything else as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return int(number) if kind == "randint" and number.is_integer() else number
 
 
 def _leaf_annotation(path: str) -> Any:

@@ -26,6 +26,7 @@ from core.config import (  # noqa: F401  (re-exported: grid code and tests read 
     did_you_mean,
 )
 from grid.search_spec import SearchConfig
+from grid.yaml_strict import StrictYAMLError, load_strict, yaml_hint
 
 
 class SpecError(ValueError):
@@ -50,6 +51,9 @@ class OutputConfig(Strict):
     )
     tracking_uri: str | None = None
     max_concurrent_trials: int | None = Field(None, ge=1)
+    max_trials_unconfirmed: int = Field(
+        500, ge=1, description="`seagrid grid` starts more trials than this only with --yes"
+    )
 
 
 def steps_root(output: OutputConfig) -> Path:
@@ -120,7 +124,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
     try:
         spec = ExperimentSpec.model_validate(data)
     except ValidationError as err:
-        lines = describe_errors(err, ExperimentSpec)
+        lines = with_yaml_hints(describe_errors(err, ExperimentSpec), err)
         raise SpecError(f"{source}: invalid spec:\n  " + "\n  ".join(lines)) from None
     if spec.search is not None:
         from grid.search_spec import SearchSpecError, check_search
@@ -132,13 +136,36 @@ def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
     return spec
 
 
-def load_spec(path: str | Path) -> ExperimentSpec:
-    """Read and validate a YAML spec; YAML is parsed with the safe loader, so nothing runs."""
-    path = Path(path)
+def with_yaml_hints(lines: list[str], err: ValidationError) -> list[str]:
+    """Each error line, plus the YAML rule when the refused value is a YAML 1.1 boolean word (`off`)."""
+    return [line + yaml_hint(e.get("input")) for line, e in zip(lines, err.errors(), strict=True)]
+
+
+def read_spec_text(path: Path) -> str:
+    """A spec file's text; a directory, an unreadable file or one not in UTF-8 is a SpecError."""
+    if path.is_dir():
+        raise SpecError(f"{path}: is a directory; give the path of a spec file such as {path}/smoke.yaml")
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
     try:
-        data = yaml.safe_load(path.read_text())
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise SpecError(
+            f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save the spec as UTF-8"
+        ) from None
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read the spec ({err.strerror})") from None
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read and validate a YAML spec: YAML 1.2 scalars, duplicate keys refused (grid.yaml_strict); the
+    loader builds plain data only, so nothing runs."""
+    path = Path(path)
+    text = read_spec_text(path)
+    try:
+        data = load_strict(text)
+    except StrictYAMLError as err:
+        raise SpecError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML: {err}") from None
     return parse_spec(data, str(path))

@@ -18,6 +18,7 @@ import yaml
 from core.config.identity import content_hash, flatten
 from grid.expand import Trial
 from grid.redact import redact, redact_flat, scrub, secret_values
+from grid.tracking_check import setting_name
 
 DEFAULT_STORE = Path("mlflow")
 PARENT_TAG = "seagrid.role"
@@ -37,13 +38,15 @@ GENERIC_LEAVES = frozenset({"name"})
 TEXT_SUFFIXES = frozenset({".txt", ".json", ".jsonl", ".yaml", ".yml", ".md", ".csv", ".log"})
 
 
-def default_tracking_uri(root: Path | None = None) -> str:
-    """$MLFLOW_TRACKING_URI, else a sqlite store under ./mlflow (absolute, so Ray workers agree)."""
+def default_tracking_uri(root: Path | None = None, *, create: bool = True) -> str:
+    """$MLFLOW_TRACKING_URI, else a sqlite store under ./mlflow (absolute, so Ray workers agree); its
+    folder is made only with `create` (`seagrid plan` writes nothing)."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
     store = (root or Path.cwd()) / DEFAULT_STORE
-    store.mkdir(parents=True, exist_ok=True)
+    if create:
+        store.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(store / 'mlflow.db').resolve()}"
 
 
@@ -170,7 +173,8 @@ class Tracker:
 
     def __init__(self, grid_name: str, tracking_uri: str | None = None) -> None:
         self.grid = grid_name
-        self.uri = tracking_uri or default_tracking_uri()
+        self.uri = tracking_uri or default_tracking_uri(create=False)
+        self.setting = setting_name(tracking_uri)
         self._client = None
         self._experiment_id: str | None = None
 
@@ -180,6 +184,12 @@ class Tracker:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
+            from grid.tracking_check import check_store
+
+            check_store(self.uri, self.setting)  # seconds, not MLflow's minutes of retries
+            db = sqlite_path(self.uri)
+            if db is not None:  # the store's folder, made on first use (never by a read of a missing store)
+                db.parent.mkdir(parents=True, exist_ok=True)
             relocate_artifacts(self.uri)
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
@@ -211,8 +221,23 @@ class Tracker:
             self._experiment_id = exp.experiment_id if exp else None
         return self._experiment_id
 
-    def trial_runs(self) -> dict[str, RunInfo]:
-        """Latest child run per trial id (a FINISHED run wins over later failed or killed ones)."""
+    def trial_runs(self, ids: list[str] | None = None) -> dict[str, RunInfo]:
+        """Latest child run per trial id (a FINISHED run wins over later failed or killed ones).
+
+        With `ids`, keyed by those ids, a run recorded under another spelling of the id's readable part
+        (`lr=1e-3-<hash>` before ids were built from validated values) found by the config hash."""
+        latest = self._latest_runs()
+        if ids is None:
+            return latest
+        by_hash: dict[str, RunInfo] = {}
+        for tid, info in latest.items():
+            old = by_hash.get(_hash_part(tid))
+            if old is None or info.status == "FINISHED" or old.status != "FINISHED":
+                by_hash[_hash_part(tid)] = info
+        found = {tid: latest.get(tid) or by_hash.get(_hash_part(tid)) for tid in ids}
+        return {tid: info for tid, info in found.items() if info is not None}
+
+    def _latest_runs(self) -> dict[str, RunInfo]:
         exp_id = self.existing_experiment_id()
         if exp_id is None:
             return {}
@@ -403,6 +428,11 @@ class Tracker:
             for f, clean in dirty.items():
                 (copy / f.relative_to(local_dir)).write_text(clean)
             self.client.log_artifacts(run_id, str(copy), artifact_path)
+
+
+def _hash_part(trial_id: str) -> str:
+    """The config hash that ends a trial id (`<readable part>-<hash>`)."""
+    return trial_id.rsplit("-", 1)[-1]
 
 
 def _read(path: Path) -> str:

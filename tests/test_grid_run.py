@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from grid.cli import main
 from grid.expand import expand
@@ -32,9 +33,12 @@ output: {{root: {root}, tracking_uri: "sqlite:///{db}", max_concurrent_trials: 2
 
 
 def broken_dataset(tmp_path: Path) -> tuple[Path, Path]:
-    """A LLaVA JSON whose image file does not exist: the trial must fail and name it."""
+    """A LLaVA JSON whose first image file does not exist: the trial must fail and name it. The others
+    exist, so the run's pre-flight (which samples a few images, not record 0) lets the trial start."""
     root = tmp_path / "broken_images"
     root.mkdir()
+    for i in range(1, 32):
+        Image.new("RGB", (8, 8)).save(root / f"missing-{i}.png")
     records = [
         {
             "id": f"broken-{i}",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,18 +14,12 @@ from torch.utils.data import Dataset
 
 from core.data.chat import tokenizer_name
 from core.data.images import IMAGE_MODES, preprocess
-from core.data.llava_cache import (
-    is_validated,
-    lengths_path,
-    load_lengths,
-    mark_validated,
-    parse_json_list,
-    save_lengths,
-)
-from core.data.templates import DEFAULT_IMAGE_TOKEN, TEMPLATES, Encoded, encode_conversation
+from core.data.llava_cache import lengths_path, load_lengths, save_lengths
+from core.data.llava_json import ROLES, check_record, load_llava_records
+from core.data.templates import TEMPLATES, Encoded, encode_conversation
 from core.models.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
-ROLES = ("human", "gpt")
+_validate_record = check_record  # its name before core.data.llava_json became its home
 MISSING_IMAGE_POLICIES = ("fail", "skip")
 # How many offending sample ids an error message lists.
 _SHOWN_IDS = 5
@@ -94,46 +87,6 @@ def _answers_blank(record: dict[str, Any]) -> bool:
     return all(not turn["value"].strip() for turn in record["conversations"][1::2])
 
 
-def _validate_record(record: Any, index: int, json_path: Path) -> dict[str, Any]:
-    """Check one record's structure; errors name the record's index, its id and the file."""
-    where = f"{json_path} record #{index}"
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected an object, got {type(record).__name__}")
-    if "id" not in record:
-        raise ValueError(f"{where}: missing 'id'")
-    where = f"{json_path} record #{index} (id {str(record['id'])!r})"
-    image = record.get("image")
-    if image is not None and not (isinstance(image, str) and image):
-        raise ValueError(f"{where}: 'image' must be a non-empty relative path, got {image!r}")
-    turns = record.get("conversations")
-    if not isinstance(turns, list) or not turns:
-        raise ValueError(f"{where}: 'conversations' must be a non-empty list, got {turns!r}")
-    image_tokens = 0
-    for turn_index, turn in enumerate(turns):
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-            raise ValueError(f"{where}: turn {turn_index} must be an object with a string 'value'")
-        expected = ROLES[turn_index % 2]
-        if turn.get("from") != expected:
-            raise ValueError(
-                f"{where}: turn {turn_index} has from={turn.get('from')!r}; expected {expected!r} "
-                f"(turns alternate {' / '.join(ROLES)}, starting with {ROLES[0]!r})"
-            )
-        count = turn["value"].count(DEFAULT_IMAGE_TOKEN)
-        if count and turn_index != 0:
-            raise ValueError(f"{where}: {DEFAULT_IMAGE_TOKEN!r} may appear only in the first human turn")
-        image_tokens += count
-    if len(turns) < 2:
-        raise ValueError(f"{where}: has no {ROLES[1]!r} turn to supervise")
-    if image is not None and image_tokens != 1:
-        raise ValueError(
-            f"{where}: has an image, so the first human turn needs exactly one {DEFAULT_IMAGE_TOKEN!r}; "
-            f"found {image_tokens}"
-        )
-    if image is None and image_tokens:
-        raise ValueError(f"{where}: text-only sample (no 'image') contains {DEFAULT_IMAGE_TOKEN!r}")
-    return record
-
-
 class LlavaDataset(Dataset):
     """A LLaVA-format JSON list, each item encoded with a template and its image preprocessed.
 
@@ -198,17 +151,8 @@ class LlavaDataset(Dataset):
                 f"json_path={self.json_path}: no such file; point the dataset's json_path at a LLaVA-format "
                 "JSON list (paths are relative to the working directory)"
             )
-        try:
-            raw = parse_json_list(self.json_path)
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"json_path={self.json_path}: not valid JSON at line {err.lineno} column {err.colno} "
-                f"({err.msg}); fix the file or regenerate it"
-            ) from err
-        except (OSError, UnicodeDecodeError) as err:
-            raise ValueError(f"json_path={self.json_path}: cannot read a JSON list ({err})") from err
-        if not isinstance(raw, list):
-            raise ValueError(f"json_path={self.json_path}: expected a JSON list, got {type(raw).__name__}")
+        # Structure first, for every record, so a malformed file fails before any disk access.
+        raw = load_llava_records(self.json_path, "json_path")
 
         self.records: list[dict[str, Any]] = []
         # Each kept record's index in the JSON list: the key of the token-length cache.
@@ -216,11 +160,6 @@ class LlavaDataset(Dataset):
         self._raw_count = len(raw)
         self.skipped_ids: list[str] = []
         self.unsupervised_ids: list[str] = []
-        # Structure first, for every record, so a malformed file fails before any disk access.
-        if not is_validated(raw):
-            for index, item in enumerate(raw):
-                _validate_record(item, index, self.json_path)
-            mark_validated(raw)
         for raw_index, record in enumerate(raw):
             if record.get("image") is not None:
                 path = self.image_root / record["image"]

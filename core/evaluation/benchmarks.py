@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from core.data import synthetic_eval as syn
 from core.data.images import preprocess
+from core.data.text_files import open_text_file, read_text_file
 from core.evaluation.config import BenchmarkConfig
 from core.evaluation.generate import (
     Prompt,
@@ -127,7 +128,7 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) of every non-blank line; a line that is not a JSON object names file:line."""
     path = _exists(Path(path), "jsonl file")
     rows: list[tuple[int, dict[str, Any]]] = []
-    with path.open(encoding="utf-8") as f:
+    with open_text_file(path, "jsonl file") as f:  # a directory or non-UTF-8 file: one sentence
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -261,7 +262,7 @@ def _answer_list(value: Any, where: str) -> tuple[str, ...]:
 
 def _annotation_records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, record) of an answers file: VQAv2/TextVQA JSON, a JSON list, or jsonl."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path, "annotation file")
     try:
         data: Any = json.loads(text)
     except json.JSONDecodeError:
@@ -383,7 +384,7 @@ def _read_tsv(path: Path) -> list[McItem]:
     """MMBench's TSV: index, question, hint, A..D (E, F), answer, image (base64), with a header row."""
     csv.field_size_limit(sys.maxsize)
     items = []
-    with path.open(encoding="utf-8", newline="") as f:
+    with open_text_file(path, "MMBench tsv file") as f:
         reader = csv.DictReader(f, delimiter="\t")
         header = reader.fieldnames or []
         for key in ("question", "answer", "A", "B"):
@@ -415,7 +416,7 @@ def _read_tsv(path: Path) -> list[McItem]:
 
 def _read_mmlu_csv(path: Path) -> list[McItem]:
     items = []
-    with path.open(encoding="utf-8", newline="") as f:
+    with open_text_file(path, "MMLU csv file") as f:
         reader = csv.reader(f)
         for row in reader:
             where = _where(path, reader.line_num)

@@ -158,12 +158,9 @@ def files_heldout(
     from core.labels.words import read_word_list
 
     path = Path(json_path)
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"diagnostics.json_path={path}: cannot read a JSON list ({err})") from err
-    if not isinstance(raw, list):
-        raise ValueError(f"diagnostics.json_path={path}: expected a JSON list, got {type(raw).__name__}")
+    from core.data.llava_json import load_llava_records  # the one reader and check (core.data)
+
+    raw = load_llava_records(path, "diagnostics.json_path")
     records = []
     for k, record in enumerate(raw):
         if not isinstance(record, dict) or not record.get("image"):

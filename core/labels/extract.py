@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -85,24 +84,13 @@ def resolve_label_encoder(encoder_id: str, labels_from: str | None = None) -> st
 
 def image_records(json_path: str | Path) -> tuple[list[str], list[str]]:
     """(sample ids, relative image paths) of the records of a LLaVA JSON that have an image, in order."""
-    json_path = Path(json_path)
-    try:
-        records = json.loads(json_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"json_path={json_path}: cannot read a JSON list ({err})") from err
-    if not isinstance(records, list):
-        raise ValueError(f"json_path={json_path}: expected a JSON list, got {type(records).__name__}")
+    from core.data.llava_json import load_llava_records  # the one reader and check (core.data)
+
     ids, images = [], []
-    for i, record in enumerate(records):
-        if not isinstance(record, dict) or "id" not in record:
-            raise ValueError(f"{json_path} record #{i}: expected an object with an 'id'")
+    for record in load_llava_records(json_path, "json_path"):
         image = record.get("image")
         if image is None:
             continue
-        if not isinstance(image, str) or not image:
-            raise ValueError(
-                f"{json_path} record #{i}: 'image' must be a non-empty relative path, got {image!r}"
-            )
         ids.append(str(record["id"]))
         images.append(image)
     return ids, images

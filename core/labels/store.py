@@ -116,6 +116,47 @@ def _read_json(store: Path, name: str) -> Any:
         ) from err
 
 
+# The type of every meta.json field: a missing key or another type is a corrupt store, named as such.
+META_TYPES: dict[str, type | tuple[type, ...]] = {
+    "format": str,
+    "version": int,
+    "encoder": str,
+    "word_list_hash": str,
+    "num_words": int,
+    "dataset": dict,
+    "top_n": int,
+    "sign": str,
+    "grid": list,
+    "num_images": int,
+    "index_dtype": str,
+    "score_dtype": str,
+}
+
+
+def _check_meta(store: Path, meta: Any) -> dict[str, Any]:
+    """meta.json as a dict with every field of its type (a KeyError or TypeError later would be a traceback)."""
+    fix = "delete the directory to rebuild it"
+    if not isinstance(meta, dict):
+        raise ValueError(
+            f"label store {store}: corrupt, {META_FILE} is a {type(meta).__name__}, not an object; {fix}"
+        )
+    if meta.get("format") != FORMAT_NAME:
+        return meta  # another format: the caller names format and version
+    for key, kind in META_TYPES.items():
+        value = meta.get(key)
+        if key not in meta:
+            raise ValueError(f"label store {store}: corrupt, {META_FILE} has no {key!r}; {fix}")
+        bad = isinstance(value, bool) or not isinstance(value, kind)
+        if key == "grid" and not bad:
+            bad = len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        if bad:
+            want = "[height, width] of ints" if key == "grid" else getattr(kind, "__name__", str(kind))
+            raise ValueError(
+                f"label store {store}: corrupt, {META_FILE} {key}={value!r} is not a {want}; {fix}"
+            )
+    return meta
+
+
 def make_meta(
     *,
     encoder: str,
@@ -227,7 +268,7 @@ class LabelStore:
                 f"label store {path}: unfinished extraction ({done} images done, no {DONE_MARKER} marker); "
                 "run extraction again to resume it"
             )
-        meta = _read_json(path, META_FILE)
+        meta = _check_meta(path, _read_json(path, META_FILE))
         if meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
             raise ValueError(
                 f"label store {path}: format {meta.get('format')!r} version {meta.get('version')!r}, "
@@ -260,6 +301,11 @@ class LabelStore:
                     f"label store {path}: corrupt, {name} has {found} entries, meta.json says num_images={n_rows}"
                 )
         progress = _read_json(path, PROGRESS_FILE)
+        if not isinstance(progress, dict) or not isinstance(progress.get("missing", []), list):
+            raise ValueError(
+                f"label store {path}: corrupt, {PROGRESS_FILE} is not an object with a 'missing' list; "
+                "delete the directory to rebuild it"
+            )
         store = cls(
             path,
             meta,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Collection, Sequence
@@ -81,17 +80,11 @@ def word_list_hash(words: Sequence[str]) -> str:
 
 
 def _gpt_texts(json_path: Path) -> list[str]:
-    try:
-        records = json.loads(json_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"json_path={json_path}: cannot read a JSON list ({err})") from err
-    if not isinstance(records, list):
-        raise ValueError(f"json_path={json_path}: expected a JSON list, got {type(records).__name__}")
+    from core.data.llava_json import load_llava_records  # the one reader and check (core.data)
+
     texts = []
-    for i, record in enumerate(records):
-        turns = record.get("conversations") if isinstance(record, dict) else None
-        if not isinstance(turns, list):
-            raise ValueError(f"{json_path} record #{i}: expected an object with a 'conversations' list")
+    for record in load_llava_records(json_path, "json_path"):
+        turns = record["conversations"]
         texts.extend(
             t["value"]
             for t in turns
@@ -144,11 +137,13 @@ def read_word_list(path: str | Path) -> list[str]:
     Each line is stripped; a word may contain inner spaces (a phrase). A duplicate is an error naming
     both lines.
     """
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"word list {path}: cannot read it as UTF-8 text ({err})") from err
+    from core.data.text_files import TextFileError, read_text_file
+
+    path = Path(path).expanduser()
+    try:  # a byte-order mark is dropped: glued to the first word, that word would never match a caption
+        lines = read_text_file(path, "word list").splitlines()
+    except TextFileError as err:
+        raise ValueError(f"word list {path}: cannot read it as UTF-8 text ({err})") from None
     words: list[str] = []
     first_line: dict[str, int] = {}
     for number, line in enumerate(lines, start=1):
