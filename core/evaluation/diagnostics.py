@@ -90,7 +90,7 @@ def _captions(captions: Sequence[str], tokenizer: Any) -> tuple[torch.Tensor, to
 
 
 def _load_pixels(paths: Sequence[Path], vlm: Any) -> torch.Tensor:
-    from core.data.images import preprocess
+    from core.data.images import preprocess_for
 
     spec = vlm.vision.spec
     tensors = []
@@ -99,7 +99,7 @@ def _load_pixels(paths: Sequence[Path], vlm: Any) -> torch.Tensor:
             with Image.open(path) as image:
                 image.load()
                 # Square crop as in stage 1, the stage whose alignment these numbers describe.
-                tensors.append(preprocess(image, spec.image_size, spec.mean, spec.std, "square"))
+                tensors.append(preprocess_for(image, spec, "square"))
         except OSError as err:
             raise OSError(f"held-out image {path}: cannot read it ({err})") from err
     return torch.stack(tensors)
