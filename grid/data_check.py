@@ -13,6 +13,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from core.config.trial import METHODS_WITH_SEA
+from core.labels.words import DEFAULT_2OF12_PATH, TWO_OF_TWELVE_COUNT, TWO_OF_TWELVE_SOURCE, read_2of12
 from grid.expand import expand
 from grid.spec import load_spec
 
@@ -41,6 +42,7 @@ SOURCES: dict[str, dict[str, Any]] = {
     "mmbench": {"text": f"{_LLAVA_EVAL}; mmbench/mmbench_dev_20230712.tsv from the MMBench release"},
     "scienceqa-img": {"text": f"{_LLAVA_EVAL}; scienceqa images/test from the ScienceQA repository"},
     "mmlu": {"text": f"{_LLAVA_EVAL}; mmlu/test: the csv files of hendrycks' MMLU data.tar"},
+    "2of12": {"text": TWO_OF_TWELVE_SOURCE},
 }
 
 
@@ -85,6 +87,9 @@ def spec_needs(spec_path: str) -> list[Need]:
         words = cfg.method.sea.words
         if cfg.method.name in METHODS_WITH_SEA and words.source == "file":
             add(Need("file", Path(words.path), "SEA word list (one word per line)", ""))
+        if cfg.method.name in METHODS_WITH_SEA and words.source.endswith("2of12"):
+            path = Path(words.path or DEFAULT_2OF12_PATH)
+            add(Need("2of12", path, f"SEA 2of12 word list ({TWO_OF_TWELVE_COUNT:,} words)", "2of12"))
     return list(out.values())
 
 
@@ -198,6 +203,11 @@ def check(need: Need, sample: int, seed: int = 0) -> Finding:
     if need.kind == "images":
         found = check_images(need.path, sample, rng)
         return Finding(need, found.ok, found.lines)
+    if need.kind == "2of12":
+        try:
+            return Finding(need, True, [f"{need.path}: {len(read_2of12(need.path)):,} words"])
+        except ValueError as err:
+            return Finding(need, False, [str(err)])
     if need.kind == "dir":
         if not need.path.is_dir():
             return Finding(need, False, [f"missing directory {need.path}"])

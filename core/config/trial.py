@@ -43,9 +43,11 @@ class ModelConfig(Strict):
 
 
 class WordsConfig(Strict):
-    """SEA's word list: built from the stage-1 captions, or read from a file (one word per line)."""
+    """SEA's word list (core/labels/words.py WORD_SOURCES): the frequent caption words (a regex, for tiny
+    offline specs), a file (one word per line), the papers' 2of12 list (a file, default
+    data/words/2of12.txt), noun phrases parsed from the captions, or both joined (SEA EMNLP)."""
 
-    source: Literal["captions", "file"] = "captions"
+    source: Literal["captions", "file", "2of12", "syntactic", "syntactic+2of12"] = "captions"
     path: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
     min_count: int = Field(2, ge=1)
     max_words: int | None = Field(None, ge=1)
