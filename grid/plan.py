@@ -72,6 +72,7 @@ def estimates(trial: Trial) -> dict[str, Any]:
         if samples is None or hours is None:
             hours = None
             continue
+        samples = max(1, round(samples * data.fraction))  # a seeded subset trains on its share only
         checkpointing = resolve_gradient_checkpointing(stage.gradient_checkpointing, cfg.model.llm)
         hours += estimate_stage(
             name, params, samples, enc.num_patches, stage.epochs, checkpointing=checkpointing

@@ -1,0 +1,86 @@
+"""Recipe settings of the papers: stage-2 modality grouping by default, a seeded dataset `fraction`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.config import TrialConfig
+from core.data.resolve import resolve_dataset
+from core.data.sampler import LengthGroupedSampler
+from core.data.subset import subset_indices
+from core.train.job import make_stage_job
+from core.train.stage import ResumableSampler, build_sampler
+from grid.expand import expand
+from grid.spec import load_spec
+
+
+class _Records(list):
+    """The records of a LLaVA JSON, with the `records` attribute a LlavaDataset has (all the sampler reads)."""
+
+    @property
+    def records(self) -> list:
+        return self
+
+
+def _sampler(cfg: TrialConfig, stage: str, out: Path):
+    job = make_stage_job(cfg, stage, out)
+    records = json.loads(Path(job.json_path).read_text())
+    return build_sampler(job, _Records(records), world=1, rank=0, accum=1)
+
+
+def test_stage2_groups_by_modality_by_default(seagrid_cache: Path, tmp_path: Path) -> None:
+    cfg = TrialConfig.model_validate({"stage2": {"enabled": True, "global_batch_size": 16}})
+    grouped = _sampler(cfg, "stage2", tmp_path)
+    assert isinstance(grouped, LengthGroupedSampler) and grouped.balance  # LLaVA's group_by_modality_length
+    assert isinstance(_sampler(cfg, "stage1", tmp_path), ResumableSampler)  # stage 1 stays random
+    off = TrialConfig.model_validate(
+        {"stage2": {"enabled": True, "global_batch_size": 16, "group_by_length": "off"}}
+    )
+    assert isinstance(_sampler(off, "stage2", tmp_path), ResumableSampler)
+
+
+def test_grouping_is_in_the_id_and_off_is_not() -> None:
+    from core.config.identity import identity_dict
+
+    grouped = TrialConfig.model_validate({"stage2": {"enabled": True}})
+    assert identity_dict(grouped)["stage2"]["group_by_length"] == "modality"
+    off = TrialConfig.model_validate({"stage2": {"enabled": True, "group_by_length": "off"}})
+    assert "group_by_length" not in identity_dict(off)["stage2"]  # the id a stage-2 trial had before
+
+
+def test_subset_indices_are_seeded_and_sized() -> None:
+    picked = subset_indices(1000, 0.1, 0)
+    assert len(picked) == 100 and picked == sorted(picked) and picked == subset_indices(1000, 0.1, 0)
+    assert picked != subset_indices(1000, 0.1, 1)
+    assert subset_indices(5, 0.01, 0) == subset_indices(5, 0.01, 0) and len(subset_indices(5, 0.01, 0)) == 1
+    with pytest.raises(ValueError, match="fraction=0"):
+        subset_indices(5, 0, 0)
+
+
+def test_fraction_cuts_the_dataset_the_same_way_for_every_trial(seagrid_cache: Path) -> None:
+    whole = TrialConfig.model_validate({"data": {"stage1": {"synthetic": {"num_samples": 40}}}})
+    part = TrialConfig.model_validate(
+        {"data": {"stage1": {"synthetic": {"num_samples": 40}, "fraction": 0.25}}}
+    )
+    full_json, root = resolve_dataset(whole.data.stage1)
+    sub_json, sub_root = resolve_dataset(part.data.stage1)
+    full, sub = json.loads(full_json.read_text()), json.loads(sub_json.read_text())
+    assert len(full) == 40 and len(sub) == 10 and sub_root == root
+    assert sub == [full[i] for i in subset_indices(40, 0.25, 0)]
+    # Another trial (another method, lr, seed) of the same dataset reads the same subset file.
+    other = part.model_copy(update={"seed": 7, "stage1": part.stage1.model_copy(update={"lr": 0.5})})
+    assert resolve_dataset(other.data.stage1)[0] == sub_json
+    reseeded = part.data.stage1.model_copy(update={"fraction_seed": 1})
+    assert json.loads(resolve_dataset(reseeded)[0].read_text()) != sub
+
+
+def test_fraction_is_in_the_id_only_when_set(tmp_path: Path) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: f\ngrid: {axes: {data.stage1.fraction: [1.0, 0.1]}}\n")
+    plain = tmp_path / "p.yaml"
+    plain.write_text("name: f\n")
+    hashes = [t.hash for t in expand(load_spec(spec))]  # the id's hash part (its slug names the axis)
+    assert hashes[0] == expand(load_spec(plain))[0].hash and hashes[1] != hashes[0]
