@@ -84,3 +84,51 @@ def test_fraction_is_in_the_id_only_when_set(tmp_path: Path) -> None:
     plain.write_text("name: f\n")
     hashes = [t.hash for t in expand(load_spec(spec))]  # the id's hash part (its slug names the axis)
     assert hashes[0] == expand(load_spec(plain))[0].hash and hashes[1] != hashes[0]
+
+
+SEA_SEARCH = """
+name: tau
+base:
+  method: {name: sea}
+  eval: {enabled: true, diagnostics: {every_steps: 2}}
+grid:
+  axes:
+    method.sea.tau_init: [0.07, 1.0]
+search:
+  space:
+    method.sea.tau_init: {loguniform: [0.01, 1.0]}
+    method.sea.align_weight: {loguniform: [0.1, 10.0]}
+  metric: diag/label_recall
+  mode: max
+  num_samples: 2
+"""
+
+
+def test_sea_initial_temperature_is_a_grid_and_a_search_axis(tmp_path: Path) -> None:
+    import math
+
+    import torch
+
+    from core.methods.sea_objective import SeaObjective
+    from grid.search_spec import with_values
+    from grid.spec import SpecError
+
+    grid_only = tmp_path / "grid.yaml"
+    grid_only.write_text(SEA_SEARCH.split("search:")[0])
+    trials = expand(load_spec(grid_only))
+    assert [t.config.method.sea.tau_init for t in trials] == [0.07, 1.0] and trials[0].hash != trials[1].hash
+    objective = SeaObjective(
+        trials[0].config.method.sea, word_embeddings=torch.zeros(3, 4), grid=(2, 2), seed=0
+    )
+    assert math.isclose(math.exp(objective.log_tau.item()), 0.07, rel_tol=1e-6)
+    # As a search axis: the space validates against the trial config, and a sampled value lands there.
+    both = tmp_path / "both.yaml"
+    both.write_text(SEA_SEARCH)
+    with pytest.raises(SpecError, match="method.sea.tau_init: this path is a grid axis too"):
+        load_spec(both)
+    searched = tmp_path / "search.yaml"
+    searched.write_text(SEA_SEARCH.replace("    method.sea.tau_init: [0.07, 1.0]\n", "    seed: [0]\n"))
+    spec = load_spec(searched)  # load_spec checks the search space against the trial config
+    assert "method.sea.tau_init" in spec.search.space
+    base = trials[0].config.model_dump()
+    assert with_values(base, {"method.sea.tau_init": 0.2})["method"]["sea"]["tau_init"] == 0.2

@@ -148,39 +148,18 @@ def files_heldout(
     label_store: str | Path | None = None,
     words_file: str | Path | None = None,
 ) -> Heldout:
-    """The first `samples` image records of a LLaVA-format JSON (caption = first gpt turn).
+    """The first `samples` captioned images of a file (core/evaluation/caption_sets.py: LLaVA JSON,
+    image/caption objects, or COCO captions).
 
     With a label store (SEA labels of the same images on the model's patch grid), label recall uses its
     rows (looked up by sample id) and its word list; otherwise `words_file` supplies the nearest-word
     list, and without either only TACS is computed.
     """
+    from core.evaluation.caption_sets import read_caption_set
     from core.labels.store import LabelStore
     from core.labels.words import read_word_list
 
-    path = Path(json_path)
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"diagnostics.json_path={path}: cannot read a JSON list ({err})") from err
-    if not isinstance(raw, list):
-        raise ValueError(f"diagnostics.json_path={path}: expected a JSON list, got {type(raw).__name__}")
-    records = []
-    for k, record in enumerate(raw):
-        if not isinstance(record, dict) or not record.get("image"):
-            continue
-        turns = record.get("conversations") or []
-        caption = next(
-            (t.get("value") for t in turns if isinstance(t, dict) and t.get("from") == "gpt"), None
-        )
-        if not isinstance(caption, str) or not caption.strip():
-            raise ValueError(
-                f"{path} record #{k} (id {record.get('id')!r}): no gpt turn to use as the caption"
-            )
-        records.append((str(record.get("id", k)), record["image"], caption.replace("<image>", "").strip()))
-        if len(records) == samples:
-            break
-    if not records:
-        raise ValueError(f"diagnostics.json_path={path}: no record with an image")
+    records = read_caption_set(json_path, samples)
     paths = [Path(image_root) / image for _, image, _ in records]
     words: list[str] | None = None
     label_index = None
