@@ -43,6 +43,11 @@ SOURCES: dict[str, dict[str, Any]] = {
     "scienceqa-img": {"text": f"{_LLAVA_EVAL}; scienceqa images/test from the ScienceQA repository"},
     "mmlu": {"text": f"{_LLAVA_EVAL}; mmlu/test: the csv files of hendrycks' MMLU data.tar"},
     "2of12": {"text": TWO_OF_TWELVE_SOURCE},
+    "coco-captions": {
+        "text": "COCO 2014 captions: annotations/captions_val2014.json from the COCO site (cocodataset.org) at "
+        "json_path, the val2014 images at image_root (the POPE layout's pope/val2014 has them); the first "
+        "heldout_samples images with their first caption are used"
+    },
 }
 
 
@@ -80,6 +85,10 @@ def spec_needs(spec_path: str) -> list[Need]:
             if enabled and data.source == "llava":
                 label = f"{stage} dataset {data.name}"
                 add(Need("llava", Path(data.json_path), label, data.name, Path(data.image_root)))
+        diag = cfg.eval.diagnostics
+        if cfg.eval.enabled and diag.source == "files":  # the captioned images TACS is measured on
+            add(Need("file", Path(diag.json_path), "diagnostics caption set json_path", "coco-captions"))
+            add(Need("images", Path(diag.image_root), "diagnostics caption set image_root", "coco-captions"))
         if cfg.eval.enabled:
             for bench in cfg.eval.benchmarks:
                 if bench.source == "files":

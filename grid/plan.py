@@ -15,6 +15,7 @@ from rich.table import Table
 from grid.expand import Trial, expand
 from grid.plan_steps import steps_of_trials, steps_text
 from grid.spec import ExperimentSpec, load_spec, steps_root
+from grid.table_cells import print_table_cells
 from grid.tracking import RunInfo, Tracker
 
 STATUS_OF_RUN = {
@@ -233,4 +234,5 @@ def print_plan(
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
     extra = {r.trial.id: {**cost_columns(r.trial), "steps": steps_text(steps[r.trial.id])} for r in rows}
     console.print(plan_table(f"{spec.name}: {len(rows)} trials ({summary})", rows, extra))
+    print_table_cells(spec_path, [r.trial for r in rows], console)  # the paper's cells they fill
     return rows

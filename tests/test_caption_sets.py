@@ -84,3 +84,19 @@ def test_tacs_on_a_coco_captions_file(tmp_path: Path) -> None:
     assert heldout.captions == CAPTIONS[:2] and heldout.ids == ["100", "101"]
     found = alignment_diagnostics(vlm, tokenizer, heldout, k=3)
     assert set(found) >= {"tacs"} and -1 <= found["tacs"] <= 1
+
+
+def test_just_data_lists_the_caption_set(tmp_path: Path) -> None:
+    import yaml
+
+    from grid.data_check import check, spec_needs
+
+    spec = {"name": "d", "base": {"eval": {"enabled": True, "diagnostics": {
+        "source": "files", "json_path": str(_coco(tmp_path)), "image_root": str(tmp_path)}}}}  # fmt: skip
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    needs = {n.label: n for n in spec_needs(str(path))}
+    assert set(needs) == {"diagnostics caption set json_path", "diagnostics caption set image_root"}
+    assert all(check(n, sample=3).ok for n in needs.values())
+    (tmp_path / "captions_val2014.json").unlink()
+    assert not check(needs["diagnostics caption set json_path"], sample=3).ok

@@ -126,3 +126,29 @@ def test_every_paper_spec_has_a_valid_published_table() -> None:
                 from grid.published import matching
 
                 assert matching(row, trials), f"{name}: {table.title}: row {row.label} matches no trial"
+
+
+def test_plan_shows_which_paper_cells_the_trials_fill(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from grid.table_cells import FILLED, NO_BENCHMARK, NO_TRIAL, cell_states
+
+    spec = _grid(tmp_path)
+    text = spec.read_text().replace(
+        "  stage1: {global_batch_size: 16, micro_batch_size: 8}\n",
+        "  stage1: {global_batch_size: 16, micro_batch_size: 8}\n"
+        "  eval: {enabled: true, benchmarks: [{name: pope, kind: pope}]}\n",
+    )
+    spec.write_text(text)
+    trials = expand(load_spec(spec), str(spec))
+    (table,) = load_published(spec).tables
+    states = cell_states(table, trials)
+    assert [len(hits) for hits, _ in states] == [3, 3, 0]  # three seeds each; no BASIC trial
+    assert states[0][1] == {"eval/pope": FILLED, "eval/mme": NO_BENCHMARK}
+    assert states[2][1] == {"eval/pope": NO_TRIAL, "eval/mme": NO_TRIAL}
+    assert main(["plan", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "cells of Fake Table 9" in out
+        and "2 of 6 cells planned; no benchmark in the spec logs eval/mme" in out
+    )
