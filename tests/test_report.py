@@ -187,7 +187,12 @@ def test_report_numbers_files_and_artifacts(store: dict[str, Any]) -> None:
         ["phi3-mini", "sea"],
     ]
     by = {(r[0], r[1]): r[2:] for r in rows}  # trials, gqa, pope, tacs (as logged: its last value)
-    assert by["tiny-llama", "llava"] == ["2 done", "52.0 ± 2.8 (n=2)", "82.0 ± 2.8 (n=2)", "0.35 ± 0.07071 (n=2)"]
+    assert by["tiny-llama", "llava"] == [
+        "2 done",
+        "52.0 ± 2.8 (n=2)",
+        "82.0 ± 2.8 (n=2)",
+        "0.35 ± 0.07071 (n=2)",
+    ]
     assert by["tiny-llama", "sea"] == [
         "2 done",
         "60.5 ± 0.7 (n=2) (+8.5)",
