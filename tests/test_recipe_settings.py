@@ -132,3 +132,20 @@ def test_sea_initial_temperature_is_a_grid_and_a_search_axis(tmp_path: Path) -> 
     assert "method.sea.tau_init" in spec.search.space
     base = trials[0].config.model_dump()
     assert with_values(base, {"method.sea.tau_init": 0.2})["method"]["sea"]["tau_init"] == 0.2
+
+
+def test_plan_estimates_a_fraction_at_its_share() -> None:
+    from core.models.llm import get_llm_spec
+    from grid.estimate import estimate_stage
+    from grid.plan import estimates
+
+    trials = {t.id.rsplit("-", 1)[0]: t for t in expand(load_spec("experiments/ablation_basic.yaml"))}
+    full, tenth = trials["base"], trials["fraction=0.1"]
+    params = get_llm_spec("vicuna-7b").params_b * 1e9
+    hours = {
+        n: estimate_stage("stage2", params, n, 576, 1.0, checkpointing=True).gpu_hours
+        for n in (665298, 66530)
+    }
+    # Stage 1 is the same; stage 2 reads round(665298 * 0.1) = 66530 samples.
+    drop = estimates(full)["gpu_hours"] - estimates(tenth)["gpu_hours"]
+    assert drop == pytest.approx(hours[665298] - hours[66530]) and drop > 0
