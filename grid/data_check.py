@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from core.config.trial import METHODS_WITH_SEA
 from core.data.llava_json import load_llava_records
+from core.labels.words import DEFAULT_2OF12_PATH, TWO_OF_TWELVE_COUNT, TWO_OF_TWELVE_SOURCE, read_2of12
 from grid.expand import expand
 from grid.spec import load_spec
 
@@ -42,6 +43,12 @@ SOURCES: dict[str, dict[str, Any]] = {
     "mmbench": {"text": f"{_LLAVA_EVAL}; mmbench/mmbench_dev_20230712.tsv from the MMBench release"},
     "scienceqa-img": {"text": f"{_LLAVA_EVAL}; scienceqa images/test from the ScienceQA repository"},
     "mmlu": {"text": f"{_LLAVA_EVAL}; mmlu/test: the csv files of hendrycks' MMLU data.tar"},
+    "2of12": {"text": TWO_OF_TWELVE_SOURCE},
+    "coco-captions": {
+        "text": "COCO 2014 captions: annotations/captions_val2014.json from the COCO site (cocodataset.org) at "
+        "json_path, the val2014 images at image_root (the POPE layout's pope/val2014 has them); the first "
+        "heldout_samples images with their first caption are used"
+    },
 }
 
 
@@ -98,6 +105,9 @@ def needs_of_trials(trials: Iterable[Any]) -> list[Need]:
         words = cfg.method.sea.words
         if cfg.method.name in METHODS_WITH_SEA and words.source == "file":
             add(word_list_need(_path(words.path), "SEA word list (one word per line)"))
+        if cfg.method.name in METHODS_WITH_SEA and words.source.endswith("2of12"):
+            path = _path(words.path or DEFAULT_2OF12_PATH)
+            add(Need("2of12", path, f"SEA 2of12 word list ({TWO_OF_TWELVE_COUNT:,} words)", "2of12"))
     return list(out.values())
 
 
@@ -120,12 +130,16 @@ def add_diagnostics(diag: Any, add: Any) -> None:
     """The held-out set of the alignment diagnostics (source files): read as the diagnostics read it."""
     if diag.source != "files":
         return
-    root = _path(diag.image_root)
-    add(
-        Need(
-            "llava", _path(diag.json_path), "diagnostics held-out set", "", root, "eval.diagnostics.json_path"
-        )
-    )
+    path = _path(diag.json_path)
+
+    def reads() -> str:
+        from core.evaluation.caption_sets import read_caption_set
+
+        return f"{len(read_caption_set(path, diag.heldout_samples))} captioned images"
+
+    field = "eval.diagnostics.json_path"
+    add(Need("file", path, "diagnostics held-out set", "coco-captions", field=field, reads=reads))
+    add(Need("images", _path(diag.image_root), "diagnostics held-out set image_root", "coco-captions"))
     if diag.words_file:
         add(word_list_need(_path(diag.words_file), "diagnostics word list (one word per line)"))
     if diag.label_store:
@@ -288,6 +302,11 @@ def _check_presence(need: Need, sample: int, rng: random.Random) -> Finding:
     if need.kind == "images":
         found = check_images(need.path, sample, rng)
         return Finding(need, found.ok, found.lines)
+    if need.kind == "2of12":
+        try:
+            return Finding(need, True, [f"{need.path}: {len(read_2of12(need.path)):,} words"])
+        except ValueError as err:
+            return Finding(need, False, [str(err)])
     if need.kind == "dir":
         if need.path.exists() and not need.path.is_dir():
             return Finding(need, False, [f"{need.path}: a file, but a directory is expected here"])

@@ -15,6 +15,7 @@ from rich.table import Table
 from grid.expand import Trial, expand, expand_grid
 from grid.plan_steps import steps_of_trials, steps_text
 from grid.spec import ExperimentSpec, load_spec, steps_root
+from grid.table_cells import print_table_cells
 from grid.tracking import RunInfo, Tracker
 
 STATUS_OF_RUN = {
@@ -76,6 +77,7 @@ def estimates(trial: Trial) -> dict[str, Any]:
         if samples is None or hours is None:
             hours = None
             continue
+        samples = max(1, round(samples * data.fraction))  # a seeded subset trains on its share only
         checkpointing = resolve_gradient_checkpointing(stage.gradient_checkpointing, cfg.model.llm)
         hours += estimate_stage(
             name, params, samples, enc.num_patches, stage.epochs, checkpointing=checkpointing
@@ -240,4 +242,5 @@ def print_plan(
     g = spec.grid
     if g.exclude or g.include or expansion.counts.merged:
         console.print("filters: " + "; ".join(expansion.counts.lines()), highlight=False, soft_wrap=True)
+    print_table_cells(spec_path, [r.trial for r in rows], console)  # the paper's cells they fill
     return rows

@@ -16,6 +16,7 @@ from rich.table import Table
 from grid.expand import Trial, check_path, expand
 from grid.plan import trial_status
 from grid.plots import BASELINE, METHOD, file_stem, scaling_plot, tacs_plot
+from grid.published import beside_published
 from grid.spec import SpecError, did_you_mean, load_spec
 from grid.tracking import RunInfo, Tracker
 
@@ -53,6 +54,7 @@ class Report:
     files: list[Path] = field(default_factory=list)
     parent_run_id: str | None = None
     notes: list[str] = field(default_factory=list)
+    published: Any = None  # grid.published.Beside: the papers' tables beside this grid's numbers
 
     def cell(self, metric: str, where: Mapping[str, Any]) -> dict[str, Any]:
         """The table line of `metric` for the row values in `where` (e.g. {'method.name': 'sea', ...})."""
@@ -163,8 +165,8 @@ def _cell_text(r: dict[str, Any], percent: bool) -> tuple[str, str, str]:
         state = next((text for s, text in EMPTY_CELL if r[s]), "missing")
         return state, "", state
     text = _fmt(r["mean"], percent)
-    if r["std"] is not None:
-        text += f" ± {_fmt(r['std'], percent)}"
+    if r["std"] is not None:  # several trials (seeds) in the row: mean ± std (n)
+        text += f" ± {_fmt(r['std'], percent)} (n={r['n']})"
     state = "ok"
     if r["n"] < r["trials"]:
         text += f" [{r['n']}/{r['trials']}]"
@@ -311,7 +313,7 @@ def _tacs_history(tracker: Tracker, trials: pl.DataFrame, panel_paths: list[str]
 
 def _clear_old(out_dir: Path) -> None:
     """Remove the files an earlier report wrote here, so no stale plot is logged again."""
-    for pattern in ("report.md", "report.csv", "scaling_*.png", "tacs.png"):
+    for pattern in ("report.md", "report.csv", "published.csv", "scaling_*.png", "tacs.png"):
         for path in out_dir.glob(pattern):
             path.unlink()
 
@@ -377,6 +379,7 @@ def build_report(
         )
     grid_text = render(report_rows, order, columns)
     md_path, csv_path = out_dir / "report.md", out_dir / "report.csv"
+    beside = beside_published(spec_path, trials, runs)  # the papers' numbers (grid/published.py), if any
     markdown = _markdown(
         spec.name,
         str(spec_path),
@@ -391,9 +394,10 @@ def build_report(
         grid_text,
         notes,
     )
+    markdown += beside.markdown() if beside else ""
     md_path.write_text(markdown)
     _wide_csv(table, keys, order, columns).write_csv(csv_path)
-    files = [md_path, csv_path, *files]
+    files = [md_path, csv_path, *([beside.csv(out_dir / "published.csv")] if beside else []), *files]
     if parent is not None and log_artifacts:
         tracker.log_artifacts(parent, out_dir, ARTIFACT_DIR)
 
@@ -412,6 +416,9 @@ def build_report(
         notes=notes,
     )
     print_report(report, grid_text, console or Console())
+    if beside:
+        beside.print(console or Console())
+    report.published = beside
     return report
 
 
@@ -492,7 +499,8 @@ def _markdown(
         "- Averaged over: "
         + (", ".join(f"`{a}`" for a in averaged) if averaged else "nothing (one trial per row)")
         + ".",
-        "- Cells: mean ± sample std (ddof 1) over the finished trials of the row; "
+        "- Cells: mean ± sample std (ddof 1) (n=trials averaged, e.g. seeds) over the finished trials of "
+        "the row; "
         + ("eval fractions are shown x100 with one decimal" if any(percent.values()) else "values as logged")
         + "; `[k/m]`: only k of the row's m trials have a value.",
     ]

@@ -187,15 +187,20 @@ def test_report_numbers_files_and_artifacts(store: dict[str, Any]) -> None:
         ["phi3-mini", "sea"],
     ]
     by = {(r[0], r[1]): r[2:] for r in rows}  # trials, gqa, pope, tacs (as logged: its last value)
-    assert by["tiny-llama", "llava"] == ["2 done", "52.0 ± 2.8", "82.0 ± 2.8", "0.35 ± 0.07071"]
+    assert by["tiny-llama", "llava"] == [
+        "2 done",
+        "52.0 ± 2.8 (n=2)",
+        "82.0 ± 2.8 (n=2)",
+        "0.35 ± 0.07071 (n=2)",
+    ]
     assert by["tiny-llama", "sea"] == [
         "2 done",
-        "60.5 ± 0.7 (+8.5)",
-        "87.0 ± 2.8 (+5.0)",
-        "0.75 ± 0.07071 (+0.4)",
+        "60.5 ± 0.7 (n=2) (+8.5)",
+        "87.0 ± 2.8 (n=2) (+5.0)",
+        "0.75 ± 0.07071 (n=2) (+0.4)",
     ]
     assert by["gemma-2b", "llava"] == ["1 done, 1 running", "running", "70.0 [1/2]", "running"]
-    assert by["gemma-2b", "sea"] == ["2 done", "n/a", "68.0 ± 2.8 (-2.0)", "n/a"]
+    assert by["gemma-2b", "sea"] == ["2 done", "n/a", "68.0 ± 2.8 (n=2) (-2.0)", "n/a"]
     assert by["phi3-mini", "llava"] == ["2 failed", "failed", "failed", "failed"]
     assert by["phi3-mini", "sea"] == ["2 new", "missing", "missing", "missing"]
     assert md_header(report.markdown)[2:] == ["trials", "gqa", "pope", "diag/tacs"]

@@ -43,9 +43,11 @@ class ModelConfig(Strict):
 
 
 class WordsConfig(Strict):
-    """SEA's word list: built from the stage-1 captions, or read from a file (one word per line)."""
+    """SEA's word list (core/labels/words.py WORD_SOURCES): the frequent caption words (a regex, for tiny
+    offline specs), a file (one word per line), the papers' 2of12 list (a file, default
+    data/words/2of12.txt), noun phrases parsed from the captions, or both joined (SEA EMNLP)."""
 
-    source: Literal["captions", "file"] = "captions"
+    source: Literal["captions", "file", "2of12", "syntactic", "syntactic+2of12"] = "captions"
     path: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
     min_count: int = Field(2, ge=1)
     max_words: int | None = Field(None, ge=1)
@@ -167,6 +169,15 @@ class DatasetConfig(Strict):
     max_unsupervised_fraction: float = Field(
         0.0, ge=0, le=1, description="share of samples with nothing supervised tolerated (dropped, counted)"
     )
+    fraction: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        json_schema_extra=IDENTITY_IF_SET,
+        description="train on this seeded share of the samples (BASIC's ablations: 0.1 of the 665K mix); the "
+        "same subset for every trial of the dataset",
+    )
+    fraction_seed: int = Field(0, json_schema_extra=IDENTITY_IF_SET, description="the seed of that subset")
 
     @model_validator(mode="after")
     def _llava_needs_paths(self) -> DatasetConfig:
@@ -221,9 +232,9 @@ class StageConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     group_by_length: Literal["off", "modality", "length"] = Field(
         "off",
-        json_schema_extra=IDENTITY_IF_SET,
         description="batch order: off (random, DistributedSampler); modality: LLaVA's "
-        "group_by_modality_length (LLaVA-1.5 uses it in stage 2); length: similar lengths share a micro-batch",
+        "group_by_modality_length (LLaVA-1.5 uses it in stage 2, the default there); length: similar "
+        "lengths share a micro-batch",
     )
     loader_workers: int | None = Field(
         None,
@@ -261,6 +272,11 @@ class StageConfig(Strict):
         "and more",
     )
 
+    def identity_exclude(self) -> set[str]:
+        """group_by_length was added after trials were run with random order: "off" stays out of the id
+        (whatever the stage's default), every grouping is in it, so a stage that groups has its own id."""
+        return {"group_by_length"} if self.group_by_length == "off" else set()
+
 
 class Stage2Config(StageConfig):
     """Instruction tuning (LLaVA-1.5 stage 2): adapter + LLM train, optionally the vision tower."""
@@ -271,6 +287,11 @@ class Stage2Config(StageConfig):
     train_vision: bool = False
     vision_lr: float = Field(2e-6, gt=0)
     template: str | None = Field(None, description="chat template; default: the LLM's own")
+    # LLaVA-1.5's finetune script passes --group_by_modality_length True.
+    group_by_length: Literal["off", "modality", "length"] = Field(
+        "modality",
+        description="batch order (see stage1.group_by_length); default modality, as LLaVA-1.5's stage 2",
+    )
 
     @field_validator("template")
     @classmethod

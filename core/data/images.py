@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
+from core.models.vision import RESIZE_MODES
+
 IMAGE_MODES: tuple[str, ...] = ("square", "pad")
+
+
+class EncoderPixels(Protocol):
+    """The preprocessing facts of an encoder (an EncoderSpec has them all)."""
+
+    image_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    resize: str
+    crop_pct: float
 
 
 def expand2square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
@@ -22,13 +35,23 @@ def expand2square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image
     return result
 
 
-def _resize_shortest_and_crop(image: Image.Image, size: int) -> Image.Image:
+def _resize_shortest_and_crop(image: Image.Image, size: int, crop_pct: float) -> Image.Image:
+    # transformers' get_resize_output_image_size truncates the long side (int), so we do too.
+    short_target = round(size / crop_pct)
     width, height = image.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    if width <= height:
+        new_w, new_h = short_target, int(short_target * height / width)
+    else:
+        new_w, new_h = int(short_target * width / height), short_target
     image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     return image.crop((left, top, left + size, top + size))
+
+
+def _to_input_size(image: Image.Image, size: int, resize: str, crop_pct: float) -> Image.Image:
+    if resize == "squash":  # SigLIP's processor: both sides to `size`, aspect ratio not kept
+        return image.resize((size, size), Image.Resampling.BICUBIC)
+    return _resize_shortest_and_crop(image, size, crop_pct)
 
 
 def _check_stats(name: str, values: Sequence[float]) -> tuple[float, float, float]:
@@ -43,15 +66,24 @@ def preprocess(
     mean: Sequence[float],
     std: Sequence[float],
     mode: str = "square",
+    *,
+    resize: str = "shortest_edge",
+    crop_pct: float = 1.0,
 ) -> torch.Tensor:
-    """A normalised float tensor [3, size, size] from a PIL image.
+    """A normalised float tensor [3, size, size] from a PIL image, as the encoder's processor makes it.
 
-    `square`: resize the shortest side to `size` (bicubic) and centre-crop, as CLIP's processor.
-    `pad`: pad to square with the mean colour (int(mean * 255), as LLaVA-1.5's `pad` aspect ratio),
-    then resize to `size` (bicubic), so the padded area is ~0 after normalisation.
+    `mode` "square" takes the image as it is; "pad" first pads it to a square with the mean colour
+    (int(mean * 255), LLaVA-1.5's `pad` aspect ratio), so the padded area is ~0 after normalisation.
+    Then the encoder's processor step (bicubic): `resize` "shortest_edge" scales the short side to
+    round(size / crop_pct) and centre-crops `size` (CLIP: crop_pct 1; DINOv2: 224/256, i.e. 256 then
+    224), "squash" scales both sides to `size` (SigLIP).
     """
     if mode not in IMAGE_MODES:
         raise ValueError(f"mode={mode!r}: unknown; allowed: {', '.join(IMAGE_MODES)}")
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize={resize!r}: unknown; allowed: {', '.join(RESIZE_MODES)}")
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct={crop_pct!r}: must be in (0, 1]")
     if not isinstance(size, int) or size < 1:
         raise ValueError(f"size={size!r}: must be a positive int")
     mean3, std3 = _check_stats("mean", mean), _check_stats("std", std)
@@ -60,10 +92,22 @@ def preprocess(
     image = image.convert("RGB")
     if mode == "pad":
         fill = (int(mean3[0] * 255), int(mean3[1] * 255), int(mean3[2] * 255))
-        image = expand2square(image, fill).resize((size, size), Image.Resampling.BICUBIC)
-    else:
-        image = _resize_shortest_and_crop(image, size)
+        image = expand2square(image, fill)
+    image = _to_input_size(image, size, resize, crop_pct)
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
     mean_t = torch.tensor(mean3, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std3, dtype=torch.float32).view(3, 1, 1)
     return ((pixels - mean_t) / std_t).contiguous()
+
+
+def preprocess_for(image: Image.Image, encoder: EncoderPixels, mode: str = "square") -> torch.Tensor:
+    """`preprocess` with every setting from the encoder's registry entry (size, stats, resize, crop)."""
+    return preprocess(
+        image,
+        encoder.image_size,
+        encoder.mean,
+        encoder.std,
+        mode,
+        resize=encoder.resize,
+        crop_pct=encoder.crop_pct,
+    )

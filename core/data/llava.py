@@ -119,6 +119,8 @@ class LlavaDataset(Dataset):
         on_missing_image: str = "fail",
         max_unsupervised_fraction: float | None = None,
         num_visual_tokens: int | None = None,
+        resize: str = "shortest_edge",
+        crop_pct: float = 1.0,
     ) -> None:
         if template not in TEMPLATES:
             raise ValueError(f"template={template!r}: unknown; allowed: {', '.join(sorted(TEMPLATES))}")
@@ -142,6 +144,7 @@ class LlavaDataset(Dataset):
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.image_mode = image_mode
+        self.resize, self.crop_pct = resize, crop_pct
         self.max_length = max_length
         self.max_unsupervised_fraction = max_unsupervised_fraction
         self.num_visual_tokens = num_visual_tokens
@@ -301,7 +304,15 @@ class LlavaDataset(Dataset):
         try:
             with Image.open(path) as image:
                 image.load()
-                return preprocess(image, self.image_size, self.mean, self.std, self.image_mode)
+                return preprocess(
+                    image,
+                    self.image_size,
+                    self.mean,
+                    self.std,
+                    self.image_mode,
+                    resize=self.resize,
+                    crop_pct=self.crop_pct,
+                )
         except (OSError, UnidentifiedImageError) as err:
             raise OSError(
                 f"sample {str(record['id'])!r} in {self.json_path}: cannot read image {path} ({err}); "

@@ -9,7 +9,15 @@ from core.config import DatasetConfig
 
 def resolve_dataset(ds: DatasetConfig, stage: str = "stage1") -> tuple[Path, Path]:
     """(json path, image root) of a stage's dataset, generating synthetic data on first use
-    (captions for stage 1, instruction conversations for stage 2)."""
+    (captions for stage 1, instruction conversations for stage 2), cut to its seeded `fraction`."""
+    from core.data.subset import subset_json
+    from core.paths import cache_dir
+
+    json_path, image_root = _whole_dataset(ds, stage)
+    return subset_json(json_path, ds.fraction, ds.fraction_seed, cache_dir()), image_root
+
+
+def _whole_dataset(ds: DatasetConfig, stage: str) -> tuple[Path, Path]:
     if ds.source == "synthetic":
         from core.stages import STAGES
 

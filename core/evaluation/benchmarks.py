@@ -18,7 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from core.data import synthetic_eval as syn
-from core.data.images import preprocess
+from core.data.images import preprocess_for
 from core.data.text_files import open_text_file, read_text_file
 from core.evaluation.config import BenchmarkConfig
 from core.evaluation.generate import (
@@ -522,7 +522,7 @@ class RunContext:
             return None
         spec = self.vlm.vision.spec
         pil = image.open(self.image_root, where)
-        return preprocess(pil, spec.image_size, spec.mean, spec.std, self.image_mode)
+        return preprocess_for(pil, spec, self.image_mode)
 
     def prompt(self, question: str, image: ImageRef | None, where: str) -> Prompt:
         pixels = self.pixels(image, where)

@@ -90,7 +90,7 @@ def _captions(captions: Sequence[str], tokenizer: Any) -> tuple[torch.Tensor, to
 
 
 def _load_pixels(paths: Sequence[Path], vlm: Any) -> torch.Tensor:
-    from core.data.images import preprocess
+    from core.data.images import preprocess_for
 
     spec = vlm.vision.spec
     tensors = []
@@ -99,7 +99,7 @@ def _load_pixels(paths: Sequence[Path], vlm: Any) -> torch.Tensor:
             with Image.open(path) as image:
                 image.load()
                 # Square crop as in stage 1, the stage whose alignment these numbers describe.
-                tensors.append(preprocess(image, spec.image_size, spec.mean, spec.std, "square"))
+                tensors.append(preprocess_for(image, spec, "square"))
         except OSError as err:
             raise OSError(f"held-out image {path}: cannot read it ({err})") from err
     return torch.stack(tensors)
@@ -148,36 +148,18 @@ def files_heldout(
     label_store: str | Path | None = None,
     words_file: str | Path | None = None,
 ) -> Heldout:
-    """The first `samples` image records of a LLaVA-format JSON (caption = first gpt turn).
+    """The first `samples` captioned images of a file (core/evaluation/caption_sets.py: LLaVA JSON,
+    image/caption objects, or COCO captions).
 
     With a label store (SEA labels of the same images on the model's patch grid), label recall uses its
     rows (looked up by sample id) and its word list; otherwise `words_file` supplies the nearest-word
     list, and without either only TACS is computed.
     """
+    from core.evaluation.caption_sets import read_caption_set
     from core.labels.store import LabelStore
     from core.labels.words import read_word_list
 
-    path = Path(json_path)
-    from core.data.llava_json import load_llava_records  # the one reader and check (core.data)
-
-    raw = load_llava_records(path, "diagnostics.json_path")
-    records = []
-    for k, record in enumerate(raw):
-        if not isinstance(record, dict) or not record.get("image"):
-            continue
-        turns = record.get("conversations") or []
-        caption = next(
-            (t.get("value") for t in turns if isinstance(t, dict) and t.get("from") == "gpt"), None
-        )
-        if not isinstance(caption, str) or not caption.strip():
-            raise ValueError(
-                f"{path} record #{k} (id {record.get('id')!r}): no gpt turn to use as the caption"
-            )
-        records.append((str(record.get("id", k)), record["image"], caption.replace("<image>", "").strip()))
-        if len(records) == samples:
-            break
-    if not records:
-        raise ValueError(f"diagnostics.json_path={path}: no record with an image")
+    records = read_caption_set(json_path, samples)
     paths = [Path(image_root) / image for _, image, _ in records]
     words: list[str] | None = None
     label_index = None

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from core.cache import is_built
 from core.config.identity import content_hash
-from core.data.images import preprocess
+from core.data.images import preprocess_for
 from core.labels.store import (
     CHECKABLE,
     LabelStore,
@@ -217,7 +217,7 @@ class _Images(Dataset):
         skip_missing: bool,
     ) -> None:
         self.ids, self.images, self.root, self.start, self.stop = ids, images, root, start, stop
-        self.size, self.mean, self.std = spec.image_size, spec.mean, spec.std
+        self.size, self.spec = spec.image_size, spec
         self.skip_missing = skip_missing
 
     def __len__(self) -> int:
@@ -235,7 +235,7 @@ class _Images(Dataset):
         try:
             with Image.open(path) as image:
                 image.load()
-                return preprocess(image, self.size, self.mean, self.std, "square"), True
+                return preprocess_for(image, self.spec, "square"), True
         except (OSError, UnidentifiedImageError) as err:
             raise OSError(f"sample {self.ids[row]!r}: cannot read image {path} ({err})") from err
 

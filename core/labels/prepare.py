@@ -10,14 +10,12 @@ from core.steps import Step, materialize
 
 
 def label_words(config: LabelsStepConfig, json_path: Path) -> list[str]:
-    """The word list: read from `words.path`, or the frequent words of the stage-1 captions."""
-    from core.labels import caption_words, read_word_list
+    """The word list `sea.words.source` builds (core/labels/words.py WORD_SOURCES)."""
+    from core.labels.words import WordsRequest, source_words
 
     words = config.words
-    if words.source == "file":
-        assert words.path
-        return read_word_list(Path(words.path).expanduser())
-    return caption_words(json_path, min_count=words.min_count, max_words=words.max_words)
+    request = WordsRequest(json_path, words.path, words.min_count, words.max_words)
+    return source_words(words.source, request)
 
 
 def build_labels(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.config.identity import content_hash
@@ -12,8 +13,11 @@ from core.config.identity import content_hash
 __all__ = [
     "ATTRIBUTE_WORDS",
     "DEFAULT_STOP_WORDS",
+    "WORD_SOURCES",
     "caption_words",
     "check_words",
+    "read_2of12",
+    "source_words",
     "read_word_list",
     "word_list_hash",
     "write_word_list",
@@ -93,6 +97,16 @@ def _gpt_texts(json_path: Path) -> list[str]:
     return texts
 
 
+def check_count_args(min_count: int, max_words: int | None) -> None:
+    """ValueError unless min_count is an int >= 1 and max_words an int >= 1 or None."""
+    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
+        raise ValueError(f"min_count={min_count!r}: must be an int >= 1")
+    if max_words is not None and (
+        isinstance(max_words, bool) or not isinstance(max_words, int) or max_words < 1
+    ):
+        raise ValueError(f"max_words={max_words!r}: must be an int >= 1 or None")
+
+
 def caption_words(
     json_path: str | Path,
     *,
@@ -110,12 +124,7 @@ def caption_words(
     alphabetically, and cut to the first ``max_words`` (attribute words get no protection from the cut).
     Human turns are ignored: they hold prompts ("Describe the image briefly."), not image content.
     """
-    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
-        raise ValueError(f"min_count={min_count!r}: must be an int >= 1")
-    if max_words is not None and (
-        isinstance(max_words, bool) or not isinstance(max_words, int) or max_words < 1
-    ):
-        raise ValueError(f"max_words={max_words!r}: must be an int >= 1 or None")
+    check_count_args(min_count, max_words)
     stop = {w.lower() for w in stop_words}
     keep_rare = {w.lower() for w in attribute_words}
     counts: Counter[str] = Counter()
@@ -169,3 +178,71 @@ def write_word_list(words: Sequence[str], path: str | Path) -> None:
     if bad:
         raise ValueError(f"words {bad[:3]!r} start with '#', which read_word_list would skip as comments")
     Path(path).write_text("".join(f"{w}\n" for w in words), encoding="utf-8")
+
+
+# The 2of12 list of Alan Beale's 12dicts (SEA preprint, appendix: "2of12 ... containing 41,242 words").
+TWO_OF_TWELVE_COUNT = 41_242
+DEFAULT_2OF12_PATH = "data/words/2of12.txt"
+TWO_OF_TWELVE_SOURCE = (
+    "the 12dicts package (wordlist.aspell.net/12dicts, or the 'American' folder of a 12dicts release on "
+    "SourceForge): its 2of12.txt, one word per line"
+)
+
+
+def read_2of12(path: str | Path) -> list[str]:
+    """The 2of12 list from `path`, checked to hold the paper's 41,242 words."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(
+            f"sea.words.path={path}: no such file; put the 2of12 list there (from {TWO_OF_TWELVE_SOURCE})"
+        )
+    words = read_word_list(path)
+    if len(words) != TWO_OF_TWELVE_COUNT:
+        raise ValueError(
+            f"sea.words.path={path}: {len(words)} words, but the papers' 2of12 list has "
+            f"{TWO_OF_TWELVE_COUNT}; use that list, or sea.words.source 'file' for another one"
+        )
+    return words
+
+
+def join_words(first: Sequence[str], then: Sequence[str]) -> list[str]:
+    """`first` in its order, then the words of `then` not already in it (label indices stay stable)."""
+    seen = set(first)
+    return [*first, *(w for w in then if w not in seen)]
+
+
+@dataclass(frozen=True)
+class WordsRequest:
+    """What a word source may read: the stage-1 dataset, the user's file, the frequency settings."""
+
+    json_path: Path
+    path: str | None
+    min_count: int
+    max_words: int | None
+
+    def file(self) -> Path:
+        return Path(self.path or DEFAULT_2OF12_PATH).expanduser()
+
+
+def _syntactic(req: WordsRequest) -> list[str]:
+    from core.labels.syntax import syntactic_words
+
+    return syntactic_words(req.json_path, min_count=req.min_count, max_words=req.max_words)
+
+
+# sea.words.source -> how its word list is built (core/config/trial.py WordsConfig.source lists the same).
+WORD_SOURCES: dict[str, Callable[[WordsRequest], list[str]]] = {
+    "captions": lambda r: caption_words(r.json_path, min_count=r.min_count, max_words=r.max_words),
+    "file": lambda r: read_word_list(Path(r.path or "").expanduser()),
+    "2of12": lambda r: read_2of12(r.file()),
+    "syntactic": _syntactic,
+    # The EMNLP recipe: the syntactic analysis of the corpus, joined with the 2of12 list.
+    "syntactic+2of12": lambda r: join_words(_syntactic(r), read_2of12(r.file())),
+}
+
+
+def source_words(source: str, request: WordsRequest) -> list[str]:
+    """The word list `source` builds for `request`."""
+    if source not in WORD_SOURCES:
+        raise ValueError(f"sea.words.source={source!r}: unknown; allowed: {', '.join(WORD_SOURCES)}")
+    return WORD_SOURCES[source](request)

@@ -324,6 +324,8 @@ def build_data(
         mean=enc.mean,
         std=enc.std,
         image_mode=kind.image_mode,
+        resize=enc.resize,
+        crop_pct=enc.crop_pct,
         on_missing_image=data_cfg.on_missing_image,
         max_unsupervised_fraction=data_cfg.max_unsupervised_fraction,
     )
