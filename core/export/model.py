@@ -42,6 +42,13 @@ def _vision_module(tower: Any) -> nn.Module:
     return model
 
 
+def _portable(config: Any) -> dict[str, Any]:
+    """A sub-model's config without the local path it was loaded from (the export travels)."""
+    data = config.to_dict()
+    data.pop("_name_or_path", None)
+    return data
+
+
 def _projector(adapter: nn.Module, config: Any) -> nn.Module:
     from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
@@ -78,8 +85,8 @@ def llava_from_vlm(vlm: Any, tokenizer: Any, facts: VisionFacts, dtype: torch.dt
     vision = _vision_module(vlm.vision)
     image_token_id = add_image_token(tokenizer)
     config = LlavaConfig(
-        vision_config=vision.config.to_dict(),
-        text_config=llm.config.to_dict(),
+        vision_config=_portable(vision.config),
+        text_config=_portable(llm.config),
         image_token_index=image_token_id,
         image_seq_length=facts.num_image_tokens,
         projector_hidden_act=PROJECTOR_ACT[vlm.adapter_name],
