@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
+from grid.export_cmd import add_export_parser
 from grid.memory import UnfitTrialError
 from grid.spec import SpecError
 
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated metrics to show (default: every eval/<name> headline metric and the "
         "alignment diagnostics diag/label_recall, diag/tacs, diag/modality_gap that the runs have)",
     )
+    add_export_parser(sub, _command)
     return parser
 
 
@@ -153,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_data_check(args.spec, console, sample=args.sample, fetch=args.download)
         if args.command == "report":
             return report(args, console)
+        if args.command == "export":
+            from grid.export_cmd import run_export
+
+            return run_export(args, console)
         from grid.run import run_grid
 
         _, result = run_grid(args.spec, console=console, verbose=args.verbose)

@@ -42,7 +42,10 @@ def write_stage_outputs(root: Path, encoder: str, seed: int = 0) -> dict[str, Pa
     save_adapter(vlm, dirs["stage2"] / "adapter")
     _save_llm(vlm.llm, None, dirs["stage2"] / "llm", torch.float32)
     tokenizer.save_pretrained(dirs["stage2"] / "llm")
-    torch.save({n: p.detach().clone() for n, p in vlm.vision.named_parameters()}, dirs["stage2"] / "vision_trainable.pt")
+    torch.save(
+        {n: p.detach().clone() for n, p in vlm.vision.named_parameters()},
+        dirs["stage2"] / "vision_trainable.pt",
+    )
     for stage, directory in dirs.items():
         (directory / "result.json").write_text(json.dumps({"final_loss": 1.5, "steps": 3}))
         ev = root / f"eval-{stage}"

@@ -23,7 +23,9 @@ QUESTION = "Is there a red circle in the image?"
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
-    return {e: fx.write_stage_outputs(tmp_path_factory.mktemp(e), e, seed=i) for i, e in enumerate(fx.HF_ENCODERS)}
+    return {
+        e: fx.write_stage_outputs(tmp_path_factory.mktemp(e), e, seed=i) for i, e in enumerate(fx.HF_ENCODERS)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,9 @@ def exports(outputs, tmp_path_factory) -> dict[tuple[str, str], Path]:
     done = {}
     for encoder, stage in CASES:
         config = export_config(fx.trial_config(encoder), stage)
-        done[encoder, stage] = write_export(config, fx.deps_of(outputs[encoder], stage), root / f"{encoder}-{stage}")
+        done[encoder, stage] = write_export(
+            config, fx.deps_of(outputs[encoder], stage), root / f"{encoder}-{stage}"
+        )
     return done
 
 
@@ -118,7 +122,9 @@ def test_greedy_generation_equal_seagrid(encoder, stage, outputs, exports):
     prompt = processor.apply_chat_template(_messages(), add_generation_prompt=True)
     inputs = processor(text=prompt, images=_image(seed=1), return_tensors="pt")
     ours_ids = generation_prompt_ids("vicuna_v1", QUESTION, tokenizer, has_image=True)
-    assert inputs.input_ids[0].tolist() == _expanded(ours_ids, llava.config.image_token_id, vlm.num_visual_tokens)
+    assert inputs.input_ids[0].tolist() == _expanded(
+        ours_ids, llava.config.image_token_id, vlm.num_visual_tokens
+    )
     ours = _seagrid_answer(vlm, tokenizer, inputs.pixel_values[0], 12)
     with torch.no_grad():
         out = llava.generate(**inputs, max_new_tokens=12, do_sample=False)
@@ -134,10 +140,14 @@ def test_pipeline_answers_a_question(encoder, outputs, exports):
     path = exports[encoder, "stage2"]
     vlm, tokenizer = _seagrid(encoder, "stage2", outputs)
     image = _image(seed=2)
-    pixels = AutoProcessor.from_pretrained(path)(text="<image>", images=image, return_tensors="pt").pixel_values
+    pixels = AutoProcessor.from_pretrained(path)(
+        text="<image>", images=image, return_tensors="pt"
+    ).pixel_values
     expected = tokenizer.decode(_seagrid_answer(vlm, tokenizer, pixels[0], 8), skip_special_tokens=True)
     pipe = pipeline("image-text-to-text", model=str(path), dtype=torch.float32)
-    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": QUESTION}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": QUESTION}]}
+    ]
     (answer,) = pipe(text=messages, max_new_tokens=8, do_sample=False, return_full_text=False)
     assert answer["generated_text"] == expected and expected.strip()
 
@@ -238,7 +248,9 @@ def test_refused_export_reads_nothing_and_writes_nothing(tmp_path):
 
 def test_config_is_strict():
     with pytest.raises(ValueError, match="extra"):
-        ExportStepConfig.model_validate({**export_config(fx.trial_config("tiny-siglip"), "stage1").model_dump(), "x": 1})
+        ExportStepConfig.model_validate(
+            {**export_config(fx.trial_config("tiny-siglip"), "stage1").model_dump(), "x": 1}
+        )
 
 
 def _seagrid_pixels(image: Image.Image, spec, mode: str) -> torch.Tensor:
@@ -251,7 +263,14 @@ def _seagrid_pixels(image: Image.Image, spec, mode: str) -> torch.Tensor:
     return images.preprocess(image, spec.image_size, spec.mean, spec.std, mode)
 
 
-PIXEL_ENCODERS = ("tiny-hf-clip", "tiny-siglip", "tiny-dinov2", "clip-l-336", "siglip-so400m-384", "dinov2-l-224")
+PIXEL_ENCODERS = (
+    "tiny-hf-clip",
+    "tiny-siglip",
+    "tiny-dinov2",
+    "clip-l-336",
+    "siglip-so400m-384",
+    "dinov2-l-224",
+)
 SIZES = ((64, 64), (100, 80), (64, 192), (400, 300))
 
 
@@ -271,7 +290,9 @@ def test_processor_pixels_equal_seagrid(encoder, mode, tmp_path):
     from core.export.model import add_image_token
 
     add_image_token(tokenizer)
-    build_processor(spec, mode, tokenizer, "vicuna_v1", check_exportable(spec, "mlp2x_gelu")).save_pretrained(tmp_path)
+    build_processor(spec, mode, tokenizer, "vicuna_v1", check_exportable(spec, "mlp2x_gelu")).save_pretrained(
+        tmp_path
+    )
     exact = AutoProcessor.from_pretrained(tmp_path, backend="pil")
     default = AutoProcessor.from_pretrained(tmp_path)
     level = 1 / 255 / min(spec.std)
