@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 
 from grid.export_cmd import add_export_parser
+from grid.lmms import add_lmms_parser
 from grid.memory import UnfitTrialError
 from grid.spec import SpecError
 
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         "alignment diagnostics diag/label_recall, diag/tacs, diag/modality_gap that the runs have)",
     )
     add_export_parser(sub, _command)
+    add_lmms_parser(sub, _command)
     return parser
 
 
@@ -159,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
             from grid.export_cmd import run_export
 
             return run_export(args, console)
+        if args.command == "lmms":
+            from grid.lmms import run_lmms
+
+            return run_lmms(args, console)
         from grid.run import run_grid
 
         _, result = run_grid(args.spec, console=console, verbose=args.verbose)

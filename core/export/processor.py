@@ -68,11 +68,14 @@ def chat_template(name: str) -> str:
     """
     fmt: ChatFormat = CHAT_FORMATS[name]
     image = json.dumps(DEFAULT_IMAGE_TOKEN + "\n")
+    tag = json.dumps(DEFAULT_IMAGE_TOKEN)
     return (
         _lit(fmt.preamble)
         + "{% for message in messages %}"
+        # String content (lmms-eval's llava_hf sends "<image>\n..." as text) or HF content items.
         + "{% if message['content'] is string %}"
-        + "{% set text = message['content'] %}{% set images = 0 %}"
+        + "{% set images = 1 if " + tag + " in message['content'] else 0 %}"
+        + "{% set text = message['content'] | replace(" + tag + ", '') %}"
         + "{% else %}"
         + "{% set text = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') %}"
         + "{% set images = message['content'] | selectattr('type', 'equalto', 'image') | list | length %}"
@@ -97,6 +100,8 @@ def build_processor(encoder: EncoderSpec, image_mode: str, tokenizer: Any, templ
     """The LlavaProcessor of the export (tokenizer already holding the image token)."""
     from transformers import LlavaImageProcessor, LlavaProcessor
 
+    # On the tokenizer too: tools that template with the tokenizer alone (lmms-eval's llava_hf) get the trial's.
+    tokenizer.chat_template = chat_template(template)
     return LlavaProcessor(
         image_processor=LlavaImageProcessor(**image_processor_kwargs(encoder, image_mode)),
         tokenizer=tokenizer,
