@@ -14,7 +14,7 @@ from PIL import Image
 
 from core.export.config import ExportStepConfig, export_config
 from core.export.step import HF_DIR, export_step, write_export
-from core.export.support import ExportRefused, check_exportable
+from core.export.support import ExportRefused, check_exportable, refusal
 from core.models.vision import ENCODERS
 
 CASES = [(e, s) for e in fx.HF_ENCODERS for s in fx.STAGES]
@@ -132,6 +132,23 @@ def test_greedy_generation_equal_seagrid(encoder, stage, outputs, exports):
     assert theirs == ours and len(ours) > 0
 
 
+def test_chat_template_takes_string_content_and_rides_on_the_tokenizer(exports):
+    """lmms-eval's llava_hf templates `<image>\n...` text with the tokenizer alone: same prompt as HF items;
+    an image after the question moves to the front (LLaVA's rule, as seagrid's templates do)."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    path = exports["tiny-siglip", "stage1"]
+    processor = AutoProcessor.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    items = processor.apply_chat_template(_messages(), add_generation_prompt=True)
+    for content in (f"<image>\n{QUESTION}", f"{QUESTION} <image>"):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
+        assert text == items
+    assert items.endswith(f"USER: <image>\n{QUESTION} ASSISTANT:")
+
+
 @pytest.mark.parametrize("encoder", fx.HF_ENCODERS)
 def test_pipeline_answers_a_question(encoder, outputs, exports):
     """transformers' image-text-to-text pipeline loads the export by path and answers as seagrid does."""
@@ -237,6 +254,8 @@ def test_every_registry_encoder_exports_or_is_refused_with_a_reason():
         assert image_processor_kwargs(spec, "pad")["do_pad"] is True
     with pytest.raises(ExportRefused, match="linear-gelu-linear"):
         check_exportable(ENCODERS["tiny-hf-clip"], "linear")
+    assert refusal("tiny-dinov2", "mlp2x_gelu") is None
+    assert "open_clip" in refusal("tiny-clip", "mlp2x_gelu") and "linear" in refusal("tiny-siglip", "linear")
 
 
 def test_refused_export_reads_nothing_and_writes_nothing(tmp_path):

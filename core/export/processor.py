@@ -74,8 +74,12 @@ def chat_template(name: str) -> str:
         + "{% for message in messages %}"
         # String content (lmms-eval's llava_hf sends "<image>\n..." as text) or HF content items.
         + "{% if message['content'] is string %}"
-        + "{% set images = 1 if " + tag + " in message['content'] else 0 %}"
-        + "{% set text = message['content'] | replace(" + tag + ", '') %}"
+        + "{% set images = 1 if "
+        + tag
+        + " in message['content'] else 0 %}"
+        + "{% set text = message['content'] | replace("
+        + tag
+        + ", '') %}"
         + "{% else %}"
         + "{% set text = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') %}"
         + "{% set images = message['content'] | selectattr('type', 'equalto', 'image') | list | length %}"

@@ -63,3 +63,15 @@ def check_exportable(encoder: EncoderSpec, adapter: str) -> VisionFacts:
         patch_size=encoder.patch_size,
         num_image_tokens=encoder.num_patches,
     )
+
+
+def refusal(encoder_id: str, adapter: str) -> str | None:
+    """Why a trial with this encoder and adapter has no export (None: it has one). A graph adds an export
+    step only where this is None, so trials of open_clip towers (the smoke grid's tiny-clip) keep running."""
+    from core.models.vision import get_encoder_spec
+
+    try:
+        check_exportable(get_encoder_spec(encoder_id), adapter)
+    except ExportRefused as err:
+        return str(err)
+    return None
