@@ -335,3 +335,12 @@ def test_export_time_is_small(outputs, tmp_path):
     write_export(config, fx.deps_of(outputs["tiny-siglip"], "stage2"), tmp_path / "m")
     assert time.perf_counter() - start < 30
     assert os.listdir(tmp_path) == ["m"]
+
+
+def test_a_tower_with_its_text_half_is_not_taken_for_a_vision_model():
+    from core.export.model import _vision_module
+    from core.models import load_encoder
+
+    with pytest.raises(ValueError, match="text_tower=False"):
+        _vision_module(load_encoder("tiny-hf-clip", text_tower=True))
+    assert type(_vision_module(load_encoder("tiny-hf-clip", text_tower=False))).__name__ == "CLIPVisionModel"

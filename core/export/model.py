@@ -25,20 +25,14 @@ def add_image_token(tokenizer: Any) -> int:
 
 
 def _vision_module(tower: Any) -> nn.Module:
-    """The tower's weights as the module transformers' AutoModel builds for its vision config.
-
-    CLIP/SigLIP towers hold CLIPVisionModel/SiglipVisionModel, or the dual model when loaded with their
-    text tower; then its `vision_model` goes into a vision-only wrapper built on the meta device.
-    """
-    from transformers import AutoModel
-
+    """The tower's transformers model: what `AutoModel` builds for its vision config (CLIPVisionModel,
+    SiglipVisionModel, Dinov2Model), which is how `load_trained` loads it (no text tower)."""
     model = tower.model
-    config = tower.vision_model.config if hasattr(tower, "vision_model") else model.config
     if hasattr(model, "text_model"):
-        with torch.device("meta"):
-            wrapper = AutoModel.from_config(config)
-        wrapper.vision_model = model.vision_model
-        return wrapper
+        raise ValueError(
+            f"encoder {tower.spec.id!r} was loaded with its text tower; export a tower loaded with "
+            "text_tower=False (core.evaluation.step.load_trained does)"
+        )
     return model
 
 
