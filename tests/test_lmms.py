@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ pope_utils = pytest.importorskip(
     "lmms_eval.tasks.pope.utils", reason="the optional lmms extra is not installed"
 )
 
+F1 = "lmms/seagrid_pope/pope_f1_score"
 QUESTION = "Is there a red circle in the image?"
 POST_PROMPT = "\nAnswer the question using a single word or phrase."
 AGGREGATES = {
@@ -135,10 +137,12 @@ def _answer_yes_or_no(export: Path, rows: list[dict]) -> None:
 
 @pytest.mark.slow
 def test_lmms_on_finished_trials_logs_to_mlflow(tmp_path, capsys):
+    from rich.console import Console
     from test_export_cli import _finish, _spec
 
     from grid.cli import main
     from grid.expand import expand
+    from grid.report import build_report
     from grid.spec import load_spec
     from grid.tracking import Tracker
 
@@ -179,3 +183,5 @@ def test_lmms_on_finished_trials_logs_to_mlflow(tmp_path, capsys):
     for name, metric in expected.items():
         assert logged[f"lmms/seagrid_pope/{metric}"] == pytest.approx(ours[name], abs=1e-9), name
     assert run.data.metrics["eval/pope"] == 0.5  # the trial's own metrics stay
+    report = build_report(spec_path, rows=("method.name",), columns=[F1], console=Console(file=io.StringIO()))
+    assert report.cell(F1, {"method.name": "llava"})["mean"] == pytest.approx(ours["f1"], abs=1e-9)
