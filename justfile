@@ -32,6 +32,15 @@ plan SPEC *ARGS: setup
 report SPEC *ARGS: setup
     uv run --frozen --quiet seagrid report {{SPEC}} {{ARGS}}
 
+# Export finished trials of SPEC as transformers LLaVA checkpoints under <output.root>/exports/ (--trial, --stage, --out, --push REPO_ID).
+export SPEC *ARGS: setup
+    uv run --frozen --quiet seagrid export {{SPEC}} {{ARGS}}
+
+# lmms-eval (optional extra, installed here) on every finished trial's export, e.g. just lmms SPEC --tasks pope; metrics to MLflow as lmms/<task>/<metric>.
+lmms SPEC *ARGS:
+    uv sync --frozen --quiet --extra lmms
+    uv run --frozen --quiet --extra lmms seagrid lmms {{SPEC}} {{ARGS}}
+
 # A tracking server for several grids at once (specs: output.tracking_uri: http://HOST:PORT); BACKEND can be
 # postgresql://USER:PASSWORD@HOST/DB (README: MLflow). Binds 127.0.0.1 unless HOST says otherwise.
 mlflow-server BACKEND="sqlite:///mlflow/mlflow.db" ARTIFACTS="mlflow/artifacts" PORT="5000" HOST="127.0.0.1": setup
@@ -58,9 +67,10 @@ gpu-check *ARGS: setup
 bench-one NAME *ARGS: setup
     uv run --frozen --quiet python bench/{{NAME}}.py {{ARGS}}
 
-# The test suite, offline (an accidental hub download fails at once).
-test: setup
-    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 uv run --frozen --quiet pytest -q
+# The test suite, offline (an accidental hub download fails at once), with the lmms extra so its test runs.
+test:
+    uv sync --frozen --quiet --extra lmms
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 uv run --frozen --quiet --extra lmms pytest -q
 
 # The fast tier for the inner loop: every test that starts no TorchTrainer and is not marked slow (under 3 minutes).
 test-fast: setup

@@ -8,6 +8,8 @@ from typing import Any
 
 from rich.console import Console
 
+from grid.export_cmd import add_export_parser
+from grid.lmms import add_lmms_parser
 from grid.memory import UnfitTrialError
 from grid.spec import SpecError
 
@@ -142,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated metrics to show (default: every eval/<name> headline metric and the "
         "alignment diagnostics diag/label_recall, diag/tacs, diag/modality_gap that the runs have)",
     )
+    add_export_parser(sub, _command)
+    add_lmms_parser(sub, _command)
     return parser
 
 
@@ -203,6 +207,14 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         return run_data_check(args.spec, console, sample=args.sample, fetch=args.download)
     if args.command == "report":
         return report(args, console)
+    if args.command == "export":
+        from grid.export_cmd import run_export
+
+        return run_export(args, console)
+    if args.command == "lmms":
+        from grid.lmms import run_lmms
+
+        return run_lmms(args, console)
     from grid.run import run_grid
 
     _, result = run_grid(args.spec, console=console, verbose=args.verbose, confirmed=args.yes)

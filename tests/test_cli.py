@@ -28,7 +28,7 @@ def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPa
 def test_every_command_and_option_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
     commands = subparsers(parser)
-    assert set(commands) == {"plan", "grid", "tune", "labels", "report", "data"}
+    assert set(commands) == {"plan", "grid", "tune", "labels", "report", "data", "export", "lmms"}
     with pytest.raises(SystemExit):
         main(["--help"])
     top = capsys.readouterr().out
@@ -43,6 +43,7 @@ def test_every_command_and_option_has_help(capsys: pytest.CaptureFixture[str]) -
     options = {name: {o for a in sub._actions for o in a.option_strings} for name, sub in commands.items()}
     assert {"--format"} <= options["plan"] and {"--verbose"} <= options["grid"]
     assert {"--rows", "--columns"} <= options["report"]
+    assert {"--trial", "--stage", "--out", "--push"} <= options["export"] and "--tasks" in options["lmms"]
 
 
 def recipe(name: str) -> tuple[str, list[str]]:
@@ -57,7 +58,7 @@ def recipe(name: str) -> tuple[str, list[str]]:
     return lines[start], body
 
 
-@pytest.mark.parametrize("command", ["grid", "plan", "tune", "labels", "report", "data"])
+@pytest.mark.parametrize("command", ["grid", "plan", "tune", "labels", "report", "data", "export", "lmms"])
 def test_recipes_pass_arguments_through(command: str) -> None:
     header, body = recipe(command)
     assert header.startswith(f"{command} SPEC *ARGS:")

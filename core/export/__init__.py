@@ -1,0 +1,1 @@
+"""Trained trials as standard transformers LLaVA checkpoints (`LlavaForConditionalGeneration` + `AutoProcessor`)."""
