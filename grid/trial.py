@@ -63,6 +63,8 @@ def fit_stage(job: StageJob, callbacks: list[Any] | None = None) -> None:
             storage_path=job.storage_path,
             callbacks=callbacks or [],
             failure_config=ray.train.FailureConfig(max_failures=res.max_failures),
+            # Older checkpoints are deleted from the run's storage (a ZeRO-3 one is ~12 bytes a parameter).
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.settings.checkpoint_keep),
         ),
     )
     trainer.fit()
