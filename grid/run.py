@@ -14,6 +14,7 @@ from rich.console import Console
 
 from core.paths import cache_dir
 from core.ray_session import ensure_ray
+from grid.cluster_check import check_cluster
 from grid.console import Board, console_for, duration
 from grid.expand import Trial
 from grid.memory import refuse_if_unfit
@@ -259,6 +260,7 @@ def _tune(
     from grid.trial import DRIVER_RESOURCES, TrialJob, run_trial
 
     ensure_ray()
+    check_cluster({t.id: t.config for t in todo}, board.message)  # refuse what can never be placed
     results_root = Path(spec.output.root).expanduser().resolve()
     storage = results_root / "ray"  # Tune's own state; each stage's Train run lives beside it
     # Longest first (by the plan's GPU-hour estimate): list scheduling that keeps a cluster busy to the end

@@ -226,11 +226,13 @@ def _one_search(
     import ray.tune
 
     from core.ray_session import ensure_ray
+    from grid.cluster_check import check_cluster
     from grid.trial import DRIVER_RESOURCES, TrialJob, run_trial
 
     search = spec.search
     assert search is not None
     ensure_ray()
+    check_cluster({cell.id: cell.config}, board.message)  # refuse what can never be placed
     key = search_key(spec, cell)
     name = f"search {run_name(cell.axes, cell.id)}" if cell.axes else f"search {spec.name}"
     parent = tracker.search_run(key, name, grid_parent, tags={"cell": cell.id})
