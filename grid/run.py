@@ -22,6 +22,7 @@ from grid.plan import PlanRow, estimates, make_plan
 from grid.ray_log import ray_output
 from grid.redact import scrub
 from grid.spec import ExperimentSpec, load_spec, steps_root
+from grid.storage_check import check_shared_storage
 from grid.tracking import Tracker, experiment_url, run_name
 
 
@@ -262,6 +263,7 @@ def _tune(
     ensure_ray()
     check_cluster({t.id: t.config for t in todo}, board.message)  # refuse what can never be placed
     results_root = Path(spec.output.root).expanduser().resolve()
+    check_shared_storage({"output.root": results_root, "the steps root": steps_root(spec.output)})
     storage = results_root / "ray"  # Tune's own state; each stage's Train run lives beside it
     # Longest first (by the plan's GPU-hour estimate): list scheduling that keeps a cluster busy to the end
     # (bench/cluster_sim.py: 97.5% busy, +2.5% over the ideal makespan, against 91.7% / +9.1% in spec order).

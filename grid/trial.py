@@ -46,6 +46,7 @@ def fit_stage(job: StageJob, callbacks: list[Any] | None = None) -> None:
     directory name) resumes from its latest checkpoint, whichever trial launches it."""
     import ray.train
 
+    from core.train.process_group import torch_config
     from core.train.stage import train_stage
     from grid.train_cleanup import cleaning_torch_trainer
 
@@ -55,6 +56,7 @@ def fit_stage(job: StageJob, callbacks: list[Any] | None = None) -> None:
     trainer = cleaning_torch_trainer()(
         train_stage,
         train_loop_config=job.model_dump(mode="json"),
+        torch_config=torch_config(res),  # the collective timeout (resources.nccl_timeout_minutes)
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.num_workers, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker
         ),
