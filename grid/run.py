@@ -24,6 +24,7 @@ from grid.redact import scrub
 from grid.spec import ExperimentSpec, load_spec, steps_root
 from grid.storage_check import check_shared_storage
 from grid.tracking import Tracker, experiment_url, run_name
+from grid.watchdog import Watchdog
 
 
 @dataclass
@@ -256,14 +257,45 @@ def _tune(
     board: Board,
     parent_id: str,
 ) -> None:
-    import ray.tune
-
-    from grid.trial import DRIVER_RESOURCES, TrialJob, run_trial
+    """The trials in one Tune run; when the watchdog ends it (no running trial reported for
+    `output.watchdog_minutes`), the unfinished trials again in a fresh Ray session: their MLflow runs
+    are reopened and their stages resume from their checkpoints."""
+    import ray
 
     ensure_ray()
     check_cluster({t.id: t.config for t in todo}, board.message)  # refuse what can never be placed
     results_root = Path(spec.output.root).expanduser().resolve()
     check_shared_storage({"output.root": results_root, "the steps root": steps_root(spec.output)})
+    while todo:
+        watchdog = Watchdog(spec.output.watchdog_minutes)
+        _tune_once(spec, todo, tracker, result, board, parent_id, watchdog)
+        if not watchdog.fired:
+            return
+        board.message(watchdog.message())
+        for tid, status in result.status.items():
+            if status == "running":  # reopened by the next run (tracking.Tracker.start_trial)
+                tracker.kill(result.run_ids[tid])
+                result.status[tid] = "queued"
+                board.finish(tid, "queued", "resumed in a fresh Ray session")
+        todo = [t for t in todo if result.status.get(t.id) not in ("done", "failed")]
+        ray.shutdown()
+        ensure_ray()
+
+
+def _tune_once(
+    spec: ExperimentSpec,
+    todo: list[Trial],
+    tracker: Tracker,
+    result: GridResult,
+    board: Board,
+    parent_id: str,
+    watchdog: Watchdog,
+) -> None:
+    import ray.tune
+
+    from grid.trial import DRIVER_RESOURCES, TrialJob, run_trial
+
+    results_root = Path(spec.output.root).expanduser().resolve()
     storage = results_root / "ray"  # Tune's own state; each stage's Train run lives beside it
     # Longest first (by the plan's GPU-hour estimate): list scheduling that keeps a cluster busy to the end
     # (bench/cluster_sim.py: 97.5% busy, +2.5% over the ideal makespan, against 91.7% / +9.1% in spec order).
@@ -290,7 +322,8 @@ def _tune(
         run_config=ray.tune.RunConfig(
             name=f"{spec.name}-{int(time.time())}",
             storage_path=str(storage),
-            callbacks=[callback],
+            callbacks=[callback, watchdog],
+            stop=watchdog,
             verbose=0,
         ),
     )

@@ -50,6 +50,13 @@ class OutputConfig(Strict):
     )
     tracking_uri: str | None = None
     max_concurrent_trials: int | None = Field(None, ge=1)
+    watchdog_minutes: float | None = Field(
+        120,
+        gt=0,
+        description="when no running trial has reported for this long, end the Tune run and resume it in a "
+        "fresh Ray session from the checkpoints (a label or evaluation step reports nothing while it runs: "
+        "keep this above its length); null: never",
+    )
 
 
 def steps_root(output: OutputConfig) -> Path:

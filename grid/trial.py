@@ -48,6 +48,7 @@ def fit_stage(job: StageJob, callbacks: list[Any] | None = None) -> None:
 
     from core.train.process_group import torch_config
     from core.train.stage import train_stage
+    from grid.stall_hook import stall_callbacks
     from grid.train_cleanup import cleaning_torch_trainer
 
     res = job.trial.resources
@@ -63,7 +64,7 @@ def fit_stage(job: StageJob, callbacks: list[Any] | None = None) -> None:
         run_config=ray.train.RunConfig(
             name=job.run_name,
             storage_path=job.storage_path,
-            callbacks=callbacks or [],
+            callbacks=[*(callbacks or []), *stall_callbacks()],  # the latter: tests only
             failure_config=ray.train.FailureConfig(max_failures=res.max_failures),
             # Older checkpoints are deleted from the run's storage (a ZeRO-3 one is ~12 bytes a parameter).
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.settings.checkpoint_keep),
