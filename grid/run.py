@@ -249,6 +249,10 @@ def _invocation(
         tracker.close_parent(parent_id, parent_status(result, error))
 
 
+# A watchdog that keeps firing before any trial reports is set too short: stop instead of looping.
+MAX_BARREN_RESTARTS = 3
+
+
 def _tune(
     spec: ExperimentSpec,
     todo: list[Trial],
@@ -266,11 +270,18 @@ def _tune(
     check_cluster({t.id: t.config for t in todo}, board.message)  # refuse what can never be placed
     results_root = Path(spec.output.root).expanduser().resolve()
     check_shared_storage({"output.root": results_root, "the steps root": steps_root(spec.output)})
+    barren = 0  # restarts in a row in which no trial reported anything
     while todo:
         watchdog = Watchdog(spec.output.watchdog_minutes)
         _tune_once(spec, todo, tracker, result, board, parent_id, watchdog)
         if not watchdog.fired:
             return
+        barren = 0 if watchdog.results else barren + 1
+        if barren >= MAX_BARREN_RESTARTS:
+            raise RuntimeError(
+                f"{watchdog.message().split(':')[0]}, {barren} times in a row without a single report: the "
+                "trials may need longer than output.watchdog_minutes before their first step; raise it"
+            )
         board.message(watchdog.message())
         for tid, status in result.status.items():
             if status == "running":  # reopened by the next run (tracking.Tracker.start_trial)

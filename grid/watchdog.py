@@ -19,6 +19,7 @@ class Watchdog(Callback, Stopper):
         self.minutes = minutes
         self.fired = False
         self.silent_s = 0.0
+        self.results = 0  # results heard in this run (a restart that hears none made no progress)
         self._running: set[str] = set()
         self._last = time.monotonic()
 
@@ -30,6 +31,7 @@ class Watchdog(Callback, Stopper):
         self._heard()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.results += 1
         self._heard()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
