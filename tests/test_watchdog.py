@@ -24,7 +24,7 @@ base:
   data: {{stage1: {{source: synthetic, synthetic: {{num_samples: 48, seed: 7}}}}}}
   stage1: {{lr: 0.01, global_batch_size: 8, micro_batch_size: 8, epochs: 2, checkpoint_every: 2}}
   resources: {{num_workers: 1, cpus_per_worker: 1}}
-output: {{root: {root}, tracking_uri: "sqlite:///{db}", watchdog_minutes: 1.5}}
+output: {{root: {root}, tracking_uri: "sqlite:///{db}", watchdog_minutes: 2.5}}
 """
 DRIVER = "import sys; from grid.cli import main; sys.exit(main(['grid', sys.argv[1]]))"
 
@@ -55,7 +55,7 @@ def test_a_stalled_trial_is_resumed_in_a_fresh_ray_session(tmp_path: Path) -> No
         "SEAGRID_RAY": "local",
         "PYTHONPATH": str(REPO),
         # After step 4's report (and its checkpoint), the reports stall for 30 minutes, once; the
-        # watchdog (1.5 min: above a trial's start on a loaded 2-core machine) ends it long before.
+        # watchdog (2.5 min: above a trial's start on a loaded 2-core machine) ends it long before.
         "SEAGRID_TEST_STALL": f"{marker}:4:1800",
     }
     t0 = time.time()
@@ -65,10 +65,10 @@ def test_a_stalled_trial_is_resumed_in_a_fresh_ray_session(tmp_path: Path) -> No
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=1200,
+        timeout=1500,
     )
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    assert marker.exists() and time.time() - t0 < 1200  # it stalled, and did not wait the stall out
+    assert marker.exists() and time.time() - t0 < 1500  # it stalled, and did not wait the stall out
     assert "no running trial has reported for" in out.stdout and "fresh Ray session" in out.stdout
 
     client = MlflowClient(f"sqlite:///{db}")
