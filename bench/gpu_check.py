@@ -17,6 +17,12 @@ Step times are the trainer's own ``samples_per_s`` (one optimizer step per log l
 ``--warmup`` steps left out. Model FLOPs as in bench/stage_bench.py (k = 4 in stage 1, 6 in stage 2;
 checkpointing's recompute not counted). Prints one table and the rows for BENCHMARKS.md, and writes
 them to ``--out`` (JSON). ``--tiny``: tiny-llama + tiny-clip (as training loads them), for a CPU.
+
+``--cpu``: the real path on a CPU (what CI runs): the same registry architectures and random weights,
+cut to ``--layers`` LLM layers (default 1; vision and text towers 2), micro-batch 1, one step per part.
+Every line a GPU run takes runs, but the CUDA kernels. On one 80 GB GPU, stage 2 at 7B under ZeRO-3 on
+one rank (~108 GB: 16 bytes a trained parameter) cannot fit at full depth: it runs ``--stage2-layers``
+of the LLM's layers (default 16), and its row says so; its estimate is for that depth too.
 """
 
 from __future__ import annotations
@@ -81,6 +87,22 @@ class Row:
 # --- random full-size weights through the trainer's own loading calls ---
 
 
+@dataclass
+class Depth:
+    """How many layers the random models get (None: the registry's); stage 2 may be cut further."""
+
+    llm: int | None = None
+    vision: int | None = None
+
+    def label(self, llm_id: str) -> str:
+        from core.models.llm import get_llm_spec
+
+        return "" if self.llm is None else f" ({self.llm}/{get_llm_spec(llm_id).num_layers} LLM layers)"
+
+
+DEPTH = Depth()  # set per part by `run_parts`; read by the loaders when the trainer builds the model
+
+
 def _random_llm(llm_id: str, device: torch.device) -> Callable[..., tuple[Any, Any]]:
     """A stand-in for ``core.models.llm.load_llm``: the registry config with random weights, built in the
     requested dtype on ``device`` (under ZeRO-3 inside transformers' DeepSpeed integration, partitioned
@@ -91,6 +113,8 @@ def _random_llm(llm_id: str, device: torch.device) -> Callable[..., tuple[Any, A
 
     def load(_: str, *, path: Any = None, dtype: Any = None, zero3_config: Any = None) -> tuple[Any, Any]:
         config, dtype = llm_config(llm_id), dtype or torch.float32
+        if DEPTH.llm is not None:
+            config.num_hidden_layers = DEPTH.llm
         if zero3_config is None:
             with torch.device(device):
                 model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -122,6 +146,9 @@ def _random_encoder(encoder_id: str, device: torch.device) -> Callable[..., Any]
     def load(_: str, *, path: Any = None, text_tower: bool = True, dtype: Any = torch.float32) -> Any:
         full_cls, vision_cls, tower_cls = _hf_dual_classes(spec)
         config = encoder_config(encoder_id)
+        if DEPTH.vision is not None:
+            config.vision_config.num_hidden_layers = DEPTH.vision
+            config.text_config.num_hidden_layers = DEPTH.vision
         with torch.device(device):
             model = full_cls(config) if text_tower else vision_cls(config.vision_config)
         tower = tower_cls(spec, model.to(dtype), source=None)
@@ -234,10 +261,12 @@ def trial(args: argparse.Namespace, method: str) -> Any:
         "checkpoint_minutes": None,
     }
     samples = max(args.micro_batch * (args.warmup + args.steps), args.label_images)
+    # BASIC supervises half the LLM's layers by default: none of a 1-layer cut; then the one it has.
+    basic = {"layers": 1} if args.cpu and args.layers < 2 else {}
     return TrialConfig.model_validate(
         {
             "model": {"llm": args.llm, "encoder": args.encoder},
-            "method": {"name": method},
+            "method": {"name": method, "basic": basic},
             "data": {
                 "stage1": {"source": "synthetic", "synthetic": {"num_samples": samples, "seed": 5}},
                 "stage2": {"source": "synthetic", "synthetic": {"num_samples": samples, "seed": 6}},
@@ -294,7 +323,7 @@ def run_stage_part(
     longest = max(max(lengths) for lengths in seen.lengths) + seen.vlm.num_visual_tokens
     seen.vlm = None  # the next part's peak must not include this model
     peak_gib = _peak_gib(device, before)
-    facts = model_facts(cfg.model.llm, cfg.model.encoder, cfg.model.adapter)
+    facts = at_depth(model_facts(cfg.model.llm, cfg.model.encoder, cfg.model.adapter), DEPTH)
     estimate = stage_memory(facts, stage_settings(cfg, stage), tokens=min(longest, facts.max_length))
     return Row(
         part=part,
@@ -307,6 +336,23 @@ def run_stage_part(
         # The registry gives no size for tiny models: no estimate.
         estimate_gib=estimate.total / GIB if facts.llm_params else None,
     )
+
+
+def at_depth(facts: Any, depth: Depth) -> Any:
+    """The registry's model facts for the layers this part builds (the estimate of a cut model)."""
+    import dataclasses
+
+    out = facts
+    if depth.llm is not None and facts.llm_params:
+        d = facts.hidden
+        per_layer = 2 * d * facts.q_dim + 2 * d * facts.kv_dim + 3 * d * facts.ffn
+        params = facts.llm_params - (facts.layers - depth.llm) * per_layer
+        out = dataclasses.replace(out, layers=depth.llm, llm_params=params)
+    if depth.vision is not None and facts.encoder_layers:
+        h, ffn = facts.encoder_hidden, facts.encoder_ffn
+        params = facts.encoder_params - (facts.encoder_layers - depth.vision) * (4 * h * h + 2 * h * ffn)
+        out = dataclasses.replace(out, encoder_layers=depth.vision, encoder_params=params)
+    return out
 
 
 @contextlib.contextmanager
@@ -407,6 +453,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tiny", action="store_true", help="tiny-llama + tiny-clip on this machine (CPU)")
+    parser.add_argument(
+        "--cpu", action="store_true", help="the real architectures on a CPU, cut to --layers (CI's check)"
+    )
+    parser.add_argument("--layers", type=int, default=1, help="LLM layers with --cpu (towers: at least 2)")
+    parser.add_argument(
+        "--stage2-layers",
+        type=int,
+        default=16,
+        help="LLM layers of stage 2 on a GPU (7B under ZeRO-3 on one rank needs ~108 GB at full depth); "
+        "0: full depth",
+    )
     parser.add_argument("--llm", default=None, help="default vicuna-7b (tiny-llama with --tiny)")
     parser.add_argument("--encoder", default=None, help="default clip-l-336 (tiny-clip with --tiny)")
     parser.add_argument("--micro-batch", type=int, default=None, help="default 16 (2 with --tiny)")
@@ -415,33 +472,61 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32", "auto"))
     parser.add_argument("--bound-repeats", type=int, default=3)
     parser.add_argument("--label-images", type=int, default=None, help="default 512 (8 with --tiny)")
-    parser.add_argument("--budget-s", type=float, default=450.0, help="stop starting parts after this")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="stop starting parts after this (default 450; --cpu: none)",
+    )
     parser.add_argument("--peak-tflops", type=float, default=None, help="default: data sheet / measured")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a temporary directory")
     args = parser.parse_args(argv)
+    if args.tiny and args.cpu:
+        parser.error("--tiny and --cpu are two different checks; pick one")
+    small = args.tiny or args.cpu
     args.llm = args.llm or ("tiny-llama" if args.tiny else "vicuna-7b")
     args.encoder = args.encoder or ("tiny-clip" if args.tiny else "clip-l-336")
-    args.micro_batch = args.micro_batch or (2 if args.tiny else 16)
-    args.steps = args.steps or (1 if args.tiny else 4)
-    args.label_images = args.label_images or (8 if args.tiny else 512)
+    args.micro_batch = args.micro_batch or (1 if args.cpu else 2 if args.tiny else 16)
+    args.steps = args.steps or (1 if small else 4)
+    args.warmup = 0 if args.cpu else args.warmup
+    args.label_images = args.label_images or (4 if args.cpu else 8 if args.tiny else 512)
+    # --cpu proves the path, not a speed: every part runs however long this machine takes.
+    args.budget_s = args.budget_s if args.budget_s is not None else (float("inf") if args.cpu else 450.0)
     return args
+
+
+def part_depth(args: argparse.Namespace, stage: str) -> Depth:
+    """The layers a part's random models get: the registry's (--tiny: real tiny checkpoints), --layers
+    on a CPU, --stage2-layers for stage 2 on a GPU."""
+    if args.tiny:
+        return Depth()
+    if args.cpu:
+        return Depth(llm=args.layers, vision=max(2, args.layers))  # CLIP reads its penultimate layer
+    if stage == "stage2" and args.stage2_layers:
+        return Depth(llm=args.stage2_layers)
+    return Depth()
 
 
 def run_parts(args: argparse.Namespace, work: Path, device: torch.device, budget: Budget) -> list[Row]:
     """Stage 1 (LLaVA, SEA with its labels, BASIC), then stage 2; a part is skipped when the time left
     would not cover the longest run so far."""
-    peak, _ = resolve_peak(args.peak_tflops, device)
+    # No MFU in --cpu mode: a 1-layer cut on a CPU says nothing about a GPU's utilisation.
+    peak = None if args.cpu else resolve_peak(args.peak_tflops, device)[0]
     rows: list[Row] = []
     longest = 0.0
 
     def attempt(name: str, run: Callable[[], Row]) -> Row | None:
         nonlocal longest
+        depth = part_depth(args, name.split(" ")[0])
+        DEPTH.llm, DEPTH.vision = depth.llm, depth.vision
+        name += depth.label(args.llm) if name.startswith("stage") else ""
         if not budget.fits(longest):
             rows.append(Row(name, status=f"skipped: {budget.left():.0f}s left, a run took {longest:.0f}s"))
             return None
         try:
             row = run()
+            row.part = name
         except Exception as err:  # noqa: BLE001 - one failed part must not hide the others' figures
             text = f"{type(err).__name__}: {err}".replace("|", "/").replace("\n", " ")
             row = Row(name, status=f"failed: {text[:160]}")
@@ -500,18 +585,24 @@ def run_parts(args: argparse.Namespace, work: Path, device: torch.device, budget
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     budget = Budget(args.budget_s)
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    device = torch.device("cpu")
+    if not (args.tiny or args.cpu):
+        from core.train.cuda_start import start_cuda
+
+        # An explicit index: set_device refuses a bare "cuda"; a failure names the driver needed.
+        device = torch.device("cuda", 0)
+        start_cuda(device)
     loading = contextlib.nullcontext() if args.tiny else random_weights(args.llm, args.encoder, device)
     with contextlib.ExitStack() as stack:
         work = args.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu-check-")))
         stack.enter_context(loading)
         rows = run_parts(args, work, device, budget)
-    base = {"stage1": next((r for r in rows if r.part == "stage1 llava"), None)}
+    base = {"stage1": next((r for r in rows if r.part.startswith("stage1 llava")), None)}
     base = {k: v for k, v in base.items() if v is not None and v.status == "ok"}
     text = table(rows, base)
     where = f"{describe_device(device)}, {args.llm} + {args.encoder}, micro-batch {args.micro_batch}, {args.precision}"
+    if args.cpu:
+        where += f", random weights cut to {args.layers} LLM layer(s) (CPU mode: no GPU figures)"
     print(f"\n{where}\n\n{text}\n")
     print("Rows for BENCHMARKS.md:\n" + "\n".join(text.splitlines()[2:]))
     report = {
@@ -521,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out} in {budget.seconds - budget.left():.0f}s")
+    print(f"\nwrote {args.out} in {time.perf_counter() - budget.start:.0f}s")
     return 0 if all(r.status == "ok" for r in rows) else 1
 
 

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from core.paths import cache_dir
 from core.ray_session import ensure_ray
+from grid.cluster_check import check_cluster
 from grid.console import Board, console_for, duration
 from grid.expand import Trial
 from grid.memory import refuse_if_unfit
@@ -22,7 +23,9 @@ from grid.preflight import preflight_plan
 from grid.ray_log import ray_output
 from grid.redact import scrub
 from grid.spec import ExperimentSpec, load_spec, steps_root
+from grid.storage_check import check_shared_storage
 from grid.tracking import Tracker, experiment_url, run_name
+from grid.watchdog import Watchdog
 
 
 @dataclass
@@ -249,6 +252,10 @@ def _invocation(
         tracker.close_parent(parent_id, parent_status(result, error))
 
 
+# A watchdog that keeps firing before any trial reports is set too short: stop instead of looping.
+MAX_BARREN_RESTARTS = 3
+
+
 def _tune(
     spec: ExperimentSpec,
     todo: list[Trial],
@@ -257,11 +264,51 @@ def _tune(
     board: Board,
     parent_id: str,
 ) -> None:
+    """The trials in one Tune run; when the watchdog ends it (no running trial reported for
+    `output.watchdog_minutes`), the unfinished trials again in a fresh Ray session: their MLflow runs
+    are reopened and their stages resume from their checkpoints."""
+    import ray
+
+    ensure_ray()
+    check_cluster({t.id: t.config for t in todo}, board.message)  # refuse what can never be placed
+    results_root = Path(spec.output.root).expanduser().resolve()
+    check_shared_storage({"output.root": results_root, "the steps root": steps_root(spec.output)})
+    barren = 0  # restarts in a row in which no trial reported anything
+    while todo:
+        watchdog = Watchdog(spec.output.watchdog_minutes)
+        _tune_once(spec, todo, tracker, result, board, parent_id, watchdog)
+        if not watchdog.fired:
+            return
+        barren = 0 if watchdog.results else barren + 1
+        if barren >= MAX_BARREN_RESTARTS:
+            raise RuntimeError(
+                f"{watchdog.message().split(':')[0]}, {barren} times in a row without a single report: the "
+                "trials may need longer than output.watchdog_minutes before their first step; raise it"
+            )
+        board.message(watchdog.message())
+        for tid, status in result.status.items():
+            if status == "running":  # reopened by the next run (tracking.Tracker.start_trial)
+                tracker.kill(result.run_ids[tid])
+                result.status[tid] = "queued"
+                board.finish(tid, "queued", "resumed in a fresh Ray session")
+        todo = [t for t in todo if result.status.get(t.id) not in ("done", "failed")]
+        ray.shutdown()
+        ensure_ray()
+
+
+def _tune_once(
+    spec: ExperimentSpec,
+    todo: list[Trial],
+    tracker: Tracker,
+    result: GridResult,
+    board: Board,
+    parent_id: str,
+    watchdog: Watchdog,
+) -> None:
     import ray.tune
 
     from grid.trial import DRIVER_RESOURCES, TrialJob, run_trial
 
-    ensure_ray()
     results_root = Path(spec.output.root).expanduser().resolve()
     storage = results_root / "ray"  # Tune's own state; each stage's Train run lives beside it
     # Longest first (by the plan's GPU-hour estimate): list scheduling that keeps a cluster busy to the end
@@ -289,7 +336,8 @@ def _tune(
         run_config=ray.tune.RunConfig(
             name=f"{spec.name}-{int(time.time())}",
             storage_path=str(storage),
-            callbacks=[callback],
+            callbacks=[callback, watchdog],
+            stop=watchdog,
             verbose=0,
         ),
     )

@@ -226,11 +226,14 @@ def _one_search(
     import ray.tune
 
     from core.ray_session import ensure_ray
+    from grid.cluster_check import check_cluster
+    from grid.storage_check import check_shared_storage
     from grid.trial import DRIVER_RESOURCES, TrialJob, run_trial
 
     search = spec.search
     assert search is not None
     ensure_ray()
+    check_cluster({cell.id: cell.config}, board.message)  # refuse what can never be placed
     key = search_key(spec, cell)
     name = f"search {run_name(cell.axes, cell.id)}" if cell.axes else f"search {spec.name}"
     parent = tracker.search_run(key, name, grid_parent, tags={"cell": cell.id})
@@ -238,6 +241,7 @@ def _one_search(
     outcomes.append(outcome)
     results_root = Path(spec.output.root).expanduser().resolve()
     path = results_root / "ray" / "searches" / key
+    check_shared_storage({"output.root": results_root, "the steps root": steps_root(spec.output)})
     trainable = ray.tune.with_resources(run_trial, DRIVER_RESOURCES)
     reason = STOP_REASON[search.scheduler.kind]
     t0 = time.time()

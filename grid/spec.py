@@ -54,6 +54,13 @@ class OutputConfig(Strict):
     max_trials_unconfirmed: int = Field(
         500, ge=1, description="`seagrid grid` starts more trials than this only with --yes"
     )
+    watchdog_minutes: float | None = Field(
+        120,
+        gt=0,
+        description="when no running trial has reported for this long, end the Tune run and resume it in a "
+        "fresh Ray session from the checkpoints (a label or evaluation step reports nothing while it runs: "
+        "keep this above its length); null: never",
+    )
 
 
 def steps_root(output: OutputConfig) -> Path:

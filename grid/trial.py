@@ -46,7 +46,9 @@ def fit_stage(job: StageJob, callbacks: list[Any] | None = None) -> None:
     directory name) resumes from its latest checkpoint, whichever trial launches it."""
     import ray.train
 
+    from core.train.process_group import torch_config
     from core.train.stage import train_stage
+    from grid.stall_hook import stall_callbacks
     from grid.train_cleanup import cleaning_torch_trainer
 
     res = job.trial.resources
@@ -55,14 +57,17 @@ def fit_stage(job: StageJob, callbacks: list[Any] | None = None) -> None:
     trainer = cleaning_torch_trainer()(
         train_stage,
         train_loop_config=job.model_dump(mode="json"),
+        torch_config=torch_config(res),  # the collective timeout (resources.nccl_timeout_minutes)
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.num_workers, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker
         ),
         run_config=ray.train.RunConfig(
             name=job.run_name,
             storage_path=job.storage_path,
-            callbacks=callbacks or [],
+            callbacks=[*(callbacks or []), *stall_callbacks()],  # the latter: tests only
             failure_config=ray.train.FailureConfig(max_failures=res.max_failures),
+            # Older checkpoints are deleted from the run's storage (a ZeRO-3 one is ~12 bytes a parameter).
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.settings.checkpoint_keep),
         ),
     )
     trainer.fit()

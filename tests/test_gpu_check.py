@@ -56,3 +56,57 @@ def test_budget_stops_parts_before_they_start(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["rows"]
     assert [r["part"] for r in rows] == ["stage1 llava", "labels (SEA)", "stage1 basic"]
     assert all(r["status"].startswith("skipped") for r in rows)
+
+
+@pytest.mark.slow
+def test_cpu_mode_runs_the_real_path(tmp_path: Path) -> None:
+    """--cpu: the GPU run's own path (vicuna-7b + clip-l-336 registry configs, random weights built by the
+    check's loaders, ZeRO-2 then ZeRO-3) cut to one LLM layer, on this CPU, in a process of its own."""
+    out = tmp_path / "check.json"
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")
+    }
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--cpu", "--out", str(out), "--work-dir", str(tmp_path / "work")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=script.parents[1],
+        timeout=1500,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    cut = " (1/32 LLM layers)"
+    assert [r["part"] for r in rows] == [p + cut if p.startswith("stage") else p for p in PARTS]
+    assert all(r["status"] == "ok" for r in rows), rows
+    assert "vicuna-7b + clip-l-336" in report["device"] and "no GPU figures" in report["device"]
+    for r in rows:
+        if r["part"].startswith("stage"):
+            assert r["peak_gib"] is None and r["step_s"] > 0 and r["estimate_gib"] > 0
+    # Stage 2 saved an LLM of the registry's width, one layer deep.
+    config = json.loads((tmp_path / "work" / "stage2" / "llm" / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == (4096, 1, 32000)
+
+
+def test_one_gpu_parts_fit_80_gb() -> None:
+    """Every part the GPU run starts fits one 80 GB GPU by the plan's own estimate: stage 2 at 7B only
+    with --stage2-layers (16 of 32 by default), which its row names."""
+    from grid.memory import GIB, model_facts, stage_memory, stage_settings
+
+    args = gpu_check.parse_args([])
+    assert args.stage2_layers == 16
+    usable = 0.9 * 80 * 1e9 / GIB
+    for stage, method in (("stage1", m) for m in gpu_check.METHODS):
+        depth = gpu_check.part_depth(args, stage)
+        cfg = gpu_check.trial(args, method)
+        facts = gpu_check.at_depth(model_facts(cfg.model.llm, cfg.model.encoder, cfg.model.adapter), depth)
+        assert stage_memory(facts, stage_settings(cfg, stage), tokens=facts.max_length).total / GIB < usable
+    cfg, depth = gpu_check.trial(args, "llava"), gpu_check.part_depth(args, "stage2")
+    full = model_facts(cfg.model.llm, cfg.model.encoder, cfg.model.adapter)
+    cut = gpu_check.at_depth(full, depth)
+    settings = stage_settings(cfg, "stage2")
+    assert stage_memory(full, settings, tokens=full.max_length).total / GIB > usable  # why it is cut
+    assert stage_memory(cut, settings, tokens=cut.max_length).total / GIB < usable
+    assert depth.label("vicuna-7b") == " (16/32 LLM layers)"

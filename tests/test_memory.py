@@ -115,3 +115,26 @@ def test_plan_columns() -> None:
     assert memory_columns(trial("vicuna-13b", gradient_checkpointing=False))["fits"] == "no: stage2"
     assert memory_columns(TrialConfig()) == {"peak GiB": "-", "fits": "-"}  # a CPU trial
     refuse_if_unfit({"cpu": TrialConfig()})  # CPU trials are not checked
+
+
+def test_the_readme_memory_table_is_the_plan_of_scaling_yaml() -> None:
+    """README's per-GPU figures are `just plan experiments/scaling.yaml`'s, at the spec's own batch sizes."""
+    import re
+    from pathlib import Path
+
+    from grid.expand import expand
+    from grid.memory import GIB, trial_memory
+    from grid.spec import load_spec
+
+    repo = Path(__file__).resolve().parents[1]
+    spec_path = repo / "experiments" / "scaling.yaml"
+    plan = {}
+    for t in expand(load_spec(spec_path), str(spec_path)):
+        memory = trial_memory(t.config)
+        plan[t.config.model.llm] = [f"{memory[s].total / GIB:.1f}" for s in ("stage1", "stage2")]
+    readme = (repo / "README.md").read_text()
+    rows = dict(
+        (m.group(1), [m.group(2), m.group(3)])
+        for m in re.finditer(r"^  \| ([a-z0-9-]+) \| ([\d.]+) \| ([\d.]+) \|$", readme, re.MULTILINE)
+    )
+    assert rows == plan

@@ -314,6 +314,12 @@ class ResourcesConfig(Strict):
         "without limit. Ray retries every worker error, a NaN loss or an out-of-memory too, hence off by "
         "default",
     )
+    nccl_timeout_minutes: float = Field(
+        60,
+        gt=0,
+        description="how long a rank waits in a collective before the process group fails the stage; the "
+        "default covers rank 0 writing a 13B model (52 GB in fp32) at 15 MB/s while the others wait",
+    )
 
 
 class TrialConfig(Strict):

@@ -100,6 +100,11 @@ class VisionTower(nn.Module):
         self._check_pixels(pixel_values)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             features = self._joint_features(pixel_values.to(device=self.device, dtype=self.dtype))
+        if features.shape[-1] != self.spec.joint_dim:  # labels are scored against words in this space
+            raise ValueError(
+                f"encoder {self.spec.id!r} produced joint features of width {features.shape[-1]}, spec says "
+                f"joint_dim={self.spec.joint_dim}; fix the registry entry"
+            )
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_text(self, tokens: torch.Tensor, *, normalize: bool = False) -> torch.Tensor:

@@ -67,7 +67,6 @@ class EncoderSpec:
     joint_dim: int | None = None
     resize: str = "shortest_edge"
     crop_pct: float = 1.0
-    resample: str = "bicubic"
     arch: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

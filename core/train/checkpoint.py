@@ -164,10 +164,12 @@ class RayCheckpoints:
 
 
 class LocalCheckpoints:
-    """Outside Ray (tests, notebooks): messages kept in a list, checkpoints as numbered folders."""
+    """Outside Ray (tests, notebooks): messages kept in a list, checkpoints as numbered folders, the
+    `keep` newest of them kept (all when None)."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, keep: int | None = None) -> None:
         self.root = Path(root) if root else None
+        self.keep = keep
         self.messages: list[dict[str, Any]] = []
 
     @contextlib.contextmanager
@@ -186,3 +188,16 @@ class LocalCheckpoints:
             with naming_full_disk(tmp, f"checkpoint at step {message['step']}"):
                 write(tmp)
             tmp.rename(target)
+            prune_checkpoints(self.root, self.keep)
+
+
+def prune_checkpoints(root: Path, keep: int | None, pattern: str = "checkpoint-*") -> list[Path]:
+    """Delete all but the `keep` newest complete checkpoint folders under `root` (names sort by step);
+    returns the deleted ones. Called only after a new checkpoint is complete, so the latest survives."""
+    if keep is None:
+        return []
+    found = sorted(p for p in Path(root).glob(pattern) if p.is_dir())
+    old = found[: max(0, len(found) - keep)]
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return old

@@ -28,6 +28,7 @@ from core.train.checkpoint import (
     trainable_state,
 )
 from core.train.checkpoint_clock import checkpoint_due
+from core.train.cuda_start import start_cuda
 from core.train.deepspeed_engine import (
     DeepSpeedStepper,
     deepspeed_config,
@@ -188,7 +189,7 @@ def _run_stage(
     torch.manual_seed(cfg.seed)
     run = resolve_run(job, device)
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        start_cuda(device)  # a failure names the driver the torch build needs
         # fp32 matmuls outside autocast (BASIC's vocabulary softmaxes) run on tensor cores.
         torch.backends.cuda.matmul.allow_tf32 = True
     if run.deepspeed:
