@@ -1,71 +1,14 @@
-"""SEA's label steps: build a label store (and its transfer to another grid) into a step's directory."""
+"""Materialise a SEA trial's label steps in this process (the `seagrid labels` command, library use)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from core.config import TrialConfig
-from core.pipeline import LABELS, TRANSFER, LabelsStepConfig, TransferStepConfig, label_steps
-from core.steps import Step, materialize
-
-
-def label_words(config: LabelsStepConfig, json_path: Path) -> list[str]:
-    """The word list: read from `words.path`, or the frequent words of the stage-1 captions."""
-    from core.labels import caption_words, read_word_list
-
-    words = config.words
-    if words.source == "file":
-        assert words.path
-        return read_word_list(Path(words.path).expanduser())
-    return caption_words(json_path, min_count=words.min_count, max_words=words.max_words)
-
-
-def build_labels(
-    config: LabelsStepConfig, out_dir: Path, *, progress: bool = False, parallel: int | str | None = None
-) -> None:
-    """The label step's work: extract (or resume) the store in `out_dir`.
-
-    `parallel` is `extract_store`'s: None extracts in this process, K in K Ray tasks (one GPU each when
-    the cluster has GPUs), "auto" by cluster and dataset size.
-    """
-    from core.data.resolve import resolve_dataset
-    from core.labels.extract import ExtractJob, extract_store
-
-    json_path, image_root = resolve_dataset(config.data)
-    sea, trial = config.trial.method.sea, config.trial
-    encoder_path = trial.model.encoder_path if config.encoder == trial.model.encoder else None
-    job = ExtractJob(
-        config.encoder,
-        tuple(label_words(config, json_path)),
-        json_path,
-        image_root,
-        top_n=config.top_n,
-        negate=config.sign == "negated",
-        batch_size=sea.label_batch_size,
-        chunk_size=sea.label_chunk_words,
-        encoder_path=encoder_path,
-        score_dtype=config.score_dtype,
-        on_missing_image=config.data.on_missing_image,
-    )
-    extract_store(job, out_dir, progress=progress, parallel=parallel)
-
-
-def build_transfer(config: TransferStepConfig, source_dir: Path, out_dir: Path) -> None:
-    """The transfer step's work: the source store moved onto `config.grid` in `out_dir`."""
-    from core.labels import LabelStore
-    from core.labels.transfer import transfer_into
-
-    transfer_into(LabelStore.open(source_dir), out_dir, config.grid, config.top_n)
-
-
-def run_label_step(step: Step, root: Path, out_dir: Path, **kwargs) -> None:
-    """Materialise-time dispatch by step name (labels or its transfer)."""
-    if step.name == LABELS:
-        build_labels(step.config, out_dir, **kwargs)
-    elif step.name == TRANSFER:
-        build_transfer(step.config, step.dep(LABELS).path(root), out_dir)
-    else:
-        raise ValueError(f"{step.name} is not a label step")
+from core.pipeline import label_steps
+from core.steps import TrialRuntime
+from core.steps.runner import run_steps
 
 
 def prepare_labels(
@@ -76,17 +19,19 @@ def prepare_labels(
     parallel: int | str | None = None,
 ) -> Path:
     """Materialise a SEA trial's label steps here (in this process) under `root` (default: the cache's
-    `steps/`); the directory of the store stage 1 reads."""
+    `steps/`); the directory of the store stage 1 reads. `parallel` is `extract_store`'s: None extracts
+    in this process, K in K Ray tasks, "auto" by cluster and dataset size."""
     from core.paths import cache_dir
 
     root = Path(root) if root is not None else cache_dir() / "steps"
     steps = label_steps(cfg)
     if not steps:
         raise ValueError(f"method '{cfg.method.name}' has no SEA labels (or stage 1 is off)")
-    for step in steps:
-        materialize(
-            step,
-            root,
-            lambda out, step=step: run_label_step(step, root, out, progress=progress, parallel=parallel),
-        )
-    return steps[-1].path(root)
+    last = steps[-1]
+    if parallel != steps[0].config.parallel:  # not identity: the graph's hashes stay
+        labels = replace(steps[0], config=steps[0].config.model_copy(update={"parallel": parallel}))
+        last = labels if len(steps) == 1 else replace(steps[-1], deps=(labels,))
+    runtime = TrialRuntime(trial=cfg, cache_dir=str(cache_dir()), progress=progress)
+    for _ in run_steps([last], root, runtime, local=True):
+        pass
+    return last.path(root)

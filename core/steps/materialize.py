@@ -23,7 +23,7 @@ from core.steps.status import (
     write_failure,
     write_success,
 )
-from core.steps.step import Step
+from core.steps.step import Step, StepRecord
 
 STEP_FILE = "step.json"
 
@@ -37,7 +37,7 @@ class Materialized:
 
 
 def materialize(
-    step: Step,
+    step: Step | StepRecord,
     root: Path,
     build: Callable[[Path], Any],
     *,
