@@ -8,6 +8,7 @@ is a config and a function in a module of its own, and a line here that adds it 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from core.config import METHODS_WITH_SEA, TrialConfig
 from core.config.facts import ENCODER_FACTS
@@ -24,7 +25,8 @@ from core.labels.step import (
     labels_in_task,
 )
 from core.stages import STAGES, StageKind, enabled_stages
-from core.steps import Step, StepResources
+from core.steps import Step, StepResources, TrialRuntime
+from core.steps.runner import run_steps
 from core.train.launch import InWorkerEval, TrainStepConfig, build_stage, stage_summary
 
 
@@ -95,7 +97,9 @@ def _eval_step(cfg: TrialConfig, kind: StageKind, final: bool, stage: Step) -> S
     config = EvalStepConfig(
         stage=kind.name, final=final, eval=cfg.eval, template=cfg.stage2.template, model=cfg.model
     )
-    return Step(f"eval-{kind.name}", config, (stage,), _one_worker(cfg), build_eval, eval_in_task, eval_summary)
+    return Step(
+        f"eval-{kind.name}", config, (stage,), _one_worker(cfg), build_eval, eval_in_task, eval_summary
+    )
 
 
 def trial_steps(cfg: TrialConfig) -> TrialSteps:
@@ -125,6 +129,32 @@ def trial_steps(cfg: TrialConfig) -> TrialSteps:
     return TrialSteps(labels, stages, evals)
 
 
+def prepare_labels(
+    cfg: TrialConfig,
+    root: Path | None = None,
+    *,
+    progress: bool = False,
+    parallel: int | str | None = None,
+) -> Path:
+    """Materialise a SEA trial's label steps here (in this process) under `root` (default: the cache's
+    `steps/`); the directory of the store stage 1 reads. `parallel` is `extract_store`'s: None extracts
+    in this process, K in K Ray tasks, "auto" by cluster and dataset size."""
+    from core.paths import cache_dir
+
+    root = Path(root) if root is not None else cache_dir() / "steps"
+    steps = label_steps(cfg)
+    if not steps:
+        raise ValueError(f"method '{cfg.method.name}' has no SEA labels (or stage 1 is off)")
+    last = steps[-1]
+    if parallel != steps[0].config.parallel:  # not identity: the graph's hashes stay
+        labels = replace(steps[0], config=steps[0].config.model_copy(update={"parallel": parallel}))
+        last = labels if len(steps) == 1 else replace(steps[-1], deps=(labels,))
+    runtime = TrialRuntime(trial=cfg, cache_dir=str(cache_dir()), progress=progress)
+    for _ in run_steps([last], root, runtime, local=True):
+        pass
+    return last.path(root)
+
+
 __all__ = [
     "LABELS",
     "STAGES",
@@ -135,5 +165,6 @@ __all__ = [
     "TransferStepConfig",
     "TrialSteps",
     "label_steps",
+    "prepare_labels",
     "trial_steps",
 ]

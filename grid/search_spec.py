@@ -5,11 +5,14 @@ from __future__ import annotations
 import copy
 import types
 import typing
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
 from core.config import METHODS_WITH_BASIC, METHODS_WITH_SEA, Strict, TrialConfig
+from grid.dotted import annotation_at
+from grid.spec_errors import SpecError, check_path, describe_errors
 
 # What each distribution takes: `choice`/`grid` a list of values, the others [low, high].
 DISTRIBUTIONS: dict[str, str] = {
@@ -68,10 +71,7 @@ def distribution(path: str, raw: dict[str, Any], where: str) -> tuple[str, Any]:
 
 
 def _leaf_annotation(path: str) -> Any:
-    current: Any = TrialConfig
-    for part in path.split("."):
-        current = current.model_fields[part].annotation
-    return current
+    return annotation_at(TrialConfig, path.split("."))
 
 
 def _accepts(annotation: Any, kind: type) -> bool:
@@ -104,9 +104,6 @@ def with_values(base: dict[str, Any], assignments: dict[str, Any]) -> dict[str, 
 
 def check_space(search: SearchConfig, base: TrialConfig, source: str) -> None:
     """Every path exists, every distribution fits its field's type and every bound its range."""
-    from grid.expand import check_path
-    from grid.spec import SpecError, describe_errors
-
     dump = base.model_dump(mode="json")
     for path, raw in search.space.items():
         where = f"{source}: search.space.{path}"
@@ -189,10 +186,9 @@ def check_metric(search: SearchConfig, cfg: TrialConfig, source: str, cell: str 
         )
 
 
-def check_search(spec: Any, source: str) -> None:
-    """The whole search block against every grid cell: paths, distributions, metric, scheduler."""
-    from grid.expand import expand
-
+def check_search(spec: Any, source: str, trials: Sequence[Any]) -> None:
+    """The whole search block against every grid cell (`trials`, the spec expanded): paths,
+    distributions, metric, scheduler."""
     search = spec.search
     grids = [p for p, raw in search.space.items() if "grid" in raw]
     if search.algorithm == "optuna" and grids:
@@ -206,6 +202,6 @@ def check_search(spec: Any, source: str) -> None:
             raise SearchSpecError(
                 f"{source}: search.space.{path}: this path is a grid axis too; search it or vary it, not both"
             )
-    for trial in expand(spec, source):
+    for trial in trials:
         check_space(search, trial.config, source)
         check_metric(search, trial.config, source, cell=trial.id if spec.grid.axes else "")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from core.config import (  # noqa: F401  (re-exported: grid code and tests read them from here)
     METHODS,
@@ -26,10 +26,7 @@ from core.config import (  # noqa: F401  (re-exported: grid code and tests read 
     did_you_mean,
 )
 from grid.search_spec import SearchConfig
-
-
-class SpecError(ValueError):
-    """A spec that cannot be used; the message names the file, the YAML path and a fix."""
+from grid.spec_errors import SpecError, describe_errors  # noqa: F401  (re-exported, as above)
 
 
 class GridConfig(Strict):
@@ -69,50 +66,6 @@ class ExperimentSpec(Strict):
     search: SearchConfig | None = Field(None, description="a Tune search per grid cell (`seagrid tune`)")
 
 
-def _loc_to_path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
-def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The spec section class reached by following `loc` from `root` (None if it leaves the models)."""
-    current: Any = root
-    for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        field = current.model_fields.get(str(part))
-        if field is None:
-            return None
-        current = field.annotation
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
-
-
-def describe_errors(err: ValidationError, root: type[BaseModel], prefix: str = "") -> list[str]:
-    """One line per Pydantic error: the YAML path, the offending value and what is allowed."""
-    lines = []
-    for e in err.errors():
-        loc = tuple(e["loc"])
-        path = _loc_to_path(loc)
-        if prefix:
-            path = f"{prefix}.{path}" if path != "(top level)" else prefix
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            parent = _model_at(root, loc[:-1])
-            allowed = sorted(parent.model_fields) if parent else []
-            msg = f"unknown key '{loc[-1]}'"
-            if allowed:
-                msg += f"; allowed here: {', '.join(allowed)}{did_you_mean(str(loc[-1]), allowed)}"
-        elif e["type"] != "value_error" and "input" in e and not isinstance(e["input"], dict | list):
-            msg += f" (got {e['input']!r})"
-        lines.append(f"{path}: {msg}")
-    return lines
-
-
 def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
     """Validate already-loaded YAML data as an experiment spec."""
     if not isinstance(data, dict):
@@ -123,10 +76,11 @@ def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
         lines = describe_errors(err, ExperimentSpec)
         raise SpecError(f"{source}: invalid spec:\n  " + "\n  ".join(lines)) from None
     if spec.search is not None:
+        from grid.expand import expand
         from grid.search_spec import SearchSpecError, check_search
 
         try:
-            check_search(spec, source)
+            check_search(spec, source, expand(spec, source))
         except SearchSpecError as err:
             raise SpecError(str(err)) from None
     return spec

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from core.evaluation.config import EvalConfig
+from core.evaluation.load import frozen_for_eval
 from core.evaluation.run import PREDICTIONS_DIR, evaluate, evaluate_shard, gather_shards
 from core.evaluation.shard import Shard, gather_outputs, write_outputs
-from core.evaluation.load import frozen_for_eval
 
 
 @pytest.fixture(scope="module")

@@ -23,16 +23,16 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from rich.console import Console
 
+from core.evaluation.step import read_metrics
 from core.pipeline import trial_steps
+from core.steps import TrialRuntime
+from core.steps.runner import run_step
 from grid.cli import main
 from grid.expand import Trial, expand
 from grid.plots import llm_parameters
 from grid.report import _tacs_history, build_report, default_columns
 from grid.spec import load_spec
 from grid.tracking import Tracker
-from core.evaluation.step import read_metrics
-from core.steps import TrialRuntime
-from core.steps.runner import run_step
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -38,7 +38,12 @@ def evaluate_loaded(vlm: Any, tokenizer: Any, job: EvalJob, *, inference: bool =
     assert job.out_dir, "evaluate_loaded writes into job.out_dir (the step's work directory)"
     with frozen_for_eval(vlm, inference=inference):
         return evaluate(
-            vlm, tokenizer, job.config.eval, out_dir=job.out_dir, tacs_curve=_tacs_curve(job), **_eval_args(job)
+            vlm,
+            tokenizer,
+            job.config.eval,
+            out_dir=job.out_dir,
+            tacs_curve=_tacs_curve(job),
+            **_eval_args(job),
         )
 
 
@@ -109,7 +114,9 @@ def gather_shards_step(job: dict[str, Any] | EvalJob, count: int) -> dict[str, f
     return metrics
 
 
-def eval_job(config: EvalStepConfig, deps: Mapping[str, Path], out_dir: Path, runtime: TrialRuntime) -> EvalJob:
+def eval_job(
+    config: EvalStepConfig, deps: Mapping[str, Path], out_dir: Path, runtime: TrialRuntime
+) -> EvalJob:
     """The step's job: the stages it reads, its work directory, one trial worker's threads."""
     return EvalJob(
         config=config,

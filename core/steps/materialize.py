@@ -8,13 +8,13 @@ import os
 import shutil
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.diskfull import naming_full_disk
 from core.steps.lease import DEFAULT_LEASE_S, Lease
 from core.steps.status import (
+    Materialized,
     failed_file,
     final_dir,
     is_success,
@@ -26,14 +26,6 @@ from core.steps.status import (
 from core.steps.step import Step, StepRecord
 
 STEP_FILE = "step.json"
-
-
-@dataclass(frozen=True)
-class Materialized:
-    """A finished step's directory and whether an earlier run (any trial's, any grid's) had made it."""
-
-    path: Path
-    reused: bool
 
 
 def materialize(

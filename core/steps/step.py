@@ -5,16 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel
 
 from core.config import Strict
 from core.config.identity import content_hash, identity_dict
 from core.steps.context import StepContext, TrialRuntime
-
-if TYPE_CHECKING:
-    from core.steps.materialize import Materialized
+from core.steps.status import Materialized
 
 # `fn(config, deps, out_dir, ctx)`: writes the step's output into `out_dir`; `deps` maps the name of every
 # step it depends on (directly or through others) to that step's finished directory.
@@ -22,7 +20,7 @@ StepFn = Callable[[Any, Mapping[str, Path], Path, StepContext], None]
 # Whether the runner hands the step to a Ray task holding its resources (else it runs in the caller).
 InTask = Callable[[Any, TrialRuntime], bool]
 # What a finished step adds to its trial's summary (its metrics, its directory).
-Summary = Callable[[Any, "Materialized"], dict[str, Any]]
+Summary = Callable[[Any, Materialized], dict[str, Any]]
 
 # Bumped when what a step's function writes changes in a way older outputs cannot serve.
 STEP_FORMAT = 1

@@ -67,7 +67,9 @@ def fit_stage(job: StageJob, callbacks: list[Any] | None = None) -> None:
     trainer.fit()
 
 
-def _in_worker_eval(config: TrainStepConfig, deps: Mapping[str, Path], out_dir: Path, ctx: StepContext) -> EvalJob | None:
+def _in_worker_eval(
+    config: TrainStepConfig, deps: Mapping[str, Path], out_dir: Path, ctx: StepContext
+) -> EvalJob | None:
     if config.evaluate is None:
         return None
     return EvalJob(
@@ -83,7 +85,9 @@ def build_stage(config: TrainStepConfig, deps: Mapping[str, Path], out_dir: Path
     """The training step's function: the stage in a TorchTrainer run named by the step's directory (a
     relaunch resumes from its checkpoints), its reports relayed by the runtime's callbacks."""
     rt = ctx.runtime
-    labels = next((deps[n] for n in _LABEL_DEPS if n in deps), None) if STAGES[config.stage].sea_applies else None
+    labels = (
+        next((deps[n] for n in _LABEL_DEPS if n in deps), None) if STAGES[config.stage].sea_applies else None
+    )
     job = make_stage_job(
         rt.trial,
         config.stage,
