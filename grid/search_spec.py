@@ -11,6 +11,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from core.config import METHODS_WITH_BASIC, METHODS_WITH_SEA, Strict, TrialConfig
+from core.config.methods import BASE_METRICS, BASIC, SEA
+from core.evaluation.names import DIAGNOSTICS, diag_name
 from grid.dotted import annotation_at
 from grid.spec_errors import SpecError, check_path, describe_errors
 
@@ -22,7 +24,6 @@ DISTRIBUTIONS: dict[str, str] = {
     "loguniform": "[low, high], a float, low > 0",
     "randint": "[low, high], an integer, high exclusive",
 }
-DIAGNOSTICS = ("tacs", "modality_gap", "label_recall")
 
 
 class SchedulerConfig(Strict):
@@ -137,13 +138,13 @@ def per_step_metrics(cfg: TrialConfig) -> set[str]:
     for stage in ("stage1", "stage2"):
         if not getattr(cfg, stage).enabled:
             continue
-        out |= {f"{stage}/loss", f"{stage}/loss/lm"}
+        out |= {f"{stage}/{m}" for m in BASE_METRICS}
         if method in METHODS_WITH_SEA and stage == "stage1":
-            out |= {f"{stage}/loss/align", f"{stage}/tau"}
+            out |= {f"{stage}/{m}" for m in SEA.metrics}
         if method in METHODS_WITH_BASIC and getattr(cfg.method.basic, stage):
-            out |= {f"{stage}/loss/das", f"{stage}/loss/sds"}
+            out |= {f"{stage}/{m}" for m in BASIC.metrics}
     if cfg.stage1.enabled and cfg.eval.enabled and cfg.eval.diagnostics.every_steps:
-        out |= {f"diag/{d}" for d in DIAGNOSTICS}
+        out |= {diag_name(d) for d in DIAGNOSTICS}
     return out
 
 
@@ -151,7 +152,7 @@ def final_metrics(cfg: TrialConfig) -> set[str]:
     """Metrics a trial reports once, at its end (its evaluation and the stages' final losses)."""
     out = {f"{s}/final_loss" for s in ("stage1", "stage2") if getattr(cfg, s).enabled}
     if cfg.eval.enabled:
-        out |= {f"diag/{d}" for d in DIAGNOSTICS}
+        out |= {diag_name(d) for d in DIAGNOSTICS}
         out |= {f"eval/{b.name}" for b in cfg.eval.benchmarks}
     return out
 

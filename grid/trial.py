@@ -86,6 +86,7 @@ def _report_curve(step_dir: Path, metric: str | None = None) -> None:
     import ray.tune
 
     from core.evaluation.diagnostics import CURVE_FILE
+    from core.evaluation.names import diag_name
 
     path = step_dir / CURVE_FILE
     if not path.is_file():
@@ -96,7 +97,7 @@ def _report_curve(step_dir: Path, metric: str | None = None) -> None:
             row = json.loads(line)
             rows[int(row.pop("step"))] = row
     for step, row in sorted(rows.items()):
-        metrics = {f"diag/{k}": v for k, v in row.items()}
+        metrics = {diag_name(k): v for k, v in row.items()}
         message = {"stage": "stage1", "step": step, "metrics": metrics}
         ray.tune.report({"seagrid": message, **flat_metrics(message, metric)})
 

@@ -13,6 +13,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from core.config import EvalConfig
+from core.evaluation.names import LABEL_RECALL, MODALITY_GAP, TACS, diag_name
 from core.metrics import LabelRecallCounts, label_recall_counts, modality_gap, nearest_words, tacs
 
 # ---------------------------------------------------------------------------------------------------------
@@ -302,12 +303,12 @@ def compute_diagnostics(
     embedding = vlm.llm.get_input_embeddings()
     device = embedding.weight.device
     text = embedding(heldout.caption_ids.to(device)).float().cpu()
-    metrics = {"tacs": float(tacs(visual, text, k=k, text_mask=heldout.caption_mask).mean())}
+    metrics = {TACS: float(tacs(visual, text, k=k, text_mask=heldout.caption_mask).mean())}
     words = list(words) if words is not None else heldout.words
     word_emb = nearest = label_index = None
     if words:
         word_emb = label_embeddings(words, tokenizer, embedding).float().cpu()
-        metrics["modality_gap"] = modality_gap(visual, word_emb)
+        metrics[MODALITY_GAP] = modality_gap(visual, word_emb)
         nearest, _ = nearest_words(visual, word_emb)
         if heldout.label_index is not None and heldout.words is not None:
             label_index = heldout.label_index
@@ -315,7 +316,7 @@ def compute_diagnostics(
                 label_index = _remap(label_index, heldout.words, words)
             counts = label_recall_counts(nearest, label_index)
             if counts.labelled:
-                metrics["label_recall"] = counts.recall
+                metrics[LABEL_RECALL] = counts.recall
     return DiagnosticsResult(metrics, visual, word_emb, nearest, words, label_index)
 
 
@@ -371,10 +372,10 @@ class DiagnosticsProbe:
             self.curve_path.parent.mkdir(parents=True, exist_ok=True)
             with self.curve_path.open("a") as f:
                 f.write(json.dumps({"step": int(step), **found}) + "\n")
-        return {f"diag/{k}": v for k, v in found.items()}
+        return {diag_name(k): v for k, v in found.items()}
 
 
-def read_curve(path: str | Path, metric: str = "tacs") -> list[tuple[int, float]]:
+def read_curve(path: str | Path, metric: str = TACS) -> list[tuple[int, float]]:
     """(step, value) points of `metric` from a probe's curve file, by step; a step logged twice (a resumed
     run) keeps its last value. A missing file gives []."""
     path = Path(path)
