@@ -52,7 +52,8 @@ def build_labels(config: LabelsStepConfig, deps: Mapping[str, Path], out_dir: Pa
     """The label step's function: extract (or resume) the store in `out_dir`, in this process or over
     `config.parallel` Ray tasks (`extract_store`'s `parallel`)."""
     from core.data.resolve import resolve_dataset
-    from core.labels.extract import ExtractJob, extract_store
+    from core.labels.extract import extract_store
+    from core.labels.extract_job import ExtractJob
 
     json_path, image_root = resolve_dataset(config.data)
     job = ExtractJob(
@@ -74,7 +75,8 @@ def build_labels(config: LabelsStepConfig, deps: Mapping[str, Path], out_dir: Pa
 def labels_in_task(config: LabelsStepConfig, runtime: TrialRuntime) -> bool:
     """One Ray task extracts, unless `parallel` asks for shards: then the caller coordinates them."""
     from core.data.resolve import resolve_dataset
-    from core.labels.extract import image_records, resolve_parallel
+    from core.labels.address import image_records
+    from core.labels.parallel import resolve_parallel
 
     json_path, _ = resolve_dataset(config.data)
     return resolve_parallel(config.parallel, len(image_records(json_path)[0])) == 1
