@@ -259,12 +259,9 @@ def _run_diagnostics(
     say: Callable[[str], None],
 ) -> tuple[dict[str, float], int, float]:
     """TACS, modality gap and label recall on the held-out set (named for `stage`), and the pictures."""
-    from core.evaluation.diagnostics import (
-        compute_diagnostics,
-        curve_picture,
-        diagnostics_pictures,
-        load_heldout,
-    )
+    from core.evaluation.diagnostics import compute_diagnostics
+    from core.evaluation.heldout import load_heldout
+    from core.evaluation.pictures import curve_picture, diagnostics_pictures
 
     t0 = time.perf_counter()
     if heldout is None:
