@@ -38,6 +38,7 @@ from core.labels.store import (
 )
 from core.models.vision import get_encoder_spec
 from core.paths import cache_dir, using_cache_dir
+from core.steps.materialize import build_dir_once
 
 __all__ = [
     "ExtractJob",
@@ -381,7 +382,8 @@ def ensure_store(
 ) -> LabelStore:
     """The finished store for (encoder, words, dataset, top_n, sign, score dtype), built or resumed if needed.
 
-    Content-addressed under ``root`` (default ``cache_dir()/"labels"``) by :func:`store_identity`, for
+    Content-addressed under ``root`` (default ``cache_dir()/"labels"``) by :func:`store_identity` and
+    built once there by the steps' directory protocol (``core.steps.materialize.build_dir_once``), for
     library use outside a grid; a grid's trials get theirs from their label step (core.pipeline), which
     calls :func:`extract_store` in the step's directory. ``parallel``: ``None`` (the default) extracts in
     this process, ``K`` in K Ray tasks, ``"auto"`` decides by cluster and dataset size
@@ -401,7 +403,11 @@ def ensure_store(
         "grid": get_encoder_spec(job.encoder_id).grid,
         "score_dtype": job.score_dtype,
     }
-    if not is_built(path):
-        store = extract_store(job, path, device=device, progress=progress, dataset=dataset, parallel=parallel)
+
+    def build(out: Path) -> None:
+        store = extract_store(job, out, device=device, progress=progress, dataset=dataset, parallel=parallel)
         assert store is not None  # no max_batches: extraction runs to the end or raises
+
+    # The steps' one directory protocol (a store finished before it served here has its `.done`).
+    build_dir_once(path.parent, path.name, build, info={"identity": identity}, done=is_built)
     return LabelStore.open(path, expected)
