@@ -95,7 +95,6 @@ def extract_store(
     ``parallel`` is now (in this process when it is 1). The store directory must be on a filesystem
     every Ray node sees.
     """
-    spec = get_encoder_spec(job.encoder_id)
     out_dir = Path(out_dir)
     ids, images = image_records(job.json_path)
     if not ids:
@@ -107,7 +106,7 @@ def extract_store(
         dataset=dict(dataset) if dataset is not None else dataset_identity(job.json_path),
         top_n=job.top_n,
         sign="negated" if job.negate else "plain",
-        grid=spec.grid,
+        grid=get_encoder_spec(job.encoder_id).grid,
         num_images=len(ids),
         score_dtype=job.score_dtype,
     )
@@ -121,44 +120,67 @@ def extract_store(
             if len(bounds) > 1:  # one shard would be this process's work with Ray's start-up on top
                 writer.plan_shards(bounds)
                 shards = writer.shards()
-        with _progress_bar(job.encoder_id, len(ids), progress) as bar:
-            task = bar.add_task("extract", total=len(ids), completed=writer.done + _shard_rows(shards))
-            todo = [s["shard"] for s in shards if s["done"] < s["stop"]]
-            if todo and shards_wanted > 1:
-                _write_word_features(job, out_dir, device)
-                _run_shards_ray(
-                    out_dir,
-                    todo,
-                    job,
-                    ids,
-                    images,
-                    device=device,
-                    max_batches=max_batches,
-                    on_poll=lambda: bar.update(
-                        task, completed=writer.done + _shard_rows(_read_shards_quietly(out_dir))
-                    ),
-                )
-            elif todo or writer.done < writer.stop:
-                _run_here(
-                    writer,
-                    todo if shards else None,
-                    job,
-                    ids,
-                    images,
-                    device=device,
-                    max_batches=max_batches,
-                    on_rows=lambda n: bar.advance(task, n),
-                )
-        if shards:
-            if any(s["done"] < s["stop"] for s in writer.shards()):
-                return None
-            writer.merge_shards()
-        if writer.done < writer.stop:
+        _extract_rows(writer, shards, shards_wanted > 1, job, ids, images, device, max_batches, progress)
+        if not _finish(writer, bool(shards)):
             return None
-        writer.finish()
-        # Only the extraction reads them; a finished store is the same with or without shards.
-        (out_dir / WORD_FEATURES_FILE).unlink(missing_ok=True)
     return LabelStore.open(out_dir)
+
+
+def _extract_rows(
+    writer: StoreWriter,
+    shards: list[dict[str, Any]],
+    over_ray: bool,
+    job: ExtractJob,
+    ids: list[str],
+    images: list[str],
+    device: str | torch.device | None,
+    max_batches: int | None,
+    progress: bool,
+) -> None:
+    """The rows still to do: the unfinished shards over Ray (`over_ray`), else here, shard by shard."""
+    out_dir = writer.path
+    with _progress_bar(job.encoder_id, len(ids), progress) as bar:
+        task = bar.add_task("extract", total=len(ids), completed=writer.done + _shard_rows(shards))
+        todo = [s["shard"] for s in shards if s["done"] < s["stop"]]
+        if todo and over_ray:
+            _write_word_features(job, out_dir, device)
+            _run_shards_ray(
+                out_dir,
+                todo,
+                job,
+                ids,
+                images,
+                device=device,
+                max_batches=max_batches,
+                on_poll=lambda: bar.update(
+                    task, completed=writer.done + _shard_rows(_read_shards_quietly(out_dir))
+                ),
+            )
+        elif todo or writer.done < writer.stop:
+            _run_here(
+                writer,
+                todo if shards else None,
+                job,
+                ids,
+                images,
+                device=device,
+                max_batches=max_batches,
+                on_rows=lambda n: bar.advance(task, n),
+            )
+
+
+def _finish(writer: StoreWriter, sharded: bool) -> bool:
+    """Fold complete shards in and mark the store finished; False while rows are left."""
+    if sharded:
+        if any(s["done"] < s["stop"] for s in writer.shards()):
+            return False
+        writer.merge_shards()
+    if writer.done < writer.stop:
+        return False
+    writer.finish()
+    # Only the extraction reads them; a finished store is the same with or without shards.
+    (writer.path / WORD_FEATURES_FILE).unlink(missing_ok=True)
+    return True
 
 
 def _default_device() -> str:

@@ -59,67 +59,80 @@ def read_pope(
     eval_pope.py does, checking the image names agree where both files give one.
     """
     root = require(Path(annotation_dir), "POPE annotation directory")
-    out: dict[str, list[PopeItem]] = {}
-    questions: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     qpath = Path(question_file) if question_file is not None else None
-    if qpath is not None:
-        for number, obj in read_jsonl(qpath):
-            where = at(qpath, number)
-            category = field_of(obj, "category", where)
-            for key in ("image", "text"):
-                field_of(obj, key, where)
-            question_id_of(obj, where)
-            questions.setdefault(category, []).append((number, obj))
+    questions = _questions_by_category(qpath) if qpath is not None else {}
+    out: dict[str, list[PopeItem]] = {}
     for split in splits:
         apath = require(root / f"coco_pope_{split}.json", f"POPE labels of split {split!r}")
         labels = read_jsonl(apath)
         if not labels:
             raise BenchmarkFileError(f"{apath}: no lines; a POPE split needs at least one question")
         if qpath is None:
-            items = []
-            for number, obj in labels:
-                where = at(apath, number)
-                items.append(
-                    PopeItem(
-                        question_id_of(obj, where),
-                        split,
-                        ImageRef(field_of(obj, "image", where)),
-                        field_of(obj, "text", where),
-                        _label(obj, where),
-                    )
-                )
-            out[split] = items
-            continue
-        qs = questions.get(split, [])
-        if not qs:
-            raise BenchmarkFileError(
-                f"{qpath}: no question has category {split!r}; found {sorted(questions)}"
-            )
-        by_id = {question_id_of(obj, at(apath, n)): (n, obj) for n, obj in labels}
-        q_ids = [str(obj["question_id"]) for _, obj in qs]
-        if all(q in by_id for q in q_ids):
-            pairs = [(qn, q, *by_id[str(q["question_id"])]) for qn, q in qs]
-        elif len(qs) == len(labels):
-            pairs = [(qn, q, an, a) for (qn, q), (an, a) in zip(qs, labels, strict=True)]
+            out[split] = [_labelled_item(split, obj, at(apath, number)) for number, obj in labels]
         else:
-            missing = [q for q in q_ids if q not in by_id][:5]
-            raise BenchmarkFileError(
-                f"{qpath}: {len(qs)} questions of split {split!r} but {apath} has {len(labels)} labels and "
-                f"lacks question_ids {missing}; use the label files that belong to this question file"
-            )
-        items = []
-        for qn, q, an, a in pairs:
-            qwhere, awhere = at(qpath, qn), at(apath, an)
-            if "image" in a and a["image"] != q["image"]:
-                raise BenchmarkFileError(
-                    f"{qwhere}: image {q['image']!r} but its label at {awhere} is for {a['image']!r}; "
-                    "the question and label files are not aligned"
-                )
-            items.append(
-                PopeItem(str(q["question_id"]), split, ImageRef(q["image"]), q["text"], _label(a, awhere))
-            )
-        out[split] = items
+            out[split] = _joined(split, questions, labels, qpath, apath)
     return out
+
+
+def _questions_by_category(qpath: Path) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+    """LLaVA's question file by category (= split), each line checked."""
+    questions: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for number, obj in read_jsonl(qpath):
+        where = at(qpath, number)
+        category = field_of(obj, "category", where)
+        for key in ("image", "text"):
+            field_of(obj, key, where)
+        question_id_of(obj, where)
+        questions.setdefault(category, []).append((number, obj))
+    return questions
+
+
+def _labelled_item(split: str, obj: dict[str, Any], where: str) -> PopeItem:
+    """A label line that carries its own question (no question file)."""
+    return PopeItem(
+        question_id_of(obj, where),
+        split,
+        ImageRef(field_of(obj, "image", where)),
+        field_of(obj, "text", where),
+        _label(obj, where),
+    )
+
+
+def _joined(
+    split: str,
+    questions: dict[str, list[tuple[int, dict[str, Any]]]],
+    labels: list[tuple[int, dict[str, Any]]],
+    qpath: Path,
+    apath: Path,
+) -> list[PopeItem]:
+    """A split's questions joined to its labels: by question_id, else by order when the counts match."""
+    qs = questions.get(split, [])
+    if not qs:
+        raise BenchmarkFileError(f"{qpath}: no question has category {split!r}; found {sorted(questions)}")
+    by_id = {question_id_of(obj, at(apath, n)): (n, obj) for n, obj in labels}
+    q_ids = [str(obj["question_id"]) for _, obj in qs]
+    if all(q in by_id for q in q_ids):
+        pairs = [(qn, q, *by_id[str(q["question_id"])]) for qn, q in qs]
+    elif len(qs) == len(labels):
+        pairs = [(qn, q, an, a) for (qn, q), (an, a) in zip(qs, labels, strict=True)]
+    else:
+        missing = [q for q in q_ids if q not in by_id][:5]
+        raise BenchmarkFileError(
+            f"{qpath}: {len(qs)} questions of split {split!r} but {apath} has {len(labels)} labels and "
+            f"lacks question_ids {missing}; use the label files that belong to this question file"
+        )
+    items = []
+    for qn, q, an, a in pairs:
+        qwhere, awhere = at(qpath, qn), at(apath, an)
+        if "image" in a and a["image"] != q["image"]:
+            raise BenchmarkFileError(
+                f"{qwhere}: image {q['image']!r} but its label at {awhere} is for {a['image']!r}; "
+                "the question and label files are not aligned"
+            )
+        items.append(
+            PopeItem(str(q["question_id"]), split, ImageRef(q["image"]), q["text"], _label(a, awhere))
+        )
+    return items
 
 
 def read(bench: BenchmarkConfig, files: BenchFiles) -> list[PopeItem]:
