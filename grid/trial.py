@@ -10,9 +10,6 @@ from core.config import Strict, TrialConfig
 from core.pipeline import trial_steps
 from core.steps import TrialRuntime
 from core.steps.runner import run_steps
-from core.train.launch import fit_stage
-
-__all__ = ["DRIVER_RESOURCES", "TrialJob", "fit_stage", "run_trial"]
 
 # Ray Tune gives each trial this much (a token amount, so trials are limited by their workers'
 # resources, not by the driver that only waits on them).

@@ -127,4 +127,3 @@ def test_the_cycle_scan_sees_lazy_and_relative_imports_not_type_checking_ones():
     assert imports_of(relative, "core.steps", True, modules) == {"core.steps.step", "core.steps.runner"}
     typing_only = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from grid.spec import X\n"
     assert imports_of(typing_only, "grid.expand", False, modules) == set()
-
