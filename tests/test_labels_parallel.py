@@ -18,6 +18,7 @@ from core.labels import ExtractJob, LabelStore, caption_words, ensure_store, ext
 from core.labels.extract import resolve_parallel, shard_bounds
 from core.labels.store import read_shards
 from core.steps import Lease
+from core.steps.status import STATUS_FILE
 
 BATCH = 8  # 24 images -> 3 batches; 2 shards -> rows 0:8 and 8:24
 MISSING_ROWS = (3, 20)  # one missing image in each shard
@@ -57,7 +58,9 @@ def reference(data: tuple[Path, Path], words: list[str], tmp_path_factory: pytes
 
 
 def _files(store: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(store.iterdir()) if p.is_file()}
+    # The store's own files; `.status` is the record of the directory protocol that built it (when and
+    # by whom: never equal between two builds), written by `ensure_store`, not by `extract_store`.
+    return {p.name: p.read_bytes() for p in sorted(store.iterdir()) if p.is_file() and p.name != STATUS_FILE}
 
 
 def _job(words, data) -> ExtractJob:
