@@ -379,8 +379,8 @@ def timing_fill() -> Iterator[list[tuple[float, int]]]:
 
 def label_part(args: argparse.Namespace, cfg: Any, root: Path, device: torch.device) -> tuple[Row, Path]:
     """SEA's label step (the trainer's own) in images/s, against the tower's forward-only rate."""
-    from core.labels.prepare import prepare_labels
     from core.models.towers import load_encoder
+    from core.pipeline import prepare_labels
 
     t0 = time.perf_counter()
     with timing_fill() as calls:

@@ -4,7 +4,7 @@ Reports the word-encoding rate (words/s), the peak resident memory, and the extr
 of the encoder's forward plus the scoring of every patch against all N words, as a fraction of the
 encoder's forward pass alone (the bound). Real scale is 4M words x 576 patches x 768 (CLIP-L/336); on a
 CPU the tiny encoders stand in (`--encoder tiny-clip`), with the same code path as extraction
-(`core.labels.extract`: `_word_features`, `ExtractJob.scorer`).
+(`core.labels.extract_job`: `encode_words`, `ExtractJob.scorer`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import time
 
 import torch
 
-from core.labels.extract import ExtractJob, _word_features
+from core.labels.extract_job import ExtractJob
+from core.labels.extract_job import encode_words as _word_features
 from core.models.towers import load_encoder
 
 

@@ -1,70 +1,33 @@
-"""A trial as a small graph of steps: labels (-> transfer) -> stage1 -> stage2, an eval after each stage."""
+"""A trial as a small graph of steps: labels (-> transfer) -> stage1 -> stage2, an eval after each stage.
+
+Each step carries the function that builds it (its kind's module: core/labels/step.py,
+core/train/launch.py, core/evaluation/step.py); `core.steps.runner` runs any graph. A new kind of step
+is a config and a function in a module of its own, and a line here that adds it to the graph.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
-from pydantic import Field
-
-from core.config import (
-    METHODS_WITH_SEA,
-    NOT_IDENTITY,
-    DatasetConfig,
-    EvalConfig,
-    MethodConfig,
-    ModelConfig,
-    StageConfig,
-    Strict,
-    TrialConfig,
-    WordsConfig,
-)
+from core.config import METHODS_WITH_SEA, TrialConfig
 from core.config.facts import ENCODER_FACTS
-from core.stages import STAGES, StageName, enabled_stages
-from core.steps import Step, StepResources
-
-LABELS, TRANSFER = "labels", "labels-transfer"
-
-
-class LabelsStepConfig(Strict):
-    """What defines a label store: the labelling encoder, the word list, the dataset, top-n and sign."""
-
-    encoder: str
-    words: WordsConfig
-    data: DatasetConfig
-    top_n: int
-    sign: str
-    score_dtype: str = "float32"
-    trial: TrialConfig = Field(json_schema_extra=NOT_IDENTITY)
-
-
-class TransferStepConfig(Strict):
-    """A label store moved onto another encoder's patch grid (REFERENCE.md 2.2)."""
-
-    grid: tuple[int, int]
-    top_n: int
-    trial: TrialConfig = Field(json_schema_extra=NOT_IDENTITY)
-
-
-class TrainStepConfig(Strict):
-    """What defines a training stage's result (the stage before it and its labels are dependencies)."""
-
-    stage: StageName
-    model: ModelConfig
-    method: MethodConfig | None
-    data: DatasetConfig
-    settings: StageConfig
-    seed: int
-    trial: TrialConfig = Field(json_schema_extra=NOT_IDENTITY)
-
-
-class EvalStepConfig(Strict):
-    """What defines an evaluation: its settings, whether it is the trial's last, the prompt template."""
-
-    stage: StageName
-    final: bool
-    eval: EvalConfig
-    template: str | None
-    trial: TrialConfig = Field(json_schema_extra=NOT_IDENTITY)
+from core.evaluation.job import EvalStepConfig
+from core.evaluation.step import build_eval, eval_in_task, eval_summary
+from core.labels.step import (
+    LABELS,
+    TRANSFER,
+    LabelsStepConfig,
+    TransferStepConfig,
+    always_in_task,
+    build_labels,
+    build_transfer,
+    labels_in_task,
+)
+from core.stages import STAGES, StageKind, enabled_stages
+from core.steps import Step, StepResources, TrialRuntime
+from core.steps.runner import run_steps
+from core.train.launch import InWorkerEval, TrainStepConfig, build_stage, stage_summary
 
 
 @dataclass(frozen=True)
@@ -96,25 +59,47 @@ def label_steps(cfg: TrialConfig) -> tuple[Step, ...]:
     if cfg.method.name not in METHODS_WITH_SEA or not cfg.stage1.enabled:
         return ()
     label_encoder = sea.labels_from or cfg.model.encoder
-    labels = Step(
-        LABELS,
-        LabelsStepConfig(
-            encoder=label_encoder,
-            words=sea.words,
-            data=cfg.data.stage1,
-            top_n=sea.top_n,
-            sign=sea.sign,
-            trial=cfg,
-        ),
-        resources=_one_worker(cfg),
+    config = LabelsStepConfig(
+        encoder=label_encoder,
+        words=sea.words,
+        data=cfg.data.stage1,
+        top_n=sea.top_n,
+        sign=sea.sign,
+        encoder_path=cfg.model.encoder_path if label_encoder == cfg.model.encoder else None,
+        batch_size=sea.label_batch_size,
+        chunk_words=sea.label_chunk_words,
+        parallel=sea.label_parallel,
     )
+    labels = Step(LABELS, config, (), _one_worker(cfg), build_labels, labels_in_task)
     grid = ENCODER_FACTS[cfg.model.encoder][1]
     if grid == ENCODER_FACTS[label_encoder][1]:
         return (labels,)
-    transfer = Step(
-        TRANSFER, TransferStepConfig(grid=grid, top_n=sea.top_n, trial=cfg), (labels,), _one_worker(cfg)
+    transfer = TransferStepConfig(grid=grid, top_n=sea.top_n)
+    return labels, Step(TRANSFER, transfer, (labels,), _one_worker(cfg), build_transfer, always_in_task)
+
+
+def _train_step(cfg: TrialConfig, kind: StageKind, deps: tuple[Step, ...]) -> Step:
+    applies = (kind.sea_applies and cfg.method.name in METHODS_WITH_SEA) or kind.basic_applies(cfg.method)
+    config = TrainStepConfig(
+        stage=kind.name,
+        model=cfg.model,
+        method=cfg.method if applies and cfg.method.name != "llava" else None,
+        data=kind.dataset(cfg),
+        settings=kind.settings(cfg),
+        seed=cfg.seed,
     )
-    return labels, transfer
+    r = cfg.resources
+    resources = StepResources(cpus=r.cpus_per_worker, gpus=r.gpus_per_worker, workers=r.num_workers)
+    return Step(kind.name, config, deps, resources, build_stage, summary=stage_summary)
+
+
+def _eval_step(cfg: TrialConfig, kind: StageKind, final: bool, stage: Step) -> Step:
+    config = EvalStepConfig(
+        stage=kind.name, final=final, eval=cfg.eval, template=cfg.stage2.template, model=cfg.model
+    )
+    return Step(
+        f"eval-{kind.name}", config, (stage,), _one_worker(cfg), build_eval, eval_in_task, eval_summary
+    )
 
 
 def trial_steps(cfg: TrialConfig) -> TrialSteps:
@@ -130,44 +115,44 @@ def trial_steps(cfg: TrialConfig) -> TrialSteps:
             deps += (previous,)
         if kind.sea_applies and labels:
             deps += (labels[-1],)
-        applies = (kind.sea_applies and cfg.method.name in METHODS_WITH_SEA) or kind.basic_applies(cfg.method)
-        config = TrainStepConfig(
-            stage=kind.name,
-            model=cfg.model,
-            method=cfg.method if applies and cfg.method.name != "llava" else None,
-            data=kind.dataset(cfg),
-            settings=kind.settings(cfg),
-            seed=cfg.seed,
-            trial=cfg,
-        )
-        resources = StepResources(
-            cpus=cfg.resources.cpus_per_worker,
-            gpus=cfg.resources.gpus_per_worker,
-            workers=cfg.resources.num_workers,
-        )
-        step = Step(kind.name, config, deps, resources)
-        stages[kind.name] = step
+        step = _train_step(cfg, kind, deps)
         if cfg.eval.enabled:
-            ev = EvalStepConfig(
-                stage=kind.name,
-                final=kind is kinds[-1],
-                eval=cfg.eval,
-                template=cfg.stage2.template,
-                trial=cfg,
-            )
-            evals[kind.name] = Step(f"eval-{kind.name}", ev, (step,), _one_worker(cfg))
+            ev = _eval_step(cfg, kind, kind is kinds[-1], step)
+            if cfg.resources.num_workers == 1:
+                # One worker evaluates right after training, model in memory; not identity: same hash.
+                in_worker = InWorkerEval(step=ev.record(), config=ev.config)
+                step = replace(step, config=step.config.model_copy(update={"evaluate": in_worker}))
+                ev = replace(ev, deps=(step,))
+            evals[kind.name] = ev
+        stages[kind.name] = step
         previous = step
     return TrialSteps(labels, stages, evals)
 
 
-def stage_dirs(steps: TrialSteps, root, upto: str) -> dict[str, str]:
-    """{stage name: its step directory} of the stages up to and including `upto`."""
-    out: dict[str, str] = {}
-    for name, step in steps.stages.items():
-        out[name] = str(step.path(root))
-        if name == upto:
-            break
-    return out
+def prepare_labels(
+    cfg: TrialConfig,
+    root: Path | None = None,
+    *,
+    progress: bool = False,
+    parallel: int | str | None = None,
+) -> Path:
+    """Materialise a SEA trial's label steps here (in this process) under `root` (default: the cache's
+    `steps/`); the directory of the store stage 1 reads. `parallel` is `extract_store`'s: None extracts
+    in this process, K in K Ray tasks, "auto" by cluster and dataset size."""
+    from core.paths import cache_dir
+
+    root = Path(root) if root is not None else cache_dir() / "steps"
+    steps = label_steps(cfg)
+    if not steps:
+        raise ValueError(f"method '{cfg.method.name}' has no SEA labels (or stage 1 is off)")
+    last = steps[-1]
+    if parallel != steps[0].config.parallel:  # not identity: the graph's hashes stay
+        labels = replace(steps[0], config=steps[0].config.model_copy(update={"parallel": parallel}))
+        last = labels if len(steps) == 1 else replace(steps[-1], deps=(labels,))
+    runtime = TrialRuntime(trial=cfg, cache_dir=str(cache_dir()), progress=progress)
+    for _ in run_steps([last], root, runtime, local=True):
+        pass
+    return last.path(root)
 
 
 __all__ = [
@@ -180,6 +165,6 @@ __all__ = [
     "TransferStepConfig",
     "TrialSteps",
     "label_steps",
-    "stage_dirs",
+    "prepare_labels",
     "trial_steps",
 ]

@@ -29,7 +29,7 @@ FORWARDED_ENV = (
     "HF_ENDPOINT",
     "HF_HUB_CACHE",
     "TRANSFORMERS_CACHE",
-    "SEAGRID_TEST_STALL",  # grid/stall_hook.py: a test holds a stage's reports back once
+    "SEAGRID_TEST_STALL",  # core/train/stall_hook.py: a test holds a stage's reports back once
 )
 # Set by `ray job submit`: the job's runtime_env, which Ray refuses to merge with ours on equal keys.
 _JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"

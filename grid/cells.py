@@ -8,9 +8,12 @@ import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from grid.spec import ExperimentSpec, SpecError
+from grid.spec_errors import SpecError
+
+if TYPE_CHECKING:  # for annotations only: grid.spec imports grid.expand, which imports this module
+    from grid.spec import ExperimentSpec
 
 
 @dataclass

@@ -250,8 +250,7 @@ def report(args: argparse.Namespace, console: Console) -> int:
 
 def build_labels(spec_path: str, console: Console) -> int:
     """`just labels SPEC`: the label steps of every SEA trial, in this process, with a progress bar."""
-    from core.labels.prepare import prepare_labels
-    from core.pipeline import label_steps
+    from core.pipeline import label_steps, prepare_labels
     from grid.expand import expand
     from grid.spec import load_spec, steps_root
 

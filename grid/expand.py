@@ -6,13 +6,17 @@ import copy
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
+from core.config import TrialConfig
 from core.config.identity import content_hash, identity_dict
 from grid.cells import FilterCounts, check_filters, check_groups, count_filters, iter_product, matches
-from grid.spec import ExperimentSpec, SpecError, TrialConfig, describe_errors, did_you_mean, with_yaml_hints
+from grid.spec_errors import SpecError, check_path, describe_errors, with_yaml_hints
+
+if TYPE_CHECKING:  # for annotations only: grid.spec imports this module
+    from grid.spec import ExperimentSpec
 
 
 @dataclass(frozen=True)
@@ -26,32 +30,6 @@ class Trial:
     @property
     def hash(self) -> str:
         return self.id.rsplit("-", 1)[-1]
-
-
-def _field_names(model: type[BaseModel]) -> list[str]:
-    return sorted(model.model_fields)
-
-
-def check_path(path: str, where: str) -> None:
-    """Fail unless `path` names a field of TrialConfig, e.g. 'model.llm' or 'stage1.lr'."""
-    current: Any = TrialConfig
-    walked: list[str] = []
-    for part in path.split("."):
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            raise SpecError(
-                f"{where}: '{path}' goes below '{'.'.join(walked)}', which is a value, not a section"
-            )
-        fields = _field_names(current)
-        if part not in current.model_fields:
-            prefix = ".".join(walked)
-            here = f"at '{prefix}'" if prefix else "at the top of a trial config"
-            full = [f"{prefix}.{f}" if prefix else f for f in fields]
-            guess = did_you_mean(path, full) or did_you_mean(part, fields)
-            raise SpecError(
-                f"{where}: unknown config path '{path}'; allowed {here}: {', '.join(fields)}{guess}"
-            )
-        current = current.model_fields[part].annotation
-        walked.append(part)
 
 
 def _set_path(data: dict[str, Any], path: str, value: Any) -> None:

@@ -13,6 +13,8 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
+from core.evaluation import names
+from core.evaluation.names import diag_name
 from grid.expand import Trial, check_path, expand
 from grid.plan import trial_status
 from grid.plots import BASELINE, METHOD, file_stem, scaling_plot, tacs_plot
@@ -22,10 +24,10 @@ from grid.tracking import RunInfo, Tracker
 
 DEFAULT_ROWS = (METHOD, "model.llm")
 HEADLINE = re.compile(r"^eval/[^/]+$")
-TACS = "diag/tacs"
+TACS = diag_name(names.TACS)
 # The alignment diagnostics shown beside the benchmarks by default: on small or untrained models the
 # benchmarks often cannot tell the methods apart while these can (REFERENCE.md 5).
-DIAGNOSTICS = ("diag/label_recall", TACS, "diag/modality_gap")
+DIAGNOSTICS = tuple(diag_name(d) for d in names.DIAGNOSTICS)
 ARTIFACT_DIR = "report"
 STATUSES = ("done", "failed", "running", "killed", "new")
 # What a cell without a value says, most telling first: a failure explains more than a queued trial.

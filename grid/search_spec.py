@@ -5,11 +5,16 @@ from __future__ import annotations
 import copy
 import types
 import typing
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
 from core.config import METHODS_WITH_BASIC, METHODS_WITH_SEA, Strict, TrialConfig
+from core.config.methods import BASE_METRICS, BASIC, SEA
+from core.evaluation.names import DIAGNOSTICS, diag_name
+from grid.dotted import annotation_at
+from grid.spec_errors import SpecError, check_path, describe_errors
 
 # What each distribution takes: `choice`/`grid` a list of values, the others [low, high].
 DISTRIBUTIONS: dict[str, str] = {
@@ -19,7 +24,6 @@ DISTRIBUTIONS: dict[str, str] = {
     "loguniform": "[low, high], a float, low > 0",
     "randint": "[low, high], an integer, high exclusive",
 }
-DIAGNOSTICS = ("tacs", "modality_gap", "label_recall")
 
 
 class SchedulerConfig(Strict):
@@ -81,10 +85,7 @@ def _bound(value: Any, kind: str) -> Any:
 
 
 def _leaf_annotation(path: str) -> Any:
-    current: Any = TrialConfig
-    for part in path.split("."):
-        current = current.model_fields[part].annotation
-    return current
+    return annotation_at(TrialConfig, path.split("."))
 
 
 def _accepts(annotation: Any, kind: type) -> bool:
@@ -117,9 +118,6 @@ def with_values(base: dict[str, Any], assignments: dict[str, Any]) -> dict[str, 
 
 def check_space(search: SearchConfig, base: TrialConfig, source: str) -> None:
     """Every path exists, every distribution fits its field's type and every bound its range."""
-    from grid.expand import check_path
-    from grid.spec import SpecError, describe_errors
-
     dump = base.model_dump(mode="json")
     for path, raw in search.space.items():
         where = f"{source}: search.space.{path}"
@@ -153,13 +151,13 @@ def per_step_metrics(cfg: TrialConfig) -> set[str]:
     for stage in ("stage1", "stage2"):
         if not getattr(cfg, stage).enabled:
             continue
-        out |= {f"{stage}/loss", f"{stage}/loss/lm"}
+        out |= {f"{stage}/{m}" for m in BASE_METRICS}
         if method in METHODS_WITH_SEA and stage == "stage1":
-            out |= {f"{stage}/loss/align", f"{stage}/tau"}
+            out |= {f"{stage}/{m}" for m in SEA.metrics}
         if method in METHODS_WITH_BASIC and getattr(cfg.method.basic, stage):
-            out |= {f"{stage}/loss/das", f"{stage}/loss/sds"}
+            out |= {f"{stage}/{m}" for m in BASIC.metrics}
     if cfg.stage1.enabled and cfg.eval.enabled and cfg.eval.diagnostics.every_steps:
-        out |= {f"diag/{d}" for d in DIAGNOSTICS}
+        out |= {diag_name(d) for d in DIAGNOSTICS}
     return out
 
 
@@ -167,7 +165,7 @@ def final_metrics(cfg: TrialConfig) -> set[str]:
     """Metrics a trial reports once, at its end (its evaluation and the stages' final losses)."""
     out = {f"{s}/final_loss" for s in ("stage1", "stage2") if getattr(cfg, s).enabled}
     if cfg.eval.enabled:
-        out |= {f"diag/{d}" for d in DIAGNOSTICS}
+        out |= {diag_name(d) for d in DIAGNOSTICS}
         out |= {f"eval/{b.name}" for b in cfg.eval.benchmarks}
     return out
 
@@ -202,10 +200,9 @@ def check_metric(search: SearchConfig, cfg: TrialConfig, source: str, cell: str 
         )
 
 
-def check_search(spec: Any, source: str) -> None:
-    """The whole search block against every grid cell: paths, distributions, metric, scheduler."""
-    from grid.expand import expand
-
+def check_search(spec: Any, source: str, trials: Sequence[Any]) -> None:
+    """The whole search block against every grid cell (`trials`, the spec expanded): paths,
+    distributions, metric, scheduler."""
     search = spec.search
     grids = [p for p, raw in search.space.items() if "grid" in raw]
     if search.algorithm == "optuna" and grids:
@@ -219,6 +216,6 @@ def check_search(spec: Any, source: str) -> None:
             raise SearchSpecError(
                 f"{source}: search.space.{path}: this path is a grid axis too; search it or vary it, not both"
             )
-    for trial in expand(spec, source):
+    for trial in trials:
         check_space(search, trial.config, source)
         check_metric(search, trial.config, source, cell=trial.id if spec.grid.axes else "")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from core.config import (  # noqa: F401  (re-exported: grid code and tests read them from here)
     METHODS,
@@ -26,11 +26,8 @@ from core.config import (  # noqa: F401  (re-exported: grid code and tests read 
     did_you_mean,
 )
 from grid.search_spec import SearchConfig
-from grid.yaml_strict import StrictYAMLError, load_strict, yaml_hint
-
-
-class SpecError(ValueError):
-    """A spec that cannot be used; the message names the file, the YAML path and a fix."""
+from grid.spec_errors import SpecError, describe_errors, with_yaml_hints  # noqa: F401  (re-exported, as above)
+from grid.yaml_strict import StrictYAMLError, load_strict
 
 
 class GridConfig(Strict):
@@ -80,50 +77,6 @@ class ExperimentSpec(Strict):
     search: SearchConfig | None = Field(None, description="a Tune search per grid cell (`seagrid tune`)")
 
 
-def _loc_to_path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
-def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The spec section class reached by following `loc` from `root` (None if it leaves the models)."""
-    current: Any = root
-    for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        field = current.model_fields.get(str(part))
-        if field is None:
-            return None
-        current = field.annotation
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
-
-
-def describe_errors(err: ValidationError, root: type[BaseModel], prefix: str = "") -> list[str]:
-    """One line per Pydantic error: the YAML path, the offending value and what is allowed."""
-    lines = []
-    for e in err.errors():
-        loc = tuple(e["loc"])
-        path = _loc_to_path(loc)
-        if prefix:
-            path = f"{prefix}.{path}" if path != "(top level)" else prefix
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            parent = _model_at(root, loc[:-1])
-            allowed = sorted(parent.model_fields) if parent else []
-            msg = f"unknown key '{loc[-1]}'"
-            if allowed:
-                msg += f"; allowed here: {', '.join(allowed)}{did_you_mean(str(loc[-1]), allowed)}"
-        elif e["type"] != "value_error" and "input" in e and not isinstance(e["input"], dict | list):
-            msg += f" (got {e['input']!r})"
-        lines.append(f"{path}: {msg}")
-    return lines
-
-
 def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
     """Validate already-loaded YAML data as an experiment spec."""
     if not isinstance(data, dict):
@@ -134,18 +87,14 @@ def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
         lines = with_yaml_hints(describe_errors(err, ExperimentSpec), err)
         raise SpecError(f"{source}: invalid spec:\n  " + "\n  ".join(lines)) from None
     if spec.search is not None:
+        from grid.expand import expand
         from grid.search_spec import SearchSpecError, check_search
 
         try:
-            check_search(spec, source)
+            check_search(spec, source, expand(spec, source))
         except SearchSpecError as err:
             raise SpecError(str(err)) from None
     return spec
-
-
-def with_yaml_hints(lines: list[str], err: ValidationError) -> list[str]:
-    """Each error line, plus the YAML rule when the refused value is a YAML 1.1 boolean word (`off`)."""
-    return [line + yaml_hint(e.get("input")) for line, e in zip(lines, err.errors(), strict=True)]
 
 
 def read_spec_text(path: Path) -> str:

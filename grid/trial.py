@@ -1,4 +1,4 @@
-"""One trial as a Ray Tune driver function: materialise its step graph (labels, stages, evaluations)."""
+"""One trial as a Ray Tune driver function: run its step graph (labels, stages, evaluations), report it."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Strict, TrialConfig
-from core.pipeline import TrialSteps, trial_steps
-from core.steps import Materialized, Step, is_success, materialize
-from core.train.job import EvalJob, StageJob, make_stage_job
+from core.pipeline import trial_steps
+from core.steps import TrialRuntime
+from core.steps.runner import run_steps
 
 # Ray Tune gives each trial this much (a token amount, so trials are limited by their workers'
 # resources, not by the driver that only waits on them).
@@ -39,158 +39,6 @@ def prepare_models(cfg: TrialConfig) -> None:
 
     checkpoint_source(get_llm_spec(cfg.model.llm), cfg.model.llm_path, "LLM")
     checkpoint_source(get_encoder_spec(cfg.model.encoder), cfg.model.encoder_path, "vision encoder")
-
-
-def fit_stage(job: StageJob, callbacks: list[Any] | None = None) -> None:
-    """The job's stage in a Ray Train TorchTrainer; a relaunch under the same run name (the step's
-    directory name) resumes from its latest checkpoint, whichever trial launches it."""
-    import ray.train
-
-    from core.train.process_group import torch_config
-    from core.train.stage import train_stage
-    from grid.stall_hook import stall_callbacks
-    from grid.train_cleanup import cleaning_torch_trainer
-
-    res = job.trial.resources
-    per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
-    # Its placement group is freed even when Tune stops the trial mid-fit (grid/train_cleanup.py).
-    trainer = cleaning_torch_trainer()(
-        train_stage,
-        train_loop_config=job.model_dump(mode="json"),
-        torch_config=torch_config(res),  # the collective timeout (resources.nccl_timeout_minutes)
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=res.num_workers, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker
-        ),
-        run_config=ray.train.RunConfig(
-            name=job.run_name,
-            storage_path=job.storage_path,
-            callbacks=[*(callbacks or []), *stall_callbacks()],  # the latter: tests only
-            failure_config=ray.train.FailureConfig(max_failures=res.max_failures),
-            # Older checkpoints are deleted from the run's storage (a ZeRO-3 one is ~12 bytes a parameter).
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.settings.checkpoint_keep),
-        ),
-    )
-    trainer.fit()
-
-
-def _task_options(step: Step) -> dict[str, Any]:
-    """A Ray task holding one worker's resources, outside the Tune trial's placement group (a token
-    bundle for the driver): label and evaluation steps run while no training worker holds them."""
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    r = step.resources
-    return {
-        "num_cpus": r.cpus,
-        "num_gpus": r.gpus,
-        "max_retries": 0,
-        "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=None),
-    }
-
-
-def _label_task(step: Step, root: str, cache: str | None) -> str:
-    from core.labels.prepare import run_label_step
-    from core.paths import using_cache_dir
-
-    with using_cache_dir(cache):
-        return str(materialize(step, Path(root), lambda out: run_label_step(step, Path(root), out)).path)
-
-
-def run_label_steps(job: TrialJob, steps: TrialSteps) -> None:
-    """SEA's label steps before training, with their own resources: shards over Ray tasks when
-    `label_parallel` asks for several (this driver coordinates), else one Ray task."""
-    import ray
-
-    from core.data.resolve import resolve_dataset
-    from core.labels.extract import image_records, resolve_parallel
-    from core.labels.prepare import run_label_step
-    from core.pipeline import LABELS
-
-    root = Path(job.steps_root)
-    for step in steps.labels:
-        if is_success(step.path(root)):
-            continue
-        shards = 1
-        if step.name == LABELS:
-            json_path, _ = resolve_dataset(step.config.data)
-            shards = resolve_parallel(job.trial.method.sea.label_parallel, len(image_records(json_path)[0]))
-        if shards > 1:
-            materialize(step, root, lambda out, s=step, n=shards: run_label_step(s, root, out, parallel=n))
-        else:
-            task = ray.remote(_label_task).options(**_task_options(step))
-            ray.get(task.remote(step, str(root), job.cache_dir))
-
-
-def run_stage_step(job: TrialJob, steps: TrialSteps, stage: str) -> tuple[Materialized, dict[str, Any]]:
-    """Run (or reuse) one training stage; returns its step directory and its summary. A one-worker
-    stage evaluates in its worker right after training, with the model it has in memory."""
-    from core.pipeline import LABELS, TRANSFER
-
-    cfg, root = job.trial, Path(job.steps_root)
-    step = steps.stages[stage]
-    deps = {d.name: str(d.path(root)) for d in step.deps}
-    in_worker = cfg.eval.enabled and cfg.resources.num_workers == 1
-
-    def build(out: Path) -> None:
-        evaluate = None
-        if in_worker:
-            evaluate = _eval_job(job, stage).model_copy(update={"stage_dir": str(out)})
-        stage_job = make_stage_job(
-            cfg,
-            stage,
-            out,
-            stage1_dir=deps.get("stage1"),
-            labels_dir=deps.get(TRANSFER) or deps.get(LABELS),
-            cache_dir=job.cache_dir,
-            run_name=step.dirname,
-            storage_path=job.storage_path,
-            evaluate=evaluate,
-        )
-        fit_stage(stage_job, [flat_report_callback(job.search_metric)])
-
-    done = materialize(step, root, build)
-    result = json.loads((done.path / "result.json").read_text())
-    summary = {f"{stage}/{k}": v for k, v in result.items()}
-    summary.update({f"{stage}/reused": done.reused, f"{stage}/dir": str(done.path)})
-    return done, summary
-
-
-def _eval_job(job: TrialJob, stage: str) -> EvalJob:
-    return EvalJob(
-        trial=job.trial,
-        stage=stage,
-        steps_root=job.steps_root,
-        cache_dir=job.cache_dir,
-        threads=max(1, int(job.trial.resources.cpus_per_worker)),
-    )
-
-
-def run_eval_step(job: TrialJob, steps: TrialSteps, stage: str) -> tuple[Path, dict[str, float]]:
-    """Evaluate what `stage` left, unless done already (by an earlier run, another trial, or the training
-    worker itself right after training): in one Ray task holding one trial worker's resources, or with
-    several workers one task per worker, each a shard of every benchmark, scored here once all are done
-    (this driver holds the step's lease; the shards write under its work directory)."""
-    import ray
-
-    from core.evaluation.step import evaluate_shard_step, evaluate_step, gather_shards_step, read_metrics
-    from core.steps import is_success
-
-    step = steps.evals[stage]
-    root = Path(job.steps_root)
-    path = step.path(root)
-    count = job.trial.resources.num_workers
-    if not is_success(path) and count == 1:
-        task = ray.remote(evaluate_step).options(**_task_options(step))
-        ray.get(task.remote(_eval_job(job, stage)))
-    elif not is_success(path):
-        shard = ray.remote(evaluate_shard_step).options(**_task_options(step))
-
-        def build(out: Path) -> None:
-            eval_job = _eval_job(job, stage).model_copy(update={"out_dir": str(out)})
-            ray.get([shard.remote(eval_job, k, count) for k in range(count)])
-            gather_shards_step(eval_job, count)
-
-        materialize(step, root, build)
-    return path, read_metrics(path)
 
 
 def flat_metrics(message: dict[str, Any], metric: str | None) -> dict[str, Any]:
@@ -229,14 +77,15 @@ def final_flat(summary: dict[str, Any], metric: str | None) -> dict[str, Any]:
     return out
 
 
-def _report_curve(stage1_dir: Path, metric: str | None = None) -> None:
-    """A reused stage 1 was trained (and its diagnostics curve logged) for another trial: log the curve
-    it left for this trial too."""
+def _report_curve(step_dir: Path, metric: str | None = None) -> None:
+    """A reused step that left a diagnostics curve (stage 1, trained and logged for another trial): log
+    the curve for this trial too."""
     import ray.tune
 
     from core.evaluation.diagnostics import CURVE_FILE
+    from core.evaluation.names import diag_name
 
-    path = stage1_dir / CURVE_FILE
+    path = step_dir / CURVE_FILE
     if not path.is_file():
         return
     rows: dict[int, dict[str, float]] = {}
@@ -245,14 +94,24 @@ def _report_curve(stage1_dir: Path, metric: str | None = None) -> None:
             row = json.loads(line)
             rows[int(row.pop("step"))] = row
     for step, row in sorted(rows.items()):
-        metrics = {f"diag/{k}": v for k, v in row.items()}
+        metrics = {diag_name(k): v for k, v in row.items()}
         message = {"stage": "stage1", "step": step, "metrics": metrics}
         ray.tune.report({"seagrid": message, **flat_metrics(message, metric)})
 
 
+def _step_runtime(job: TrialJob) -> TrialRuntime:
+    return TrialRuntime(
+        trial=job.trial,
+        cache_dir=job.cache_dir,
+        storage_path=job.storage_path,
+        train_callbacks=(flat_report_callback(job.search_metric),),
+    )
+
+
 def run_trial(config: dict[str, Any]) -> None:
-    """The Tune trainable: materialise the trial's steps in order (labels, stage 1, its evaluation,
-    stage 2, its evaluation); report a summary and the evaluation folders to log."""
+    """The Tune trainable: materialise the trial's steps in dependency order (labels, stage 1, its
+    evaluation, stage 2, its evaluation; `core.steps.runner`); report a summary and the evaluation
+    folders to log."""
     import ray.tune
 
     from core.paths import using_cache_dir
@@ -264,20 +123,14 @@ def run_trial(config: dict[str, Any]) -> None:
         trial = TrialConfig.model_validate(with_values(job.trial.model_dump(mode="json"), config["params"]))
         job = job.model_copy(update={"trial": trial})
     summary: dict[str, Any] = {}
-    artifacts: dict[str, str] = {}
     with using_cache_dir(job.cache_dir):
         prepare_models(job.trial)
-        steps = trial_steps(job.trial)
-        run_label_steps(job, steps)
-        for stage in steps.stages:
-            done, part = run_stage_step(job, steps, stage)
-            summary.update(part)
+        graph = trial_steps(job.trial).all()
+        for step, done in run_steps(graph, Path(job.steps_root), _step_runtime(job)):
+            if step.summary is not None:
+                summary.update(step.summary(step.config, done))
             if done.reused:
                 _report_curve(done.path, job.search_metric)
-            if stage in steps.evals:
-                out_dir, metrics = run_eval_step(job, steps, stage)
-                summary.update(metrics)
-                summary[f"eval_dir/{stage}"] = str(out_dir)
-                artifacts[f"eval/{stage}"] = str(out_dir)
+    artifacts = {f"eval/{k.partition('/')[2]}": v for k, v in summary.items() if k.startswith("eval_dir/")}
     final = final_flat(summary, job.search_metric) if job.search_metric else {}
     ray.tune.report({"seagrid": {"final": summary, "artifacts": artifacts}, **final})

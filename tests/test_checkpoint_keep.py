@@ -44,7 +44,7 @@ def test_a_ray_stage_keeps_two_of_six_checkpoints_and_resumes_from_the_latest(
     tmp_path: Path, ray_session
 ) -> None:
     from core.train.job import make_stage_job
-    from grid.trial import fit_stage
+    from core.train.launch import fit_stage
 
     cfg, storage = _cfg(keep=2), tmp_path / "ray-runs"
     (tmp_path / "first").mkdir()

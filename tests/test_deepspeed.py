@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from core.labels.prepare import prepare_labels
+from core.pipeline import prepare_labels
 from core.train.checkpoint import LocalCheckpoints
 from core.train.deepspeed_engine import deepspeed_config, resolve_zero
 from core.train.job import StepBudgetReached, make_stage_job

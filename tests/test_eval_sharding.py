@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from core.evaluation.config import EvalConfig
+from core.evaluation.load import frozen_for_eval
 from core.evaluation.run import PREDICTIONS_DIR, evaluate, evaluate_shard, gather_shards
 from core.evaluation.shard import Shard, gather_outputs, write_outputs
-from core.evaluation.step import frozen_for_eval
 
 
 @pytest.fixture(scope="module")
@@ -126,11 +126,13 @@ def test_sharded_eval_step_equals_the_single_task_step(
     tasks writing under the step's work directory and gathered by the lease holder; the finished step
     equals the one-task evaluation step (which loads the model frozen, in fp32 on a CPU)."""
     from core.config import TrialConfig
-    from core.evaluation.step import evaluate_shard_step, evaluate_step, gather_shards_step, load_trained
+    from core.evaluation.job import EvalJob
+    from core.evaluation.load import load_trained
+    from core.evaluation.step import evaluate_job, evaluate_shard_step, gather_shards_step, read_metrics
     from core.pipeline import trial_steps
     from core.steps import materialize
     from core.train.checkpoint import LocalCheckpoints
-    from core.train.job import EvalJob, make_stage_job
+    from core.train.job import make_stage_job
     from core.train.stage import run_stage
 
     for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
@@ -156,18 +158,19 @@ def test_sharded_eval_step_equals_the_single_task_step(
     stage_dir = tmp_path / "stage1"
     stage_dir.mkdir()
     run_stage(make_stage_job(cfg, "stage1", stage_dir), checkpoints=LocalCheckpoints())
-    vlm, _ = load_trained(cfg, "stage1", {"stage1": str(stage_dir)})
+    vlm, _ = load_trained(cfg.model, "stage1", {"stage1": str(stage_dir)})
     assert next(vlm.parameters()).dtype == torch.float32 and not any(
         p.requires_grad for p in vlm.parameters()
     )
 
     roots = {"single": tmp_path / "single", "sharded": tmp_path / "sharded"}
-    job = {"trial": cfg, "stage": "stage1", "stage_dir": str(stage_dir)}
-    single = evaluate_step(EvalJob(**job, steps_root=str(roots["single"])))
     step = trial_steps(cfg).evals["stage1"]
+    job = EvalJob(config=step.config, stage_dirs={"stage1": str(stage_dir)})
+    in_task = lambda out: evaluate_job(job.model_copy(update={"out_dir": str(out)}))  # noqa: E731
+    single = read_metrics(materialize(step, roots["single"], in_task).path)
 
     def build(out: Path) -> None:
-        shard_job = EvalJob(**job, steps_root=str(roots["sharded"]), out_dir=str(out))
+        shard_job = job.model_copy(update={"out_dir": str(out)})
         for k in (1, 0):  # any order
             evaluate_shard_step(shard_job, k, 2)
         gather_shards_step(shard_job, 2)

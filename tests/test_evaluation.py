@@ -20,15 +20,7 @@ from core.data import synthetic_eval as syn
 from core.data.synthetic import COLOURS, SyntheticSpec, draw_sample
 from core.evaluation.benchmarks import BenchmarkFileError, read_mc, read_pope, read_vqa, run_benchmark
 from core.evaluation.config import BenchmarkConfig, EvalConfig
-from core.evaluation.diagnostics import (
-    DiagnosticsProbe,
-    alignment_diagnostics,
-    curve_picture,
-    load_heldout,
-    pca_2d,
-    read_curve,
-    visual_tokens,
-)
+from core.evaluation.diagnostics import DiagnosticsProbe, alignment_diagnostics, read_curve, visual_tokens
 from core.evaluation.generate import (
     Prompt,
     answer_ids,
@@ -36,6 +28,8 @@ from core.evaluation.generate import (
     generation_prompt_ids,
     greedy_generate,
 )
+from core.evaluation.heldout import load_heldout
+from core.evaluation.pictures import curve_picture, pca_2d
 from core.evaluation.run import evaluate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

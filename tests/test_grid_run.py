@@ -226,9 +226,9 @@ def test_killed_rank_restarts_from_its_ray_checkpoint(tmp_path: Path, ray_sessio
 
     from core.train.checkpoint import LocalCheckpoints
     from core.train.job import make_stage_job
+    from core.train.launch import fit_stage
     from core.train.stage import run_stage
     from grid.spec import TrialConfig
-    from grid.trial import fit_stage
 
     cfg = TrialConfig.model_validate(
         {

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.labels.extract import ExtractJob, exact_chunk, fast_score_error, select_labels
+from core.labels.extract_job import ExtractJob
+from core.labels.scoring import exact_chunk, fast_score_error, select_labels
 from core.sea import extract_labels
 
 

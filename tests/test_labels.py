@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 import core.labels.extract as extract_mod
+import core.labels.scoring as scoring_mod
 from core.cache import is_built
 from core.data import LlavaDataset, SyntheticSpec, ensure_synthetic, preprocess
 from core.data.templates import TEMPLATES, Encoded, register_template
@@ -204,13 +205,13 @@ def test_interrupted_extraction_resumes(
         LabelStore.open(out)
 
     seen: list[int] = []
-    real = extract_mod.extract_labels
+    real = scoring_mod.extract_labels
 
     def counting(patch_features, *args, **kwargs):
         seen.append(patch_features.shape[0])
         return real(patch_features, *args, **kwargs)
 
-    monkeypatch.setattr(extract_mod, "extract_labels", counting)
+    monkeypatch.setattr(scoring_mod, "extract_labels", counting)
     resumed = extract_store(ExtractJob("tiny-clip", words, *data, batch_size=BATCH), out, progress=False)
     assert resumed is not None and is_built(out)
     assert seen == [BATCH, BATCH]  # only the rows after the first batch were computed

@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 
 import core.labels.extract as extract_mod
+import core.labels.parallel as parallel_mod
+import core.labels.scoring as scoring_mod
 from core.cache import is_built
 from core.data import SyntheticSpec, ensure_synthetic
 from core.labels import ExtractJob, LabelStore, caption_words, ensure_store, extract_store
 from core.labels.extract import resolve_parallel, shard_bounds
 from core.labels.store import read_shards
 from core.steps import Lease
+from core.steps.status import STATUS_FILE
 
 BATCH = 8  # 24 images -> 3 batches; 2 shards -> rows 0:8 and 8:24
 MISSING_ROWS = (3, 20)  # one missing image in each shard
@@ -55,7 +58,9 @@ def reference(data: tuple[Path, Path], words: list[str], tmp_path_factory: pytes
 
 
 def _files(store: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(store.iterdir()) if p.is_file()}
+    # The store's own files; `.status` is the record of the directory protocol that built it (when and
+    # by whom: never equal between two builds), written by `ensure_store`, not by `extract_store`.
+    return {p.name: p.read_bytes() for p in sorted(store.iterdir()) if p.is_file() and p.name != STATUS_FILE}
 
 
 def _job(words, data) -> ExtractJob:
@@ -90,10 +95,10 @@ def test_shard_bounds_cut_whole_batches_evenly() -> None:
 
 def test_resolve_parallel(monkeypatch) -> None:
     assert resolve_parallel(None, 10**6) == 1 and resolve_parallel(3, 5) == 3
-    monkeypatch.setattr(extract_mod, "_cluster_gpus", lambda: 4)
-    assert resolve_parallel("auto", extract_mod.AUTO_MIN_IMAGES) == 4
-    assert resolve_parallel("auto", extract_mod.AUTO_MIN_IMAGES - 1) == 1
-    monkeypatch.setattr(extract_mod, "_cluster_gpus", lambda: 1)
+    monkeypatch.setattr(parallel_mod, "_cluster_gpus", lambda: 4)
+    assert resolve_parallel("auto", parallel_mod.AUTO_MIN_IMAGES) == 4
+    assert resolve_parallel("auto", parallel_mod.AUTO_MIN_IMAGES - 1) == 1
+    monkeypatch.setattr(parallel_mod, "_cluster_gpus", lambda: 1)
     assert resolve_parallel("auto", 10**6) == 1
     for bad in (0, -2, True, 2.0, "many"):
         with pytest.raises(
@@ -168,13 +173,13 @@ def test_parallel_interruption_resumes_in_process(
     out = tmp_path / "partial"
     assert extract_store(_job(words, data), out, parallel=2, max_batches=1, progress=False) is None
     seen: list[int] = []
-    real = extract_mod.extract_labels
+    real = scoring_mod.extract_labels
 
     def counting(patch_features, *args, **kwargs):
         seen.append(patch_features.shape[0])
         return real(patch_features, *args, **kwargs)
 
-    monkeypatch.setattr(extract_mod, "extract_labels", counting)
+    monkeypatch.setattr(scoring_mod, "extract_labels", counting)
     resumed = extract_store(_job(words, data), out, progress=False)  # parallel=None: the shards, here
     assert resumed is not None and seen == [BATCH - 1]  # shard 1's last batch; row 20's image is missing
     assert _files(out) == _files(reference)

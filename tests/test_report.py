@@ -23,14 +23,16 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from rich.console import Console
 
+from core.evaluation.step import read_metrics
 from core.pipeline import trial_steps
+from core.steps import TrialRuntime
+from core.steps.runner import run_step
 from grid.cli import main
 from grid.expand import Trial, expand
 from grid.plots import llm_parameters
 from grid.report import _tacs_history, build_report, default_columns
 from grid.spec import load_spec
 from grid.tracking import Tracker
-from grid.trial import TrialJob, run_eval_step
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -560,14 +562,9 @@ def test_real_grid_evaluates_into_served_store(mlflow_server: str, tmp_path: Pat
     elsewhere = tmp_path / "elsewhere" / "steps"
     stage1 = Path(tags["result.stage1/dir"])
     shutil.copytree(stage1, elsewhere / stage1.name)
-    other = TrialJob(
-        trial_id=trial.id,
-        trial=trial.config,
-        results_root=str(tmp_path / "elsewhere"),
-        steps_root=str(elsewhere),
-        cache_dir=os.environ["SEAGRID_CACHE"],
-    )
-    out_dir, again = run_eval_step(other, trial_steps(trial.config), "stage1")
+    runtime = TrialRuntime(trial=trial.config, cache_dir=os.environ["SEAGRID_CACHE"])
+    out_dir = run_step(trial_steps(trial.config).evals["stage1"], elsewhere, runtime).path
+    again = read_metrics(out_dir)
     assert out_dir.parent == elsewhere and (out_dir / "patch_words.png").is_file()
     assert again.keys() == served["metrics"].keys()
     for key, value in served["metrics"].items():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.labels.prepare import prepare_labels
+from core.pipeline import prepare_labels
 from core.train.checkpoint import LocalCheckpoints
 from core.train.job import StageJob, StepBudgetReached, make_stage_job
 from core.train.stage import run_stage

@@ -11,8 +11,8 @@ from core.data import LlavaDataset
 from core.data.resolve import resolve_dataset
 from core.evaluation.diagnostics import label_recall
 from core.labels import LabelStore, WithLabels
-from core.labels.prepare import prepare_labels
 from core.models import build_vlm, load_adapter
+from core.pipeline import prepare_labels
 from core.sea import label_embeddings
 from core.train.checkpoint import LocalCheckpoints
 from core.train.job import make_stage_job

@@ -220,8 +220,8 @@ class InterruptAfterFirst(Callback):
 
 @pytest.mark.slow
 def test_asha_search_interrupted_resumed_tracked_and_clean(ray_session, tmp_path: Path) -> None:
+    from core.train.cleanup import leftover_train_resources
     from grid.search import run_search
-    from grid.train_cleanup import leftover_train_resources
 
     spec_path = tmp_path / "search.yaml"
     db = tmp_path / "mlflow.db"

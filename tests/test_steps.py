@@ -144,7 +144,8 @@ _KILLED_CHILD = """
 import sys, time
 from pathlib import Path
 from core.steps import Step, materialize
-from tests.test_steps import Cfg
+sys.path.insert(0, "tests")  # not `tests.test_steps`: an installed package (latex2sympy2) owns `tests`
+from test_steps import Cfg
 def build(out):
     (out / "part.txt").write_text("written before the kill")
     Path(sys.argv[2]).write_text("ready")

@@ -10,17 +10,10 @@ import pytest
 import yaml
 
 from core.config import TrialConfig, WordsConfig
-from core.labels.prepare import label_words
+from core.labels.step import label_words
 from core.labels.syntax import syntactic_words
-from core.labels.words import (
-    TWO_OF_TWELVE_COUNT,
-    WORD_SOURCES,
-    WordsRequest,
-    caption_words,
-    join_words,
-    read_2of12,
-    source_words,
-)
+from core.labels.word_sources import WORD_SOURCES, WordsRequest, source_words
+from core.labels.words import TWO_OF_TWELVE_COUNT, caption_words, join_words, read_2of12
 from core.pipeline import label_steps
 from grid.cli import main
 

@@ -3,10 +3,8 @@
 from core.config.base import IDENTITY_IF_SET, NOT_IDENTITY, Strict, check_registry, did_you_mean
 from core.config.evaluation import BenchmarkConfig, DiagnosticsConfig, EvalConfig, SyntheticEvalConfig
 from core.config.identity import canonical_json, content_hash, flatten, identity_dict
+from core.config.methods import METHOD_PARTS, METHODS, METHODS_WITH_BASIC, METHODS_WITH_SEA, PARTS
 from core.config.trial import (
-    METHODS,
-    METHODS_WITH_BASIC,
-    METHODS_WITH_SEA,
     BasicConfig,
     DataConfig,
     DatasetConfig,
@@ -27,6 +25,8 @@ __all__ = [
     "METHODS",
     "METHODS_WITH_BASIC",
     "METHODS_WITH_SEA",
+    "METHOD_PARTS",
+    "PARTS",
     "NOT_IDENTITY",
     "BasicConfig",
     "BenchmarkConfig",

@@ -15,6 +15,7 @@ from core.config.facts import (
     LLM_IDS,
     encoders_with_text_tower,
 )
+from core.config.methods import METHODS, METHODS_WITH_BASIC, METHODS_WITH_SEA  # noqa: F401  (re-exported)
 
 
 class ModelConfig(Strict):
@@ -120,11 +121,6 @@ class BasicConfig(Strict):
         if not (self.stage1 or self.stage2):
             raise ValueError("stage1 and stage2 are both false: BASIC would add nothing; use method llava")
         return self
-
-
-METHODS = ("llava", "sea", "basic", "sea+basic")
-METHODS_WITH_SEA = ("sea", "sea+basic")
-METHODS_WITH_BASIC = ("basic", "sea+basic")
 
 
 class MethodConfig(Strict):

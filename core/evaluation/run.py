@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from core.evaluation.config import EvalConfig, synthetic_spec
+from core.evaluation.names import diag_name, metric_prefix
 from core.evaluation.shard import OUTPUTS_DIR, Shard, gather_outputs, write_outputs
 from core.stages import STAGES
 
@@ -17,16 +18,6 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_DIR = "predictions"
 DIAGNOSTICS_FILE = "diagnostics.json"
 SHARD_DONE = "shard_done.json"
-
-
-def metric_prefix(name: str, final: bool) -> str:
-    """`eval/<name>` for the trial's final model, `eval/<name>/before_stage2` after a non-final stage 1."""
-    return f"eval/{name}" if final else f"eval/{name}/before_stage2"
-
-
-def diag_name(metric: str, stage: str) -> str:
-    """`diag/<metric>` after stage 1 (continuing its training curve), `diag/<metric>/after_stage2` after stage 2."""
-    return f"diag/{metric}{STAGES[stage].diag_suffix}"
 
 
 def evaluate(
@@ -268,12 +259,9 @@ def _run_diagnostics(
     say: Callable[[str], None],
 ) -> tuple[dict[str, float], int, float]:
     """TACS, modality gap and label recall on the held-out set (named for `stage`), and the pictures."""
-    from core.evaluation.diagnostics import (
-        compute_diagnostics,
-        curve_picture,
-        diagnostics_pictures,
-        load_heldout,
-    )
+    from core.evaluation.diagnostics import compute_diagnostics
+    from core.evaluation.heldout import load_heldout
+    from core.evaluation.pictures import curve_picture, diagnostics_pictures
 
     t0 = time.perf_counter()
     if heldout is None:

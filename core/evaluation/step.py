@@ -1,125 +1,32 @@
-"""The evaluation step of a trial: load the model a training stage left (or take one in memory), evaluate."""
+"""The evaluation step: its function (one Ray task, or one per worker each a shard) and its summary."""
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from core.evaluation.job import EvalJob, EvalStepConfig
+from core.evaluation.load import default_device, frozen_for_eval, load_trained
 from core.evaluation.shard import Shard
-from core.steps import Step, materialize
-from core.train.job import EvalJob
+from core.steps import Materialized, StepContext, TrialRuntime, materialize
 
 METRICS_FILE = "metrics.json"
 SHARDS_DIR = "shards"
 
 
-def eval_step_of(job: EvalJob) -> tuple[Step, Path]:
-    """The job's step in its trial's graph, and the steps root."""
-    from core.pipeline import trial_steps
-
-    return trial_steps(job.trial).evals[job.stage], Path(job.steps_root)
-
-
-def eval_dtype(device: Any) -> Any:
-    """The dtype a model loaded for evaluation is built in: bf16 on GPUs (as it trained), fp32 on CPUs."""
-    import torch
-
-    from core.train.precision import DTYPES, resolve_precision
-
-    return DTYPES[resolve_precision("auto", use_gpu=torch.device(device or "cpu").type == "cuda")]
-
-
-def load_trained(
-    cfg: Any, stage: str, stage_dirs: dict[str, str], device: Any = None, dtype: Any = None
-) -> tuple[Any, Any]:
-    """The VLM as `stage` left it: stage 1's adapter on the original LLM, or stage 2's LLM, adapter and
-    (when it trained) vision tower weights; every part loaded straight into `dtype` (default
-    `eval_dtype(device)`), frozen (no parameter requires grad: evaluation keeps no autograd state)."""
-    import torch
-
-    from core.models import build_vlm, load_adapter
-    from core.stages import STAGES
-
-    dtype = dtype or eval_dtype(device)
-    step_dir = Path(stage_dirs[stage])
-    llm_path = str(step_dir / "llm") if STAGES[stage].trains_llm else cfg.model.llm_path
-    vlm, tokenizer = build_vlm(
-        cfg.model.llm,
-        cfg.model.encoder,
-        cfg.model.adapter,
-        llm_path=llm_path,
-        encoder_path=cfg.model.encoder_path,
-        dtype=dtype,
-    )
-    load_adapter(vlm, step_dir / "adapter")
-    vision = step_dir / "vision_trainable.pt"
-    if vision.is_file():
-        state = torch.load(vision, map_location="cpu")
-        missing = set(state) - {n for n, _ in vlm.vision.named_parameters()}
-        if missing:
-            raise ValueError(f"{vision}: weights not in the vision tower: {sorted(missing)[:5]}")
-        vlm.vision.load_state_dict(state, strict=False)
-    vlm.eval()
-    vlm.requires_grad_(False)
-    if device is not None:
-        vlm.to(device)
-    return vlm, tokenizer
-
-
-def _stage_dirs(job: EvalJob) -> dict[str, str]:
-    from core.pipeline import stage_dirs, trial_steps
-
-    dirs = stage_dirs(trial_steps(job.trial), Path(job.steps_root), job.stage)
-    if job.stage_dir:
-        dirs[job.stage] = job.stage_dir
-    return dirs
-
-
-@contextmanager
-def frozen_for_eval(vlm: Any, *, inference: bool = False) -> Iterator[None]:
-    """Evaluation mode with no autograd state: eval(), no parameter requiring grad (so autocast keeps no
-    bf16 copy of any weight), no_grad, or inference_mode when the model is only evaluated (its tensors
-    must never meet autograd later); bf16 autocast on CUDA for parts still in fp32 (a training
-    worker's trainable weights). Flags restored afterwards."""
-    import torch
-
-    device = next(vlm.parameters()).device
-    grads = [(p, p.requires_grad) for p in vlm.parameters()]
-    was_training = vlm.training
-    vlm.eval()
-    vlm.requires_grad_(False)
-    try:
-        with (
-            torch.inference_mode() if inference else torch.no_grad(),
-            torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
-        ):
-            yield
-    finally:
-        for param, flag in grads:
-            param.requires_grad_(flag)
-        vlm.train(was_training)
-
-
 def _eval_args(job: EvalJob) -> dict[str, Any]:
     """The keyword arguments `evaluate`, `evaluate_shard` and `gather_shards` share for this job."""
-    cfg = job.trial
-    step, _ = eval_step_of(job)
-    return {
-        "llm_id": cfg.model.llm,
-        "stage": job.stage,
-        "final": step.config.final,
-        "template": cfg.stage2.template,
-    }
+    c = job.config
+    return {"llm_id": c.model.llm, "stage": c.stage, "final": c.final, "template": c.template}
 
 
 def _tacs_curve(job: EvalJob) -> list[tuple[int, float]] | None:
     from core.evaluation.diagnostics import CURVE_FILE, read_curve
 
-    dirs = _stage_dirs(job)
+    dirs = job.stage_dirs
     return (read_curve(Path(dirs["stage1"]) / CURVE_FILE) if "stage1" in dirs else []) or None
 
 
@@ -133,37 +40,28 @@ def evaluate_loaded(vlm: Any, tokenizer: Any, job: EvalJob, *, inference: bool =
         return evaluate(
             vlm,
             tokenizer,
-            job.trial.eval,
+            job.config.eval,
             out_dir=job.out_dir,
             tacs_curve=_tacs_curve(job),
             **_eval_args(job),
         )
 
 
-def _device() -> Any:
+def evaluate_job(job: EvalJob) -> dict[str, float]:
+    """Load what the stage left and evaluate it into `job.out_dir` (this process: a Ray task)."""
     import torch
 
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def evaluate_step(job: dict[str, Any] | EvalJob) -> dict[str, float]:
-    """Evaluate after `job.stage` in a process of its own (a Ray task): materialise the step, loading what
-    the stage left. Returns its metrics (reused when another process already evaluated)."""
-    import torch
-
-    from core.paths import using_cache_dir
-
-    job = EvalJob.model_validate(job)
     torch.set_num_threads(max(1, job.threads))
-    step, root = eval_step_of(job)
+    vlm, tokenizer = load_trained(job.config.model, job.config.stage, job.stage_dirs, default_device())
+    return evaluate_loaded(vlm, tokenizer, job, inference=True)
 
-    def build(out: Path) -> None:
-        vlm, tokenizer = load_trained(job.trial, job.stage, _stage_dirs(job), _device())
-        evaluate_loaded(vlm, tokenizer, job.model_copy(update={"out_dir": str(out)}), inference=True)
 
-    with using_cache_dir(job.cache_dir):
-        done = materialize(step, root, build)
-    return read_metrics(done.path)
+def evaluate_in_worker(vlm: Any, tokenizer: Any, job: EvalJob) -> None:
+    """Materialise the evaluation step with the model still in a training worker's memory (one worker):
+    saves a second process loading it."""
+    assert job.step is not None and job.steps_root is not None, "an in-worker evaluation names its step"
+    build = lambda out: evaluate_loaded(vlm, tokenizer, job.model_copy(update={"out_dir": str(out)}))  # noqa: E731
+    materialize(job.step, Path(job.steps_root), build)
 
 
 def shard_dir(out_dir: str | Path, shard: Shard) -> Path:
@@ -188,12 +86,12 @@ def evaluate_shard_step(job: dict[str, Any] | EvalJob, index: int, count: int) -
         return
     torch.set_num_threads(max(1, job.threads))
     with using_cache_dir(job.cache_dir):
-        vlm, tokenizer = load_trained(job.trial, job.stage, _stage_dirs(job), _device())
+        vlm, tokenizer = load_trained(job.config.model, job.config.stage, job.stage_dirs, default_device())
         with frozen_for_eval(vlm, inference=True):
             evaluate_shard(
                 vlm,
                 tokenizer,
-                job.trial.eval,
+                job.config.eval,
                 shard,
                 out_dir=out,
                 tacs_curve=_tacs_curve(job),
@@ -211,11 +109,54 @@ def gather_shards_step(job: dict[str, Any] | EvalJob, count: int) -> dict[str, f
     assert job.out_dir, "gather_shards_step writes into job.out_dir (the step's work directory)"
     dirs = [shard_dir(job.out_dir, Shard(k, count)) for k in range(count)]
     with using_cache_dir(job.cache_dir):
-        metrics = gather_shards(job.trial.eval, dirs, out_dir=job.out_dir, **_eval_args(job))
+        metrics = gather_shards(job.config.eval, dirs, out_dir=job.out_dir, **_eval_args(job))
     shutil.rmtree(Path(job.out_dir) / SHARDS_DIR)
     return metrics
+
+
+def eval_job(
+    config: EvalStepConfig, deps: Mapping[str, Path], out_dir: Path, runtime: TrialRuntime
+) -> EvalJob:
+    """The step's job: the stages it reads, its work directory, one trial worker's threads."""
+    return EvalJob(
+        config=config,
+        stage_dirs={k: str(v) for k, v in deps.items()},
+        out_dir=str(out_dir),
+        cache_dir=runtime.cache_dir,
+        threads=max(1, int(runtime.trial.resources.cpus_per_worker)),
+    )
+
+
+def build_eval(config: EvalStepConfig, deps: Mapping[str, Path], out_dir: Path, ctx: StepContext) -> None:
+    """The evaluation step's function: with one trial worker, here (a Ray task); with several, one Ray
+    task per worker, each a shard of every benchmark, scored here once all are done (this process holds
+    the step's lease; the shards write under its work directory)."""
+    job = eval_job(config, deps, out_dir, ctx.runtime)
+    res = ctx.runtime.trial.resources
+    if res.num_workers == 1:
+        evaluate_job(job)
+        return
+    import ray
+
+    from core.steps.runner import task_options
+    from core.steps.step import StepResources
+
+    options = task_options(StepResources(cpus=res.cpus_per_worker, gpus=res.gpus_per_worker))
+    shard = ray.remote(evaluate_shard_step).options(**options)
+    ray.get([shard.remote(job, k, res.num_workers) for k in range(res.num_workers)])
+    gather_shards_step(job, res.num_workers)
+
+
+def eval_in_task(config: EvalStepConfig, runtime: TrialRuntime) -> bool:
+    """One trial worker: the whole evaluation in one Ray task; several: shards coordinated by the caller."""
+    return runtime.trial.resources.num_workers == 1
 
 
 def read_metrics(out_dir: str | Path) -> dict[str, float]:
     """The metrics an earlier evaluation step wrote (a finished step is reused, not rerun)."""
     return dict(json.loads((Path(out_dir) / METRICS_FILE).read_text())["metrics"])
+
+
+def eval_summary(config: EvalStepConfig, done: Materialized) -> dict[str, Any]:
+    """The step's metrics and its directory (`eval_dir/<stage>`, logged as the trial's artifacts)."""
+    return {**read_metrics(done.path), f"eval_dir/{config.stage}": str(done.path)}

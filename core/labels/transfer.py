@@ -18,8 +18,9 @@ import torch
 
 from core.cache import is_built
 from core.config.identity import content_hash
-from core.labels.store import LabelStore, StoreWriter, locked, make_meta
+from core.labels.store import LabelStore, StoreWriter, make_meta
 from core.sea import transfer_labels
+from core.steps.materialize import build_dir_once
 
 __all__ = ["TransferredLabels", "labels_for_grid", "transfer_into", "transfer_store", "transferred_labels"]
 
@@ -88,10 +89,9 @@ def transfer_store(
     identity = {"step": "labels-transfer", "source": store.path.name, "grid": list(dst), "top_n": top_n}
     base = Path(root) if root is not None else store.path.parent
     path = base / f"labels-{store.encoder}-to-{dst[0]}x{dst[1]}-{content_hash(identity)}"
-    if not is_built(path):
-        with locked(path):
-            if not is_built(path):
-                transfer_into(store, path, dst, top_n, batch_size=batch_size, device=device)
+    # The steps' one directory protocol (a store finished before it served here has its `.done`).
+    build = lambda out: transfer_into(store, out, dst, top_n, batch_size=batch_size, device=device)  # noqa: E731
+    build_dir_once(path.parent, path.name, build, info={"identity": identity}, done=is_built)
     return LabelStore.open(path, _transfer_expected(store, dst, top_n))
 
 

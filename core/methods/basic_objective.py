@@ -10,8 +10,11 @@ import torch
 from torch import Tensor, nn
 
 from core.basic import WEIGHT_SCHEMES, das_loss, layer_weights, sds_loss
+from core.config.methods import BASIC
 from core.methods.attention_capture import DEFAULT_CHUNK_ELEMENTS, ShallowCaptureResult, ShallowLayerCapture
 from core.methods.objective import Objective
+
+DAS, SDS = BASIC.metrics
 
 DEGREES = ("auto", "equal")
 # Cap on the float32 elements of one [rows, vocab] SDS logit chunk (32M = 128 MB; ~4 such buffers live).
@@ -121,13 +124,13 @@ class BasicObjective(Objective):
         total: Tensor | None = None
         if self.cfg.das_weight > 0:
             das = das_loss(v, v_hat, a)
-            metrics["loss/das"] = float(das.detach())
+            metrics[DAS] = float(das.detach())
             total = self.cfg.das_weight * das
         if self.cfg.sds_weight > 0:
             with self.embedding_table() as table:
                 chunk = max(1, self.sds_chunk_elements // table.shape[0])
                 sds = sds_loss(v, v_hat, table, a, chunk_size=chunk, grad_in_forward=True)
-            metrics["loss/sds"] = float(sds.detach())
+            metrics[SDS] = float(sds.detach())
             term = self.cfg.sds_weight * sds
             total = term if total is None else total + term
         return total, metrics
@@ -151,4 +154,4 @@ class BasicObjective(Objective):
         return vlm.encode_images(pixels, detach_features=True)
 
     def _terms(self) -> tuple[tuple[str, float], ...]:
-        return (("loss/das", self.cfg.das_weight), ("loss/sds", self.cfg.sds_weight))
+        return ((DAS, self.cfg.das_weight), (SDS, self.cfg.sds_weight))

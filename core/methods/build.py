@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from core.config import MethodConfig
+from core.config import METHOD_PARTS, PARTS, MethodConfig
+from core.config.methods import BASIC, SEA
 from core.methods.objective import CombinedObjective, Objective
 
 Builder = Callable[[MethodConfig, dict[str, Any], str], Objective | None]
@@ -32,13 +33,9 @@ def _basic(method: MethodConfig, context: dict[str, Any], stage: str) -> Objecti
     return BasicObjective(method.basic, context["vlm"])
 
 
-# Each method is the sum of its parts; a stage where no part applies trains with the baseline objective.
-METHOD_PARTS: dict[str, tuple[Builder, ...]] = {
-    "llava": (),
-    "sea": (_sea,),
-    "basic": (_basic,),
-    "sea+basic": (_sea, _basic),
-}
+# How each part of the method registry (core/config/methods.py) is built.
+PART_BUILDERS: dict[str, Builder] = {SEA.name: _sea, BASIC.name: _basic}
+assert set(PART_BUILDERS) == set(PARTS), "every part of core/config/methods.py has one builder"
 
 
 def build_objective(method: MethodConfig, context: dict[str, Any], *, stage: str) -> Objective:
@@ -46,7 +43,8 @@ def build_objective(method: MethodConfig, context: dict[str, Any], *, stage: str
     at build time (`vlm`; `sea`: label embeddings, grid, seed)."""
     if method.name not in METHOD_PARTS:
         raise ValueError(f"method.name: no objective for '{method.name}'; known: {', '.join(METHOD_PARTS)}")
-    parts = [o for build in METHOD_PARTS[method.name] if (o := build(method, context, stage)) is not None]
+    builders = [PART_BUILDERS[p] for p in METHOD_PARTS[method.name]]
+    parts = [o for build in builders if (o := build(method, context, stage)) is not None]
     if not parts:
         return Objective()
     if len(parts) == 1:

@@ -8,6 +8,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from core.config.methods import BASE_METRICS
+
+_, LM = BASE_METRICS
+
 
 class Objective(nn.Module):
     """The baseline (LLaVA): no extra terms. Methods override `extra_loss` (and `forward_context`).
@@ -33,7 +37,7 @@ class Objective(nn.Module):
         """L = L_lm + extra terms, with every term as a metric."""
         extra, metrics = self.extra_loss(batch, out)
         loss = out.loss if extra is None else out.loss + extra
-        metrics = {"loss/lm": float(out.loss.detach()), **metrics}
+        metrics = {LM: float(out.loss.detach()), **metrics}
         return loss, metrics
 
 

@@ -9,8 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from core.config import SeaConfig
+from core.config.methods import SEA
 from core.methods.objective import Objective
 from core.sea import LabelRows, sample_pairs, sea_alignment_loss
+
+ALIGN, TAU, PAIRS = SEA.metrics
 
 
 class SeaObjective(Objective):
@@ -49,5 +52,5 @@ class SeaObjective(Objective):
         text = rows.lookup(label.to(self.label_ids.device), check=False).to(visual.device, visual.dtype)
         tau = self.log_tau.exp().squeeze(0)
         align = sea_alignment_loss(visual, text, tau)
-        metrics = {"loss/align": float(align.detach()), "tau": float(tau.detach()), "pairs": float(b.numel())}
+        metrics = {ALIGN: float(align.detach()), TAU: float(tau.detach()), PAIRS: float(b.numel())}
         return self.cfg.align_weight * align, metrics

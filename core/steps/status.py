@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,14 @@ class StepStatus(StrEnum):
     RUNNING = "running"
     SUCCESS = "success"
     FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Materialized:
+    """A finished step's directory and whether an earlier run (any trial's, any grid's) had made it."""
+
+    path: Path
+    reused: bool
 
 
 def final_dir(root: Path, dirname: str) -> Path:

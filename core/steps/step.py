@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from core.config import Strict
 from core.config.identity import content_hash, identity_dict
+from core.steps.context import StepContext, TrialRuntime
+from core.steps.status import Materialized
+
+# `fn(config, deps, out_dir, ctx)`: writes the step's output into `out_dir`; `deps` maps the name of every
+# step it depends on (directly or through others) to that step's finished directory.
+StepFn = Callable[[Any, Mapping[str, Path], Path, StepContext], None]
+# Whether the runner hands the step to a Ray task holding its resources (else it runs in the caller).
+InTask = Callable[[Any, TrialRuntime], bool]
+# What a finished step adds to its trial's summary (its metrics, its directory).
+Summary = Callable[[Any, Materialized], dict[str, Any]]
 
 # Bumped when what a step's function writes changes in a way older outputs cannot serve.
 STEP_FORMAT = 1
@@ -27,15 +38,18 @@ class StepResources:
 @dataclass(frozen=True)
 class Step:
     """`name` (its kind: labels, stage1, eval-stage1, ...), `config` (typed; its identity fields define the
-    result), `deps` (steps whose outputs it reads) and `resources`. `run(step, out_dir, deps_dirs)` is the
-    function that materialises it; it is not part of the identity (code is not), `STEP_FORMAT` is.
+    result), `deps` (steps whose outputs it reads) and `resources`. `fn` builds it (`StepFn`; the runner,
+    `core.steps.runner`, calls it under the status protocol), `in_task` says where, `summary` what it
+    reports. None of the three is part of the identity (code is not), `STEP_FORMAT` is.
     """
 
     name: str
     config: BaseModel
     deps: tuple[Step, ...] = ()
     resources: StepResources = field(default_factory=StepResources)
-    run: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+    fn: StepFn | None = field(default=None, compare=False, repr=False)
+    in_task: InTask | None = field(default=None, compare=False, repr=False)
+    summary: Summary | None = field(default=None, compare=False, repr=False)
 
     def identity(self) -> dict[str, Any]:
         """What the hash covers: name, the config's identity fields, the dependencies' hashes."""
@@ -73,6 +87,27 @@ class Step:
             "config_full": self.config.model_dump(mode="json"),
             "deps_dirs": {d.name: d.dirname for d in self.deps},
         }
+
+    def record(self) -> StepRecord:
+        """What the status protocol needs of this step, as data a process of its own can receive."""
+        return StepRecord(dirname=self.dirname, hash=self.hash, description=self.describe())
+
+
+class StepRecord(Strict):
+    """A step as plain data (its name, hash and `step.json`): enough to materialise it elsewhere (the
+    evaluation a training worker runs with the model still in memory)."""
+
+    dirname: str
+    hash: str
+    description: dict[str, Any]
+
+    def describe(self) -> dict[str, Any]:
+        return self.description
+
+
+def upstream(step: Step) -> list[Step]:
+    """Every step `step` depends on, directly or through others, dependencies first."""
+    return list(walk(list(step.deps)))
 
 
 def walk(steps: list[Step]) -> Iterator[Step]:

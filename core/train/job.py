@@ -1,4 +1,4 @@
-"""Typed hand-over to the processes that do a step's work: a training stage's job and an evaluation's."""
+"""Typed hand-over to the processes that train a stage: the stage's job (an evaluation's is core.evaluation.job)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,8 @@ from pathlib import Path
 from pydantic import Field
 
 from core.config import Strict, TrialConfig
+from core.evaluation.job import EvalJob
 from core.stages import STAGES, StageName
-
-
-class EvalJob(Strict):
-    """The evaluation after `stage` of a trial: its step (and the stages it reads) come from the trial's
-    step graph under `steps_root`; `out_dir` is the step's work directory, set when it is materialised."""
-
-    trial: TrialConfig
-    stage: StageName
-    steps_root: str
-    cache_dir: str | None = None
-    threads: int = 1
-    out_dir: str | None = None
-    # Where the evaluated stage's output is while its step is still being written (evaluation in the
-    # training worker, before the stage's directory is renamed into place).
-    stage_dir: str | None = None
 
 
 class StageJob(Strict):

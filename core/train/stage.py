@@ -540,16 +540,10 @@ def _evaluate_in_worker(vlm: Any, tokenizer: Any, ev: EvalJob) -> None:
     A failure here only warns: the grid's own evaluation step then runs (and reports) it."""
     import warnings
 
-    from core.evaluation.step import eval_step_of, evaluate_loaded
-    from core.steps import materialize
+    from core.evaluation.step import evaluate_in_worker
 
     try:
-        step, root = eval_step_of(ev)
-        materialize(
-            step,
-            root,
-            lambda out: evaluate_loaded(vlm, tokenizer, ev.model_copy(update={"out_dir": str(out)})),
-        )
+        evaluate_in_worker(vlm, tokenizer, ev)
     except Exception as err:  # noqa: BLE001
         warnings.warn(
             f"evaluation in the training worker failed ({err!r}); it runs again on its own", stacklevel=2
