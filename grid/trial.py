@@ -25,6 +25,7 @@ class TrialJob(Strict):
     steps_root: str
     cache_dir: str | None = None
     search_metric: str | None = None  # a search's metric: every report carries it (Tune checks)
+    objective_metric: str | None = None  # a search's objective when ASHA times another: carried too
 
     @property
     def storage_path(self) -> str:
@@ -140,7 +141,7 @@ def run_stage_step(job: TrialJob, steps: TrialSteps, stage: str) -> tuple[Materi
             storage_path=job.storage_path,
             evaluate=evaluate,
         )
-        fit_stage(stage_job, [flat_report_callback(job.search_metric)])
+        fit_stage(stage_job, [flat_report_callback(job.search_metric, job.objective_metric)])
 
     done = materialize(step, root, build)
     result = json.loads((done.path / "result.json").read_text())
@@ -188,7 +189,7 @@ def run_eval_step(job: TrialJob, steps: TrialSteps, stage: str) -> tuple[Path, d
     return path, read_metrics(path)
 
 
-def flat_metrics(message: dict[str, Any], metric: str | None) -> dict[str, Any]:
+def flat_metrics(message: dict[str, Any], metric: str | None, objective: str | None = None) -> dict[str, Any]:
     """A stage report's metrics as top-level keys (what Tune's schedulers and searchers read), with
     `<stage>/step` only beside a fresh value of the search metric (ASHA skips results without it), and
     the search metric NaN when this report lacks it (Tune rejects a result without the metric)."""
@@ -198,17 +199,19 @@ def flat_metrics(message: dict[str, Any], metric: str | None) -> dict[str, Any]:
     if metric in out and "stage" in message:
         out[f"{message['stage']}/step"] = message["step"]
     out.setdefault(metric, float("nan"))
+    if objective is not None:
+        out.setdefault(objective, float("nan"))
     return out
 
 
-def flat_report_callback(metric: str | None) -> Any:
+def flat_report_callback(metric: str | None, objective: str | None = None) -> Any:
     """Ray Train -> Tune reports (rank 0's), flattened by `flat_metrics`."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     class FlatReportCallback(TuneReportCallback):
         def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
             first = dict(metrics[0])
-            first.update(flat_metrics(first.get("seagrid") or {}, metric))
+            first.update(flat_metrics(first.get("seagrid") or {}, metric, objective))
             super().after_report(run_context, [first, *metrics[1:]], checkpoint)
 
     return FlatReportCallback()
@@ -224,7 +227,7 @@ def final_flat(summary: dict[str, Any], metric: str | None) -> dict[str, Any]:
     return out
 
 
-def _report_curve(stage1_dir: Path, metric: str | None = None) -> None:
+def _report_curve(stage1_dir: Path, metric: str | None = None, objective: str | None = None) -> None:
     """A reused stage 1 was trained (and its diagnostics curve logged) for another trial: log the curve
     it left for this trial too."""
     import ray.tune
@@ -242,7 +245,7 @@ def _report_curve(stage1_dir: Path, metric: str | None = None) -> None:
     for step, row in sorted(rows.items()):
         metrics = {f"diag/{k}": v for k, v in row.items()}
         message = {"stage": "stage1", "step": step, "metrics": metrics}
-        ray.tune.report({"seagrid": message, **flat_metrics(message, metric)})
+        ray.tune.report({"seagrid": message, **flat_metrics(message, metric, objective)})
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -268,11 +271,13 @@ def run_trial(config: dict[str, Any]) -> None:
             done, part = run_stage_step(job, steps, stage)
             summary.update(part)
             if done.reused:
-                _report_curve(done.path, job.search_metric)
+                _report_curve(done.path, job.search_metric, job.objective_metric)
             if stage in steps.evals:
                 out_dir, metrics = run_eval_step(job, steps, stage)
                 summary.update(metrics)
                 summary[f"eval_dir/{stage}"] = str(out_dir)
                 artifacts[f"eval/{stage}"] = str(out_dir)
     final = final_flat(summary, job.search_metric) if job.search_metric else {}
+    if job.objective_metric is not None:  # e.g. a benchmark that did not run: NaN, as Tune needs it
+        final.setdefault(job.objective_metric, float("nan"))
     ray.tune.report({"seagrid": {"final": summary, "artifacts": artifacts}, **final})

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from core.config.base import IDENTITY_IF_SET, NOT_IDENTITY, Strict, check_registry
 from core.config.evaluation import EvalConfig
+from core.config.heldout import HeldoutConfig
 from core.config.facts import (
     ADAPTER_IDS,
     CHAT_TEMPLATES,
@@ -259,6 +260,11 @@ class StageConfig(Strict):
         json_schema_extra=NOT_IDENTITY,
         description="recompute the LLM's layer activations in backward; auto: on for LLMs of 1B parameters "
         "and more",
+    )
+    heldout: HeldoutConfig = Field(
+        default_factory=HeldoutConfig,
+        json_schema_extra=IDENTITY_IF_SET,
+        description="a held-out split of this stage's data and its L_lm curve (search metrics)",
     )
 
 
