@@ -20,7 +20,9 @@ from grid.console import Board, console_for, duration
 from grid.expand import Trial, expand, slug, trial_hash
 from grid.memory import refuse_if_unfit
 from grid.run import GridCallback, GridResult, _invocation, ui_link
+from grid.search_budget import budget_line
 from grid.search_guard import log_guard_override
+from grid.search_report import conclude_search
 from grid.search_spec import SearchConfig, base_point, metric_stage, rung_metric, with_values
 from grid.spec import ExperimentSpec, SpecError, TrialConfig, load_spec, steps_root
 from grid.tracking import INTERRUPTED, SEARCH_TAG, STOPPED_TAG, Tracker, run_name
@@ -217,14 +219,18 @@ def search_summary(spec: ExperimentSpec, cells: list[Trial]) -> str:
         f"{s.mode} {s.metric}; {s.algorithm} (seed {s.seed}); scheduler {s.scheduler.kind}"
         + (
             f" (grace {s.scheduler.grace_period}, max_t {s.scheduler.max_t}, "
-            f"reduction {s.scheduler.reduction_factor:g})"
+            f"reduction {s.scheduler.reduction_factor:g}"
+            + (f", rungs on {s.scheduler.metric} ({rung_metric(s)[1]})" if s.scheduler.metric else "")
+            + ")"
             if s.scheduler.kind == "asha"
             else ""
         )
         + f"; max_concurrent {s.max_concurrent or 'from the cluster'}"
-        + (f"; time budget {duration(s.time_budget_s)}" if s.time_budget_s else ""),
+        + (f"; time budget {duration(s.time_budget_s)}" if s.time_budget_s else "")
+        + ("; first trial: the base config's values" if s.start_from_base else ""),
     ]
     lines += [f"  {path}: {k} {a}" for path, raw in s.space.items() for k, a in raw.items()]
+    lines.append(budget_line(s, cells, per_cell))
     return "\n".join(lines)
 
 
@@ -459,6 +465,10 @@ def plot_params(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
             if p in r["params"]
         ):
             ax.set_xscale("log")
+        defaults = [(r["params"][p], r["value"]) for r in rows if r.get("default") and p in r["params"]]
+        defaults = [(x if isinstance(x, int | float) else str(x), y) for x, y in defaults if y is not None]
+        if defaults:  # the paper's default setting, run as the first trial
+            ax.scatter(*zip(*defaults, strict=True), marker="*", s=160, color="C2", label="default", zorder=3)
         ax.set_xlabel(p)
         ax.set_ylabel(metric)
         ax.legend(fontsize=7)
@@ -481,11 +491,12 @@ def _conclude(
     console.print(rows_table(f"{outcome.key}: {len(rows)} trials by {s.metric} ({s.mode})", rows, s.metric))
     reports = Path(spec.output.root).expanduser().resolve() / "reports" / outcome.key
     reports.mkdir(parents=True, exist_ok=True)
+    outcome.best = best_row(rows, s.mode)
+    files = conclude_search(spec, outcome, tracker, console, reports)  # marks the default, adds numbers
     (reports / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
-    files = [reports / "trials.json"]
+    files.append(reports / "trials.json")
     if rows:
         files.append(plot_params(rows, s.metric, reports / "metric_vs_params.png"))
-    outcome.best = best_row(rows, s.mode)
     if outcome.best is not None:
         data = best_spec(spec, outcome.cell, outcome.best)
         target = Path(best_dir) / f"{data['name']}.yaml"

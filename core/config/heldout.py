@@ -14,7 +14,9 @@ class HeldoutConfig(Strict):
     term) is evaluated every `every_steps` optimizer steps and at the stage's end."""
 
     fraction: float = Field(0.0, ge=0, le=0.5, description="share of the stage's samples held out")
-    every_steps: int | None = Field(None, ge=1, description="evaluate L_lm on the held-out split every N steps")
+    every_steps: int | None = Field(
+        None, ge=1, description="evaluate L_lm on the held-out split every N steps"
+    )
     max_samples: int | None = Field(
         None, ge=1, description="evaluate on the split's first N samples only (a fixed subset; default all)"
     )

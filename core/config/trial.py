@@ -8,7 +8,6 @@ from pydantic import Field, field_validator, model_validator
 
 from core.config.base import IDENTITY_IF_SET, NOT_IDENTITY, Strict, check_registry
 from core.config.evaluation import EvalConfig
-from core.config.heldout import HeldoutConfig
 from core.config.facts import (
     ADAPTER_IDS,
     CHAT_TEMPLATES,
@@ -16,6 +15,7 @@ from core.config.facts import (
     LLM_IDS,
     encoders_with_text_tower,
 )
+from core.config.heldout import HeldoutConfig
 
 
 class ModelConfig(Strict):

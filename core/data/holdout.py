@@ -16,11 +16,18 @@ from core.config.identity import content_hash, identity_dict
 def split_seed(data: DatasetConfig, heldout: HeldoutConfig, num_samples: int) -> int:
     """The split's seed: the dataset's identity, its size and `heldout.seed`; deliberately not the trial's
     seed nor anything a search varies, so every trial of a search holds out the same samples."""
-    key = {"data": identity_dict(data), "samples": num_samples, "seed": heldout.seed, "fraction": heldout.fraction}
+    key = {
+        "data": identity_dict(data),
+        "samples": num_samples,
+        "seed": heldout.seed,
+        "fraction": heldout.fraction,
+    }
     return int(content_hash(key, 15), 16)
 
 
-def split_indices(data: DatasetConfig, heldout: HeldoutConfig, num_samples: int) -> tuple[list[int], list[int]]:
+def split_indices(
+    data: DatasetConfig, heldout: HeldoutConfig, num_samples: int
+) -> tuple[list[int], list[int]]:
     """(train, held-out) sample positions, each ascending; held out: round(fraction x n), at least one
     when the fraction is positive, always leaving at least one to train on."""
     if not heldout.active:

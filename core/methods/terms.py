@@ -53,7 +53,9 @@ LM_TERM = "loss/lm"
 
 METHOD_TERMS: dict[str, tuple[MethodTerms, ...]] = {
     name: tuple(
-        t for t, members in ((SEA_TERMS, METHODS_WITH_SEA), (BASIC_TERMS, METHODS_WITH_BASIC)) if name in members
+        t
+        for t, members in ((SEA_TERMS, METHODS_WITH_SEA), (BASIC_TERMS, METHODS_WITH_BASIC))
+        if name in members
     )
     for name in ("llava", "sea", "basic", "sea+basic")
 }
@@ -64,7 +66,12 @@ def weighted_metrics(terms: MethodTerms, weight: str) -> set[str]:
     term = terms.weights[weight]
     out: set[str] = set()
     for stage in terms.stages:
-        out |= {f"{stage}/{term}", f"{stage}/loss", f"{stage}/final_loss", f"{stage}/final_{term.replace('/', '_')}"}
+        out |= {
+            f"{stage}/{term}",
+            f"{stage}/loss",
+            f"{stage}/final_loss",
+            f"{stage}/final_{term.replace('/', '_')}",
+        }
     return out
 
 

@@ -71,7 +71,13 @@ class HeldoutProbe:
 
 
 def heldout_probe(
-    job: Any, part: Part | None, collate_fn: Callable[..., dict[str, Any]], world: int, rank: int, device: Any, run: Any
+    job: Any,
+    part: Part | None,
+    collate_fn: Callable[..., dict[str, Any]],
+    world: int,
+    rank: int,
+    device: Any,
+    run: Any,
 ) -> HeldoutProbe | None:
     """The stage's probe, or None when it holds nothing out."""
     return None if part is None else HeldoutProbe(job, part, collate_fn, world, rank, device, run)

@@ -28,7 +28,6 @@ from core.train.checkpoint import (
     trainable_state,
 )
 from core.train.checkpoint_clock import checkpoint_due
-from core.train.heldout import HeldoutProbe, heldout_probe, split_stage
 from core.train.deepspeed_engine import (
     DeepSpeedStepper,
     deepspeed_config,
@@ -36,6 +35,7 @@ from core.train.deepspeed_engine import (
     make_optimizer,
     resolve_zero,
 )
+from core.train.heldout import HeldoutProbe, heldout_probe, split_stage
 from core.train.job import EvalJob, NonFiniteLoss, StageJob, StageOutOfMemory, StepBudgetReached
 from core.train.precision import DTYPES, Precision, loop_autocast, module_dtypes, resolve_precision
 from core.train.reduce import mean_across_ranks
