@@ -15,6 +15,7 @@ from grid.search_spec import base_point
 
 VS_DEFAULT_FILE = "vs_default.json"
 KNOBS_FILE = "metric_by_knob.json"
+RETAINED_FROM = "/before_stage2"
 
 
 def is_default(row: dict[str, Any], point: dict[str, Any]) -> bool:
@@ -22,20 +23,26 @@ def is_default(row: dict[str, Any], point: dict[str, Any]) -> bool:
     return bool(point) and all(row["params"].get(k) == v for k, v in point.items())
 
 
+def retention_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """`eval/<name>/retention`: a benchmark's score after stage 2 minus its score before stage 2 (MMLU's:
+    the language ability instruction tuning kept; 0 = nothing lost)."""
+    out: dict[str, float] = {}
+    for key, before in metrics.items():
+        if key.startswith("eval/") and key.endswith(RETAINED_FROM) and key.count("/") == 2:
+            after = metrics.get(key.removesuffix(RETAINED_FROM))
+            if isinstance(after, int | float) and isinstance(before, int | float):
+                out[f"{key.removesuffix(RETAINED_FROM)}/retention"] = float(after) - float(before)
+    return out
+
+
 def extra_metrics(run_metrics: dict[str, float]) -> dict[str, float]:
-    """Held-out L_lm and benchmark headlines of a run, and each retention (a benchmark's score after stage
-    2 minus before it: MMLU's drop is the language ability instruction tuning cost)."""
+    """Held-out L_lm, benchmark headlines and retentions of a run."""
     out = {
         k: v
         for k, v in run_metrics.items()
-        if k.endswith("/heldout/lm") or k.count("/") == 1 and k.startswith("eval/")
+        if k.endswith(("/heldout/lm", "/retention")) or (k.count("/") == 1 and k.startswith("eval/"))
     }
-    for key, before in run_metrics.items():
-        if key.startswith("eval/") and key.endswith("/before_stage2") and key.count("/") == 2:
-            after = run_metrics.get(key.removesuffix("/before_stage2"))
-            if after is not None:
-                out[f"{key.removesuffix('/before_stage2')}/retention"] = after - before
-    return out
+    return {**out, **retention_metrics(run_metrics)}
 
 
 def gain(best: float, default: float, mode: str) -> dict[str, float]:

@@ -169,7 +169,15 @@ def final_metrics(cfg: TrialConfig) -> set[str]:
     if cfg.eval.enabled:
         out |= {f"diag/{d}" for d in DIAGNOSTICS}
         out |= {f"eval/{b.name}" for b in cfg.eval.benchmarks}
-    return out | heldout_metrics(cfg, per_step=False)
+    return out | heldout_metrics(cfg, per_step=False) | retention_names(cfg)
+
+
+def retention_names(cfg: TrialConfig) -> set[str]:
+    """`eval/<name>/retention` of each benchmark scored both before and after stage 2."""
+    if not (cfg.eval.enabled and cfg.stage1.enabled and cfg.stage2.enabled):
+        return set()
+    both = [b for b in cfg.eval.benchmarks if b.runs_after("stage1", False) and b.runs_after("stage2", True)]
+    return {f"eval/{b.name}/retention" for b in both}
 
 
 def heldout_metrics(cfg: TrialConfig, *, per_step: bool) -> set[str]:

@@ -277,6 +277,9 @@ def run_trial(config: dict[str, Any]) -> None:
                 summary.update(metrics)
                 summary[f"eval_dir/{stage}"] = str(out_dir)
                 artifacts[f"eval/{stage}"] = str(out_dir)
+    from grid.search_report import retention_metrics
+
+    summary.update(retention_metrics(summary))  # a search may optimise eval/<name>/retention
     final = final_flat(summary, job.search_metric) if job.search_metric else {}
     if job.objective_metric is not None:  # e.g. a benchmark that did not run: NaN, as Tune needs it
         final.setdefault(job.objective_metric, float("nan"))

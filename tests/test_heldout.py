@@ -3,6 +3,7 @@ a search), never trained on, its L_lm alone evaluated every N steps and kept in 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -75,19 +76,15 @@ class RecordingLoader(DataLoader):
 
 def test_stage_never_trains_on_the_heldout_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import core.train.stage as stage_module
-    from core.data.llava import LlavaDataset
 
     cfg = config()
     job = make_stage_job(cfg, "stage1", tmp_path / "s1")
-    records = LlavaDataset.read_records(job.json_path) if hasattr(LlavaDataset, "read_records") else None
     monkeypatch.setattr(stage_module, "DataLoader", RecordingLoader)
     RecordingLoader.seen = []
     checkpoints = LocalCheckpoints()
     result = stage_module.run_stage(job, checkpoints=checkpoints)
 
-    import json
-
-    ids = [str(r["id"]) for r in records or json.loads(Path(job.json_path).read_text())]
+    ids = [str(r["id"]) for r in json.loads(Path(job.json_path).read_text())]
     train, held = split_indices(cfg.data.stage1, cfg.stage1.heldout, len(ids))
     held_ids = {ids[i] for i in held}
     assert RecordingLoader.seen and not set(RecordingLoader.seen) & held_ids

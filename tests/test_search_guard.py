@@ -224,3 +224,14 @@ def test_tune_gets_the_objective_the_rung_metric_and_the_default_first() -> None
         "method.sea.window": 2,
         "method.sea.top_n": 10,
     }
+
+
+def test_mmlu_retention_is_a_search_metric_of_a_two_stage_trial() -> None:
+    from grid.search_report import retention_metrics
+    from grid.search_spec import final_metrics
+
+    spec = load_spec(REPO / "experiments" / "search_sea.yaml")
+    assert "eval/mmlu/retention" in final_metrics(spec.base)  # MMLU runs after both stages
+    assert "eval/pope/retention" not in final_metrics(spec.base)  # POPE after the last stage only
+    summary = {"eval/mmlu/before_stage2": 0.5, "eval/mmlu": 0.375, "eval/pope": 0.8, "stage2/reused": False}
+    assert retention_metrics(summary) == {"eval/mmlu/retention": -0.125}

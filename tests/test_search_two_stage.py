@@ -56,6 +56,10 @@ def test_tiny_two_stage_search_end_to_end(ray_session, tmp_path: Path) -> None:
     parent = client.get_run(outcome.parent_run)
     assert parent.data.metrics["search/gain"] == pytest.approx(summary["gain"])
     artifacts = {a.path for a in client.list_artifacts(outcome.parent_run, "search")}
-    assert {"search/vs_default.json", "search/metric_by_knob.json", "search/metric_vs_params.png"} <= artifacts
+    assert {
+        "search/vs_default.json",
+        "search/metric_by_knob.json",
+        "search/metric_vs_params.png",
+    } <= artifacts
     knobs = json.loads((reports / "metric_by_knob.json").read_text())
     assert set(knobs) == {"stage1.lr", "method.sea.align_weight"} and len(knobs["stage1.lr"]) == 3
