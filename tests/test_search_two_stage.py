@@ -16,12 +16,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~4 min on an idle 2-core machine; three times that under other tests' load
 def test_tiny_two_stage_search_end_to_end(ray_session, tmp_path: Path) -> None:
     from grid.search import run_search
     from grid.search_report import VS_DEFAULT_FILE
 
     data = yaml.safe_load((REPO / "experiments" / "smoke_search.yaml").read_text())
-    data["search"].update(num_samples=3, max_concurrent=1)
+    data["search"].update(num_samples=2, max_concurrent=1)
     db = tmp_path / "mlflow.db"
     data["output"] = {"root": str(tmp_path / "results"), "tracking_uri": f"sqlite:///{db}"}
     spec_path = tmp_path / "smoke_search.yaml"
@@ -30,7 +31,7 @@ def test_tiny_two_stage_search_end_to_end(ray_session, tmp_path: Path) -> None:
     t0 = time.time()
     (outcome,) = run_search(spec_path, best_dir=tmp_path / "best")
     print(f"two-stage search wall time: {time.time() - t0:.0f} s")
-    assert not outcome.interrupted and len(outcome.rows) == 3
+    assert not outcome.interrupted and len(outcome.rows) == 2
 
     client = MlflowClient(f"sqlite:///{db}")
     runs = [client.get_run(r["run_id"]) for r in outcome.rows]
@@ -62,4 +63,4 @@ def test_tiny_two_stage_search_end_to_end(ray_session, tmp_path: Path) -> None:
         "search/metric_vs_params.png",
     } <= artifacts
     knobs = json.loads((reports / "metric_by_knob.json").read_text())
-    assert set(knobs) == {"stage1.lr", "method.sea.align_weight"} and len(knobs["stage1.lr"]) == 3
+    assert set(knobs) == {"stage1.lr", "method.sea.align_weight"} and len(knobs["stage1.lr"]) == 2
