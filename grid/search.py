@@ -23,7 +23,15 @@ from grid.run import GridCallback, GridResult, _invocation, ui_link
 from grid.search_budget import budget_line
 from grid.search_guard import log_guard_override
 from grid.search_report import conclude_search
-from grid.search_spec import SearchConfig, base_point, metric_stage, rung_metric, with_values
+from grid.search_spec import (
+    SearchConfig,
+    base_point,
+    final_metrics,
+    metric_stage,
+    per_step_metrics,
+    rung_metric,
+    with_values,
+)
 from grid.spec import ExperimentSpec, SpecError, TrialConfig, load_spec, steps_root
 from grid.tracking import INTERRUPTED, SEARCH_TAG, STOPPED_TAG, Tracker, run_name
 
@@ -256,7 +264,10 @@ def _one_search(
     key = search_key(spec, cell)
     name = f"search {run_name(cell.axes, cell.id)}" if cell.axes else f"search {spec.name}"
     parent = tracker.search_run(key, name, grid_parent, tags={"cell": cell.id})
-    log_guard_override(tracker, parent, search, cell.config)
+    reported = per_step_metrics(cell.config) | final_metrics(cell.config)
+    log_guard_override(
+        tracker, parent, search, cell.config, reported, [search.metric, rung_metric(search)[0]]
+    )
     outcome = SearchOutcome(key, cell, parent)
     outcomes.append(outcome)
     results_root = Path(spec.output.root).expanduser().resolve()

@@ -11,6 +11,10 @@ from core.config import TrialConfig
 from core.methods.terms import LM_TERM, METHOD_TERMS, trained_metrics, weighted_metrics
 
 
+class GameableMetricError(ValueError):
+    """A search graded by a metric its knobs game, not acknowledged; the message says why and what serves."""
+
+
 @dataclass(frozen=True)
 class Gameable:
     """Why a metric cannot judge a searched knob: the knob and the sentence that says why."""
@@ -47,9 +51,7 @@ def fair_metrics(cfg: TrialConfig, reported: set[str], space: list[str]) -> list
 
 
 def check_gameable(search: Any, cfg: TrialConfig, reported: set[str], where: str) -> str | None:
-    """None when the metric is fair; the reason when the spec acknowledged it; else a SearchSpecError."""
-    from grid.search_spec import SearchSpecError
-
+    """None when the metric is fair; the reason when the spec acknowledged it; else GameableMetricError."""
     space = list(search.space)
     found = gameable(search.metric, space, cfg)
     if not found:
@@ -63,7 +65,7 @@ def check_gameable(search: Any, cfg: TrialConfig, reported: set[str], where: str
     if search.accept_gameable_metric:
         return reason
     serve = ", ".join(fair_metrics(cfg, reported, space)) or "a held-out or benchmark metric"
-    raise SearchSpecError(
+    raise GameableMetricError(
         f"{where}: {reason}. Use a metric the knobs cannot game, e.g. {serve} (set "
         "stage1.heldout / stage2.heldout for a held-out L_lm), or set search.accept_gameable_metric to a "
         "sentence saying why this one is wanted (logged to the search's MLflow run)"
@@ -74,17 +76,17 @@ OVERRIDE_TAG = "seagrid.guard_override"
 REASON_TAG = "seagrid.guard_reason"
 
 
-def log_guard_override(tracker: Any, run_id: str, search: Any, cfg: TrialConfig) -> str | None:
-    """On a search the guard let through by acknowledgement: the acknowledgement and the guard's reason as
-    tags of the search's MLflow run (and a param, so the runs table shows it); returns the reason."""
-    from grid.search_spec import final_metrics, per_step_metrics, rung_metric
-
+def log_guard_override(
+    tracker: Any, run_id: str, search: Any, cfg: TrialConfig, reported: set[str], metrics: list[str]
+) -> str | None:
+    """On a search the guard let through by acknowledgement: the acknowledgement and the guard's reason
+    (for each of `metrics`, the objective and the rung metric) as tags of the search's MLflow run; returns
+    the reason. `reported`: the metrics a trial of `cfg` reports."""
     if not search.accept_gameable_metric:
         return None
-    reported = per_step_metrics(cfg) | final_metrics(cfg)
     reasons = [
         r
-        for m in dict.fromkeys([search.metric, rung_metric(search)[0]])
+        for m in dict.fromkeys(metrics)
         if (r := check_gameable(search.model_copy(update={"metric": m}), cfg, reported, "search")) is not None
     ]
     reason = "; ".join(reasons) or "the guard found nothing to override"

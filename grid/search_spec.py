@@ -253,7 +253,7 @@ def rung_metric(search: SearchConfig) -> tuple[str, str]:
 def check_fair_search(search: SearchConfig, cfg: TrialConfig, source: str, cell: str = "") -> None:
     """The scheduler's own metric is per-step; no metric rewards a searched knob by construction (unless
     acknowledged); the base point, when it is the first trial, lies in the space."""
-    from grid.search_guard import check_gameable
+    from grid.search_guard import GameableMetricError, check_gameable
 
     steps, finals = per_step_metrics(cfg), final_metrics(cfg)
     where = f"{source}: search{f' (cell {cell})' if cell else ''}"
@@ -264,7 +264,12 @@ def check_fair_search(search: SearchConfig, cfg: TrialConfig, source: str, cell:
             f"{', '.join(sorted(steps))} (a stage's heldout.every_steps adds <stage>/heldout/lm)"
         )
     for metric in dict.fromkeys([search.metric, rung]):
-        check_gameable(search.model_copy(update={"metric": metric}), cfg, steps | finals, f"{where}.metric")
+        try:
+            check_gameable(
+                search.model_copy(update={"metric": metric}), cfg, steps | finals, f"{where}.metric"
+            )
+        except GameableMetricError as err:
+            raise SearchSpecError(str(err)) from None
     if search.start_from_base:
         base_point(search, cfg, where)
 

@@ -179,14 +179,20 @@ def test_an_override_is_logged_to_the_search_run(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker("s", uri)
     run = tracker.search_run("key", "search s", tracker.parent_run())
-    reason = log_guard_override(tracker, run, spec.search, spec.base)
+    from grid.search_spec import final_metrics, per_step_metrics
+
+    def log(run_id: str, s: Any, cfg: TrialConfig) -> str | None:
+        reported = per_step_metrics(cfg) | final_metrics(cfg)
+        return log_guard_override(tracker, run_id, s, cfg, reported, [s.metric])
+
+    reason = log(run, spec.search, spec.base)
     tags = MlflowClient(uri).get_run(run).data.tags
     assert tags[OVERRIDE_TAG] == note and tags[REASON_TAG] == reason
     assert "method.basic.das_weight (it contains method.basic.das_weight x L_das)" in reason
     # A fair search logs nothing.
     fair = load_spec(REPO / "experiments" / "search_basic.yaml")
     other = tracker.search_run("key2", "search s2", tracker.parent_run())
-    assert fair.search is not None and log_guard_override(tracker, other, fair.search, fair.base) is None
+    assert fair.search is not None and log(other, fair.search, fair.base) is None
     assert OVERRIDE_TAG not in MlflowClient(uri).get_run(other).data.tags
 
 
