@@ -275,6 +275,9 @@ def test_asha_search_interrupted_resumed_tracked_and_clean(ray_session, tmp_path
     # Sampled values are params (every config value is) and tags; runs nest under the search's run.
     search_run = client.get_run(outcome.parent_run)
     assert search_run.info.status == "FINISHED" and search_run.data.tags["seagrid.role"] == "search"
+    # The spec acknowledged its gameable metric: the acknowledgement and the guard's reason are on record.
+    assert search_run.data.tags["seagrid.guard_override"].startswith("the test wants ASHA's decisions")
+    assert "method.basic.das_weight x L_das" in search_run.data.tags["seagrid.guard_reason"]
     for r in latest.values():
         assert r.data.tags["mlflow.parentRunId"] == outcome.parent_run
         sampled = r.data.tags["sample.method.basic.das_weight"]
