@@ -20,7 +20,18 @@ from grid.console import Board, console_for, duration
 from grid.expand import Trial, expand, slug, trial_hash
 from grid.memory import refuse_if_unfit
 from grid.run import GridCallback, GridResult, _invocation, ui_link
-from grid.search_spec import SearchConfig, metric_stage, with_values
+from grid.search_budget import budget_line
+from grid.search_guard import log_guard_override
+from grid.search_report import conclude_search
+from grid.search_spec import (
+    SearchConfig,
+    base_point,
+    final_metrics,
+    metric_stage,
+    per_step_metrics,
+    rung_metric,
+    with_values,
+)
 from grid.spec import ExperimentSpec, SpecError, TrialConfig, load_spec, steps_root
 from grid.tracking import INTERRUPTED, SEARCH_TAG, STOPPED_TAG, Tracker, run_name
 
@@ -47,7 +58,22 @@ def _domains(search: SearchConfig) -> dict[str, Any]:
 def search_key(spec: ExperimentSpec, cell: Trial) -> str:
     """A search's stable name: spec, cell and the search block (its Tune experiment directory, its tag)."""
     assert spec.search is not None
-    return f"{spec.name}-{cell.hash}-{content_hash(spec.search.model_dump(mode='json'), 6)}"
+    return f"{spec.name}-{cell.hash}-{content_hash(search_identity(spec.search), 6)}"
+
+
+# Fields added after searches had run: part of a search's key only when set, so a running search resumes.
+_KEY_IF_SET = {"accept_gameable_metric": None, "start_from_base": False}
+_SCHEDULER_KEY_IF_SET = {"metric": None, "mode": None}
+
+
+def search_identity(search: SearchConfig) -> dict[str, Any]:
+    """The search block as it names its Tune experiment (later fields only when set)."""
+    data = search.model_dump(mode="json")
+    data = {k: v for k, v in data.items() if k not in _KEY_IF_SET or v != _KEY_IF_SET[k]}
+    data["scheduler"] = {
+        k: v for k, v in data["scheduler"].items() if k not in _SCHEDULER_KEY_IF_SET or v is not None
+    }
+    return data
 
 
 def sampled_trial(cell: Trial, params: dict[str, Any]) -> Trial:
@@ -201,14 +227,18 @@ def search_summary(spec: ExperimentSpec, cells: list[Trial]) -> str:
         f"{s.mode} {s.metric}; {s.algorithm} (seed {s.seed}); scheduler {s.scheduler.kind}"
         + (
             f" (grace {s.scheduler.grace_period}, max_t {s.scheduler.max_t}, "
-            f"reduction {s.scheduler.reduction_factor:g})"
+            f"reduction {s.scheduler.reduction_factor:g}"
+            + (f", rungs on {s.scheduler.metric} ({rung_metric(s)[1]})" if s.scheduler.metric else "")
+            + ")"
             if s.scheduler.kind == "asha"
             else ""
         )
         + f"; max_concurrent {s.max_concurrent or 'from the cluster'}"
-        + (f"; time budget {duration(s.time_budget_s)}" if s.time_budget_s else ""),
+        + (f"; time budget {duration(s.time_budget_s)}" if s.time_budget_s else "")
+        + ("; first trial: the base config's values" if s.start_from_base else ""),
     ]
     lines += [f"  {path}: {k} {a}" for path, raw in s.space.items() for k, a in raw.items()]
+    lines.append(budget_line(s, cells, per_cell))
     return "\n".join(lines)
 
 
@@ -237,6 +267,10 @@ def _one_search(
     key = search_key(spec, cell)
     name = f"search {run_name(cell.axes, cell.id)}" if cell.axes else f"search {spec.name}"
     parent = tracker.search_run(key, name, grid_parent, tags={"cell": cell.id})
+    reported = per_step_metrics(cell.config) | final_metrics(cell.config)
+    log_guard_override(
+        tracker, parent, search, cell.config, reported, [search.metric, rung_metric(search)[0]]
+    )
     outcome = SearchOutcome(key, cell, parent)
     outcomes.append(outcome)
     results_root = Path(spec.output.root).expanduser().resolve()
@@ -258,7 +292,8 @@ def _one_search(
             results_root=str(results_root),
             steps_root=str(steps_root(spec.output)),
             cache_dir=str(cache_dir()),
-            search_metric=search.metric,
+            search_metric=rung_metric(search)[0],
+            objective_metric=search.metric if rung_metric(search)[0] != search.metric else None,
         )
         callback = SearchCallback(tracker, parent, cell, key, reason, out=out, board=board)
         tuner = ray.tune.Tuner(
@@ -298,19 +333,31 @@ def _tune_config(search: SearchConfig, cfg: TrialConfig) -> Any:
     from ray.tune.search import BasicVariantGenerator
 
     concurrent = max_concurrent(search, cfg)
+    rung, rung_mode = rung_metric(search)
+    separate = rung != search.metric
+    # The paper's default first (one of num_samples): the search's report compares the best with it.
+    first = [base_point(search, cfg)] if search.start_from_base else []
     if search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
         # Tune wraps a Searcher in a ConcurrencyLimiter of max_concurrent_trials.
-        algo: Any = OptunaSearch(seed=search.seed)
+        # With its own metric when ASHA compares another one (Tune then takes neither from TuneConfig).
+        own = {"metric": search.metric, "mode": search.mode} if separate else {}
+        points = [{f"params/{k}": v for k, v in p.items()} for p in first]  # Optuna's flattened names
+        algo: Any = OptunaSearch(seed=search.seed, points_to_evaluate=points or None, **own)
     else:
         # A SearchGenerator limits itself (Tune ignores max_concurrent_trials for one).
-        algo = BasicVariantGenerator(random_state=search.seed, max_concurrent=concurrent)
+        algo = BasicVariantGenerator(
+            random_state=search.seed,
+            max_concurrent=concurrent,
+            points_to_evaluate=[{"params": p} for p in first] or None,
+        )
     scheduler = None
     if search.scheduler.kind == "asha":
         s = search.scheduler
         scheduler = ASHAScheduler(
-            time_attr=f"{metric_stage(search.metric)}/step",
+            time_attr=f"{metric_stage(rung)}/step",
+            **({"metric": rung, "mode": rung_mode} if separate else {}),
             max_t=s.max_t,
             grace_period=s.grace_period,
             reduction_factor=s.reduction_factor,
@@ -318,8 +365,8 @@ def _tune_config(search: SearchConfig, cfg: TrialConfig) -> Any:
             stop_last_trials=False,
         )
     return ray.tune.TuneConfig(
-        metric=search.metric,
-        mode=search.mode,
+        metric=None if separate else search.metric,
+        mode=None if separate else search.mode,
         num_samples=search.num_samples,
         search_alg=algo,
         scheduler=scheduler,
@@ -433,6 +480,10 @@ def plot_params(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
             if p in r["params"]
         ):
             ax.set_xscale("log")
+        defaults = [(r["params"][p], r["value"]) for r in rows if r.get("default") and p in r["params"]]
+        defaults = [(x if isinstance(x, int | float) else str(x), y) for x, y in defaults if y is not None]
+        if defaults:  # the paper's default setting, run as the first trial
+            ax.scatter(*zip(*defaults, strict=True), marker="*", s=160, color="C2", label="default", zorder=3)
         ax.set_xlabel(p)
         ax.set_ylabel(metric)
         ax.legend(fontsize=7)
@@ -455,11 +506,12 @@ def _conclude(
     console.print(rows_table(f"{outcome.key}: {len(rows)} trials by {s.metric} ({s.mode})", rows, s.metric))
     reports = Path(spec.output.root).expanduser().resolve() / "reports" / outcome.key
     reports.mkdir(parents=True, exist_ok=True)
+    outcome.best = best_row(rows, s.mode)
+    files = conclude_search(spec, outcome, tracker, console, reports)  # marks the default, adds numbers
     (reports / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
-    files = [reports / "trials.json"]
+    files.append(reports / "trials.json")
     if rows:
         files.append(plot_params(rows, s.metric, reports / "metric_vs_params.png"))
-    outcome.best = best_row(rows, s.mode)
     if outcome.best is not None:
         data = best_spec(spec, outcome.cell, outcome.best)
         target = Path(best_dir) / f"{data['name']}.yaml"

@@ -33,6 +33,10 @@ class SchedulerConfig(Strict):
     grace_period: int = Field(1, ge=1, description="steps every trial runs before it can be stopped")
     max_t: int = Field(100, ge=1, description="the last rung's step (trials reaching it still finish)")
     reduction_factor: float = Field(2.0, gt=1)
+    metric: str | None = Field(
+        None, description="the per-step metric ASHA's rungs compare (default: the search's metric)"
+    )
+    mode: Literal["min", "max"] | None = Field(None, description="its direction (default: the search's mode)")
 
 
 class SearchConfig(Strict):
@@ -47,6 +51,15 @@ class SearchConfig(Strict):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     max_concurrent: int | None = Field(None, ge=1, description="default: what the cluster's CPUs/GPUs allow")
     time_budget_s: float | None = Field(None, gt=0)
+    accept_gameable_metric: str | None = Field(
+        None,
+        min_length=10,
+        description="a sentence acknowledging that the metric rewards a searched knob by construction "
+        "(the guard refuses such a search otherwise); logged to the search's MLflow run",
+    )
+    start_from_base: bool = Field(
+        False, description="run the base config's own values (the paper's defaults) as the first trial"
+    )
 
 
 class SearchSpecError(ValueError):
@@ -158,7 +171,7 @@ def per_step_metrics(cfg: TrialConfig) -> set[str]:
             out |= {f"{stage}/{m}" for m in BASIC.metrics}
     if cfg.stage1.enabled and cfg.eval.enabled and cfg.eval.diagnostics.every_steps:
         out |= {diag_name(d) for d in DIAGNOSTICS}
-    return out
+    return out | heldout_metrics(cfg, per_step=True)
 
 
 def final_metrics(cfg: TrialConfig) -> set[str]:
@@ -167,6 +180,26 @@ def final_metrics(cfg: TrialConfig) -> set[str]:
     if cfg.eval.enabled:
         out |= {diag_name(d) for d in DIAGNOSTICS}
         out |= {f"eval/{b.name}" for b in cfg.eval.benchmarks}
+    return out | heldout_metrics(cfg, per_step=False) | retention_names(cfg)
+
+
+def retention_names(cfg: TrialConfig) -> set[str]:
+    """`eval/<name>/retention` of each benchmark scored both before and after stage 2."""
+    if not (cfg.eval.enabled and cfg.stage1.enabled and cfg.stage2.enabled):
+        return set()
+    both = [b for b in cfg.eval.benchmarks if b.runs_after("stage1", False) and b.runs_after("stage2", True)]
+    return {f"eval/{b.name}/retention" for b in both}
+
+
+def heldout_metrics(cfg: TrialConfig, *, per_step: bool) -> set[str]:
+    """`<stage>/heldout/lm`: per step where the stage evaluates it every N steps, at the end wherever it
+    holds data out."""
+    out = set()
+    for stage in ("stage1", "stage2"):
+        settings = getattr(cfg, stage)
+        held = settings.heldout.every_steps is not None if per_step else settings.heldout.active
+        if settings.enabled and held:
+            out.add(f"{stage}/heldout/lm")
     return out
 
 
@@ -183,7 +216,7 @@ def check_metric(search: SearchConfig, cfg: TrialConfig, source: str, cell: str 
     if search.metric not in steps | finals and not (benchmark and cfg.eval.enabled):
         known = ", ".join(sorted(steps | finals))
         raise SearchSpecError(f"{where}: no trial reports '{search.metric}'; these do: {known}")
-    if search.scheduler.kind == "asha" and search.metric not in steps:
+    if search.scheduler.kind == "asha" and search.scheduler.metric is None and search.metric not in steps:
         hint = (
             "set eval.diagnostics.every_steps for a diag/* curve"
             if search.metric.startswith("diag/")
@@ -219,3 +252,57 @@ def check_search(spec: Any, source: str, trials: Sequence[Any]) -> None:
     for trial in trials:
         check_space(search, trial.config, source)
         check_metric(search, trial.config, source, cell=trial.id if spec.grid.axes else "")
+        check_fair_search(search, trial.config, source, cell=trial.id if spec.grid.axes else "")
+
+
+def rung_metric(search: SearchConfig) -> tuple[str, str]:
+    """(metric, mode) ASHA's rungs compare: the scheduler's own, else the search's."""
+    return search.scheduler.metric or search.metric, search.scheduler.mode or search.mode
+
+
+def check_fair_search(search: SearchConfig, cfg: TrialConfig, source: str, cell: str = "") -> None:
+    """The scheduler's own metric is per-step; no metric rewards a searched knob by construction (unless
+    acknowledged); the base point, when it is the first trial, lies in the space."""
+    from grid.search_guard import GameableMetricError, check_gameable
+
+    steps, finals = per_step_metrics(cfg), final_metrics(cfg)
+    where = f"{source}: search{f' (cell {cell})' if cell else ''}"
+    rung, _ = rung_metric(search)
+    if search.scheduler.metric is not None and search.scheduler.kind == "asha" and rung not in steps:
+        raise SearchSpecError(
+            f"{where}.scheduler.metric: '{rung}' is not reported at every step; per-step metrics here: "
+            f"{', '.join(sorted(steps))} (a stage's heldout.every_steps adds <stage>/heldout/lm)"
+        )
+    for metric in dict.fromkeys([search.metric, rung]):
+        try:
+            check_gameable(
+                search.model_copy(update={"metric": metric}), cfg, steps | finals, f"{where}.metric"
+            )
+        except GameableMetricError as err:
+            raise SearchSpecError(str(err)) from None
+    if search.start_from_base:
+        base_point(search, cfg, where)
+
+
+def base_point(search: SearchConfig, cfg: TrialConfig, where: str = "search") -> dict[str, Any]:
+    """The base config's value at every searched path (the default trial), checked against the space."""
+    from core.config.identity import flatten
+
+    values = flatten(cfg.model_dump(mode="json"))
+    point: dict[str, Any] = {}
+    for path, raw in search.space.items():
+        kind, args = next(iter(raw.items()))
+        value = values.get(path)
+        if kind == "grid":
+            raise SearchSpecError(
+                f"{where}.start_from_base: {path} is a grid (every value is tried anyway); use choice"
+            )
+        high_ok = value < args[1] if kind == "randint" else value <= args[1]
+        inside = value in args if kind == "choice" else value is not None and args[0] <= value and high_ok
+        if not inside:
+            raise SearchSpecError(
+                f"{where}.start_from_base: the base value of {path} ({value!r}) is outside {kind} {args}; "
+                "widen the space or set the base to the paper's default"
+            )
+        point[path] = value
+    return point

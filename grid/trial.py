@@ -25,6 +25,7 @@ class TrialJob(Strict):
     steps_root: str
     cache_dir: str | None = None
     search_metric: str | None = None  # a search's metric: every report carries it (Tune checks)
+    objective_metric: str | None = None  # a search's objective when ASHA times another: carried too
 
     @property
     def storage_path(self) -> str:
@@ -41,7 +42,7 @@ def prepare_models(cfg: TrialConfig) -> None:
     checkpoint_source(get_encoder_spec(cfg.model.encoder), cfg.model.encoder_path, "vision encoder")
 
 
-def flat_metrics(message: dict[str, Any], metric: str | None) -> dict[str, Any]:
+def flat_metrics(message: dict[str, Any], metric: str | None, objective: str | None = None) -> dict[str, Any]:
     """A stage report's metrics as top-level keys (what Tune's schedulers and searchers read), with
     `<stage>/step` only beside a fresh value of the search metric (ASHA skips results without it), and
     the search metric NaN when this report lacks it (Tune rejects a result without the metric)."""
@@ -51,17 +52,19 @@ def flat_metrics(message: dict[str, Any], metric: str | None) -> dict[str, Any]:
     if metric in out and "stage" in message:
         out[f"{message['stage']}/step"] = message["step"]
     out.setdefault(metric, float("nan"))
+    if objective is not None:
+        out.setdefault(objective, float("nan"))
     return out
 
 
-def flat_report_callback(metric: str | None) -> Any:
+def flat_report_callback(metric: str | None, objective: str | None = None) -> Any:
     """Ray Train -> Tune reports (rank 0's), flattened by `flat_metrics`."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     class FlatReportCallback(TuneReportCallback):
         def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
             first = dict(metrics[0])
-            first.update(flat_metrics(first.get("seagrid") or {}, metric))
+            first.update(flat_metrics(first.get("seagrid") or {}, metric, objective))
             super().after_report(run_context, [first, *metrics[1:]], checkpoint)
 
     return FlatReportCallback()
@@ -77,7 +80,7 @@ def final_flat(summary: dict[str, Any], metric: str | None) -> dict[str, Any]:
     return out
 
 
-def _report_curve(step_dir: Path, metric: str | None = None) -> None:
+def _report_curve(step_dir: Path, metric: str | None = None, objective: str | None = None) -> None:
     """A reused step that left a diagnostics curve (stage 1, trained and logged for another trial): log
     the curve for this trial too."""
     import ray.tune
@@ -96,7 +99,7 @@ def _report_curve(step_dir: Path, metric: str | None = None) -> None:
     for step, row in sorted(rows.items()):
         metrics = {diag_name(k): v for k, v in row.items()}
         message = {"stage": "stage1", "step": step, "metrics": metrics}
-        ray.tune.report({"seagrid": message, **flat_metrics(message, metric)})
+        ray.tune.report({"seagrid": message, **flat_metrics(message, metric, objective)})
 
 
 def _step_runtime(job: TrialJob) -> TrialRuntime:
@@ -104,7 +107,7 @@ def _step_runtime(job: TrialJob) -> TrialRuntime:
         trial=job.trial,
         cache_dir=job.cache_dir,
         storage_path=job.storage_path,
-        train_callbacks=(flat_report_callback(job.search_metric),),
+        train_callbacks=(flat_report_callback(job.search_metric, job.objective_metric),),
     )
 
 
@@ -130,7 +133,12 @@ def run_trial(config: dict[str, Any]) -> None:
             if step.summary is not None:
                 summary.update(step.summary(step.config, done))
             if done.reused:
-                _report_curve(done.path, job.search_metric)
+                _report_curve(done.path, job.search_metric, job.objective_metric)
     artifacts = {f"eval/{k.partition('/')[2]}": v for k, v in summary.items() if k.startswith("eval_dir/")}
+    from grid.search_report import retention_metrics
+
+    summary.update(retention_metrics(summary))  # a search may optimise eval/<name>/retention
     final = final_flat(summary, job.search_metric) if job.search_metric else {}
+    if job.objective_metric is not None:  # e.g. a benchmark that did not run: NaN, as Tune needs it
+        final.setdefault(job.objective_metric, float("nan"))
     ray.tune.report({"seagrid": {"final": summary, "artifacts": artifacts}, **final})

@@ -30,7 +30,13 @@ BASE = {
 
 
 def spec_with(search: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"name": "s", "base": BASE, "search": {"metric": "stage1/loss", "mode": "min", **search}, **extra}
+    # L_lm alone: the total loss contains align_weight x L_align, which the guard refuses for a search of it.
+    return {
+        "name": "s",
+        "base": BASE,
+        "search": {"metric": "stage1/loss/lm", "mode": "min", **search},
+        **extra,
+    }
 
 
 @pytest.mark.parametrize(
@@ -195,6 +201,7 @@ search:
   num_samples: 1
   scheduler: {{kind: asha, grace_period: 1, max_t: 2, reduction_factor: 2}}
   max_concurrent: 1
+  accept_gameable_metric: "the test wants ASHA's decisions fixed by das_weight, so the total loss on purpose"
 output: {{root: {root}, tracking_uri: "sqlite:///{db}"}}
 """
 
@@ -268,6 +275,9 @@ def test_asha_search_interrupted_resumed_tracked_and_clean(ray_session, tmp_path
     # Sampled values are params (every config value is) and tags; runs nest under the search's run.
     search_run = client.get_run(outcome.parent_run)
     assert search_run.info.status == "FINISHED" and search_run.data.tags["seagrid.role"] == "search"
+    # The spec acknowledged its gameable metric: the acknowledgement and the guard's reason are on record.
+    assert search_run.data.tags["seagrid.guard_override"].startswith("the test wants ASHA's decisions")
+    assert "method.basic.das_weight x L_das" in search_run.data.tags["seagrid.guard_reason"]
     for r in latest.values():
         assert r.data.tags["mlflow.parentRunId"] == outcome.parent_run
         sampled = r.data.tags["sample.method.basic.das_weight"]

@@ -192,7 +192,7 @@ def test_id_is_slug_plus_hash_of_canonical_config(tmp_path: Path) -> None:
         "pin_memory",
     ):
         ident["stage1"].pop(how)  # how it runs, not what it computes
-    for later in ("precision", "group_by_length"):
+    for later in ("precision", "group_by_length", "heldout"):
         ident["stage1"].pop(later)  # added later: part of the identity only when set
     ident["method"].pop("sea")  # llava trials: SEA and BASIC settings are not in use
     ident["method"].pop("basic")

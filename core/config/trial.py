@@ -15,6 +15,7 @@ from core.config.facts import (
     LLM_IDS,
     encoders_with_text_tower,
 )
+from core.config.heldout import HeldoutConfig
 from core.config.methods import METHODS, METHODS_WITH_BASIC, METHODS_WITH_SEA  # noqa: F401  (re-exported)
 
 
@@ -266,6 +267,11 @@ class StageConfig(Strict):
         json_schema_extra=NOT_IDENTITY,
         description="recompute the LLM's layer activations in backward; auto: on for LLMs of 1B parameters "
         "and more",
+    )
+    heldout: HeldoutConfig = Field(
+        default_factory=HeldoutConfig,
+        json_schema_extra=IDENTITY_IF_SET,
+        description="a held-out split of this stage's data and its L_lm curve (search metrics)",
     )
 
     def identity_exclude(self) -> set[str]:

@@ -36,6 +36,7 @@ from core.train.deepspeed_engine import (
     make_optimizer,
     resolve_zero,
 )
+from core.train.heldout import HeldoutProbe, heldout_probe, split_stage
 from core.train.job import EvalJob, NonFiniteLoss, StageJob, StageOutOfMemory, StepBudgetReached
 from core.train.precision import DTYPES, Precision, loop_autocast, module_dtypes, resolve_precision
 from core.train.reduce import mean_across_ranks
@@ -196,6 +197,7 @@ def _run_stage(
         init_distributed(device)  # before the model: under ZeRO-3 the LLM is partitioned as it is built
     vlm, tokenizer = build_model(job, run)
     dataset, collate_fn, context = build_data(job, vlm, tokenizer, rank)
+    dataset, held = split_stage(job, dataset)  # a held-out part (`<stage>.heldout`) is never trained on
     if run.zero == 3:
         # The LLM's partitions already sit on this device; moving it would undo zero.Init's placement.
         vlm.vision.to(device)
@@ -230,6 +232,7 @@ def _run_stage(
     loop = _Loop(
         job, run, stepper, loader, sampler, checkpoints, accum, total, world, rank, device, every, probe
     )
+    loop.heldout = heldout_probe(job, held, collate_fn, world, rank, device, run)
     pos, last = loop.run(objective, vlm)
     result = {
         "first_loss": pos.first_loss,
@@ -240,6 +243,7 @@ def _run_stage(
         "zero": zero,
     }
     result.update({f"final_{k.replace('/', '_')}": v for k, v in last.items() if k != "loss"})
+    result.update(loop.heldout.final() if loop.heldout is not None else {})
     tower = any(p.requires_grad for p in vlm.vision.parameters())
     out_dir = Path(job.out_dir)
     _save_outputs(
@@ -454,6 +458,7 @@ class _Loop:
         self.checkpoints, self.accum, self.total = checkpoints, accum, total
         self.world, self.rank, self.device, self.every, self.probe = world, rank, device, every, probe
         self.resumed_from = 0
+        self.heldout: HeldoutProbe | None = None
 
     def run(self, objective: torch.nn.Module, vlm: Any) -> tuple[Position, dict[str, float]]:
         generators = {"objective": objective.generator} if hasattr(objective, "generator") else {}
@@ -519,11 +524,14 @@ class _Loop:
             elapsed_s=self._clock,
         )
         diagnose = bool(self.every) and (step % self.every == 0 or step == self.total)
-        if save or diagnose or step % settings.log_every == 0 or step == self.total:
+        held = self.heldout is not None and self.heldout.due(step, self.total)
+        if save or diagnose or held or step % settings.log_every == 0 or step == self.total:
             elapsed = time.perf_counter() - self._t0
             metrics = {f"{name}/{k}": v for k, v in last.items()}
             if diagnose and self.probe is not None:
                 metrics.update(self.probe(vlm, step))
+            if held:  # every rank evaluates (a collective under ZeRO-3)
+                metrics.update(self.heldout(vlm))
             metrics[f"{name}/lr"] = lr
             metrics[f"{name}/samples_per_s"] = settings.global_batch_size * self._since / max(elapsed, 1e-9)
             message = {"stage": name, "step": step, "total_steps": self.total, "metrics": metrics}
