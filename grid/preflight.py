@@ -142,3 +142,10 @@ def preflight_plan(
     ctx.trials = [r.trial for r in rows if r.status != "done"]
     refuse_problems(source, run_preflight(ctx))
     return rows
+
+
+def preflight_search(spec: ExperimentSpec, source: str, tracker: Tracker, cells: list[Trial]) -> None:
+    """A search's pre-flight: the tracking store, the output root and every cell's files (a search's trial
+    count is its `num_samples`, bounded by the spec itself)."""
+    ctx = Preflight(spec, source, tracker, trials=cells)
+    refuse_problems(source, run_preflight(ctx, [check_tracking_store, check_output_root, check_data_files]))

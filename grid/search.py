@@ -19,6 +19,7 @@ from core.paths import cache_dir
 from grid.console import Board, console_for, duration
 from grid.expand import Trial, expand, slug, trial_hash
 from grid.memory import refuse_if_unfit
+from grid.preflight import preflight_search
 from grid.run import GridCallback, GridResult, _invocation, ui_link
 from grid.search_budget import budget_line
 from grid.search_guard import log_guard_override
@@ -187,6 +188,8 @@ def run_search(
         raise SpecError(f"{spec_path}: no search block; `seagrid grid` runs a plain grid")
     tracker = Tracker(spec.name, spec.output.tracking_uri)
     cells = expand(spec, str(spec_path))
+    # Every problem a user can fix (files, tracking store, output), reported at once, as a grid does.
+    preflight_search(spec, str(spec_path), tracker, cells)
     refuse_if_unfit({c.id: c.config for c in cells})  # before anything starts, as a grid does
     console.print(search_summary(spec, cells), highlight=False)
     board = Board(spec.name, console, show_prints=verbose)

@@ -355,3 +355,22 @@ def test_report_into_an_output_root_that_is_a_file(
     assert f"{tmp_path / 'results'}/reports/m: not a directory; check the spec's paths (output.root" in err
     assert "Traceback" not in err and _tree(tmp_path) == before
     assert "(seagrid report --debug ... shows where it happened)" in err
+
+
+def test_a_search_has_the_same_preflight(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`seagrid tune` refuses a search whose dataset is missing and whose output.root is a file, both at
+    once, before Ray or Tune start; nothing is written."""
+    (tmp_path / "results").write_text("not a folder")
+    output = {"root": str(tmp_path / "results"), "tracking_uri": f"sqlite:///{tmp_path}/m.db"}
+    spec = _spec(tmp_path, _llava(tmp_path / "nodata.json", tmp_path / "noimages"), output)
+    data = yaml.safe_load(spec.read_text())
+    data["search"] = {"metric": "stage1/loss/lm", "mode": "min", "num_samples": 2,
+                      "space": {"stage1.lr": {"loguniform": [1e-4, 1e-2]}}}  # fmt: skip
+    spec.write_text(yaml.safe_dump(data))
+    before = _tree(tmp_path)
+    assert main(["tune", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "2 problem(s) found before any trial started" in err, err
+    assert f"output.root={tmp_path / 'results'}: is a file" in err
+    assert f"stage1 dataset mine: missing JSON {tmp_path / 'nodata.json'}" in err
+    assert "Traceback" not in err and _tree(tmp_path) == before
