@@ -176,3 +176,24 @@ def test_a_judged_kind_without_a_judge_stops_before_generating(tmp_path: Path, m
     )  # fmt: skip
     with pytest.raises(BenchmarkFileError, match="benchmark 'mm-vet': no judge base_url and model"):
         BENCHMARKS["mm_vet"].read(bench, bench_files(bench, None))
+
+
+@pytest.mark.parametrize("name", ["scaling", "encoders", "transfer", "basic", "ablation_basic"])
+def test_every_paper_column_maps_to_a_registered_benchmark(name: str) -> None:
+    """`just plan` of each paper spec: no `no benchmark` cell; each column is a metric a benchmark declares."""
+    from grid.expand import expand
+    from grid.published import load_published
+    from grid.spec import load_spec
+    from grid.table_cells import NO_BENCHMARK, benchmark_metrics, cell_states
+
+    rel = f"experiments/{name}.yaml"
+    trials = expand(load_spec(rel), rel)
+    published = load_published(rel)
+    assert published is not None and published.tables
+    declared = set().union(*(benchmark_metrics(t) for t in trials))
+    for table in published.tables:
+        assert set(table.columns) <= declared, (table.title, sorted(set(table.columns) - declared))
+        states = [s for _, cells in cell_states(table, trials) for s in cells.values()]
+        assert NO_BENCHMARK not in states, table.title
+    kinds = {b.kind for t in trials for b in t.config.eval.benchmarks}
+    assert kinds <= set(BENCHMARKS) and {"vqav2", "vizwiz", "mm_vet", "mmbench_en"} <= kinds
