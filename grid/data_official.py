@@ -27,7 +27,7 @@ def official_needs(bench: Any, make: Callable[..., Any]) -> list[Any]:
     the hint), the first carrying the family's reader; coco_caption also needs Java."""
     from core.evaluation.benchmarks.official import ROLE_FIELDS, family_of
 
-    out = []
+    out: list[Any] = []
     for f in family_of(bench.kind).files:
         name = ROLE_FIELDS[f.role]
         value = getattr(bench, name)

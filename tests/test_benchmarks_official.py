@@ -6,6 +6,8 @@ import base64
 import csv
 import io
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -197,3 +199,61 @@ def test_every_paper_column_maps_to_a_registered_benchmark(name: str) -> None:
         assert NO_BENCHMARK not in states, table.title
     kinds = {b.kind for t in trials for b in t.config.eval.benchmarks}
     assert kinds <= set(BENCHMARKS) and {"vqav2", "vizwiz", "mm_vet", "mmbench_en"} <= kinds
+
+
+class _Grader(BaseHTTPRequestHandler):
+    """An OpenAI-style chat-completions server grading MM-Vet like its grader: 1.0 when the ground truth
+    occurs in the prediction, else 0.0."""
+
+    requests = 0
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        _Grader.requests += 1
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _, truth, pred, _ = body["messages"][-1]["content"].split("\n")[-1].split(" | ")
+        reply = {"choices": [{"message": {"content": "1.0" if truth.strip() in pred else "0.0"}}]}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_mm_vet_through_a_local_judge_from_the_spec(letter_b, tmp_path: Path, monkeypatch) -> None:
+    from core.evaluation.benchmarks import run_benchmark
+
+    vlm, tok = letter_b
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Grader)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-local")
+    (tmp_path / "images").mkdir()
+    data = {}
+    for k, truth in enumerate(["B", "dog"]):
+        Image.new("RGB", (16, 16)).save(tmp_path / "images" / f"v1_{k}.png")
+        data[f"v1_{k}"] = {
+            "imagename": f"v1_{k}.png",
+            "capability": ["rec"],
+            "question": "Q?",
+            "answer": truth,
+        }
+    (tmp_path / "mm-vet.json").write_text(json.dumps(data))
+    judge = {"base_url": f"http://127.0.0.1:{httpd.server_address[1]}/v1", "model": "judge-x",
+             "cache_dir": str(tmp_path / "cache")}  # fmt: skip
+    bench = BenchmarkConfig(
+        name="mm-vet", kind="mm_vet", source="files", annotation_file=str(tmp_path / "mm-vet.json"),
+        image_root=str(tmp_path / "images"), max_new_tokens=2, judge=judge,
+    )  # fmt: skip
+    try:
+        metrics, preds = run_benchmark(vlm, tok, bench, TEMPLATE, log=None)
+        assert _Grader.requests == 2
+        assert set(metrics) == set(metric_names(bench))
+        assert metrics["eval/mm-vet"] == pytest.approx(50.0)  # "BB" holds "B", not "dog": 100 x 1/2
+        assert {p["judge_model"] for p in preds} == {"judge-x"} and {p["answer"] for p in preds} == {"BB"}
+        assert run_benchmark(vlm, tok, bench, TEMPLATE, log=None)[0] == metrics
+        assert _Grader.requests == 2  # the rerun is answered from the cache
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,11 +132,16 @@ def ask(kind: str, ctx: RunContext, bench: BenchmarkConfig, items: list[Official
         ctx.max_new_tokens = saved
 
 
+def _fixed(family: Family) -> list[str]:
+    # Names with a "/" are per-category (MM-Vet's capability/<c>): like the ones built from the data,
+    # they exist only when the data has that category, so they are not part of the fixed set.
+    return [m for m in family.metrics if m != family.headline and "/" not in m]
+
+
 def metric_names(kind: str, bench: BenchmarkConfig) -> tuple[str, ...]:
-    """The headline as "" (eval/<name>) and the family's other fixed metrics; per-category numbers,
-    whose names depend on the data, stay in the family's own result (not logged)."""
-    family = family_of(kind)
-    return ("", *(m for m in family.metrics if m != family.headline))
+    """The headline as "" (eval/<name>) and the family's other fixed metrics; per-category numbers stay
+    in the family's own result (not logged)."""
+    return ("", *_fixed(family_of(kind)))
 
 
 def score(kind: str, bench: BenchmarkConfig, items: list[OfficialItem], answers: list[str]) -> Scored:
@@ -150,8 +156,10 @@ def score(kind: str, bench: BenchmarkConfig, items: list[OfficialItem], answers:
         print(f"[eval] {bench.name}: judged by {judge.model} ({judge.requests_sent} requests, rest cached)")
     else:
         raw = family.score(samples, predictions)
-    metrics = {"": float(raw[family.headline])}
-    metrics.update({m: float(raw[m]) for m in family.metrics if m != family.headline})
+    # A part the data lacks (SEED-Bench's video questions when only images are read, ScienceQA's
+    # image accuracy without images): NaN, so the declared names still arrive and no cell reads 0.
+    metrics = {"": float(raw.get(family.headline, math.nan))}
+    metrics.update({m: float(raw.get(m, math.nan)) for m in _fixed(family)})
     preds = [
         {"id": it.sample.id, "prompt": it.prompt, "answer": a, **extra}
         for it, a in zip(items, answers, strict=True)
