@@ -257,3 +257,23 @@ def test_mm_vet_through_a_local_judge_from_the_spec(letter_b, tmp_path: Path, mo
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_sharded_official_kind_scores_as_unsharded(letter_b, tmp_path: Path) -> None:
+    """Two shards each run their batches of MMBench's passes; the replayed outputs score as one run."""
+    from core.evaluation.benchmarks import benchmark_outputs, run_benchmark
+    from core.evaluation.shard import Shard, gather_outputs, write_outputs
+
+    vlm, tok = letter_b
+    bench = BenchmarkConfig(
+        name="mmb", kind="mmbench_en", source="files", max_new_tokens=1,
+        question_file=write_mmbench(tmp_path / "mmb.tsv"),
+    )  # fmt: skip
+    whole = run_benchmark(vlm, tok, bench, TEMPLATE, batch_size=2, log=None)
+    files = []
+    for index in range(2):
+        recorded = benchmark_outputs(vlm, tok, bench, TEMPLATE, Shard(index, 2), batch_size=2)
+        write_outputs(tmp_path / f"shard{index}.json", recorded)
+        files.append(tmp_path / f"shard{index}.json")
+    replayed = run_benchmark(None, None, bench, TEMPLATE, log=None, replay=gather_outputs(files))
+    assert replayed == whole and len(whole[1]) == 5
