@@ -65,6 +65,7 @@ class Need:
     # Reads the file(s) exactly as its consumer will (the same function), returning a summary line;
     # raises ValueError on what the consumer would refuse. None: presence and size only.
     reads: Callable[[], str] | None = None
+    hint: str = ""  # where to get it, when the need declares it (official benchmark families)
 
 
 @dataclass
@@ -147,6 +148,12 @@ def add_diagnostics(diag: Any, add: Any) -> None:
 
 
 def add_benchmark(bench: Any, add: Any) -> None:
+    from grid.data_official import is_official, official_needs
+
+    if is_official(bench):
+        for need in official_needs(bench, Need):
+            add(need)
+        return
     kinds = {
         "question_file": "file",
         "annotation_file": "file",
@@ -302,6 +309,11 @@ def _check_presence(need: Need, sample: int, rng: random.Random) -> Finding:
     if need.kind == "images":
         found = check_images(need.path, sample, rng)
         return Finding(need, found.ok, found.lines)
+    if need.kind == "java":
+        from grid.data_official import java_line
+
+        ok, line = java_line()
+        return Finding(need, ok, [line])
     if need.kind == "2of12":
         try:
             return Finding(need, True, [f"{need.path}: {len(read_2of12(need.path)):,} words"])
@@ -329,6 +341,8 @@ def _check_presence(need: Need, sample: int, rng: random.Random) -> Finding:
 
 
 def where_to_get(need: Need) -> str:
+    if need.hint:
+        return need.hint
     known = SOURCES.get(need.source)
     if known:
         return known["text"]

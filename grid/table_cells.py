@@ -14,9 +14,12 @@ FILLED, NO_TRIAL, NO_BENCHMARK = "planned", "no trial", "no benchmark"
 
 
 def benchmark_metrics(trial: Trial) -> set[str]:
-    """The headline metrics the trial's evaluation logs: eval/<benchmark name> for each benchmark."""
+    """The metrics the trial's evaluation logs: eval/<benchmark name> (the headline) and every other name
+    its benchmark kind declares (core.evaluation.benchmarks.metric_names), e.g. eval/mme/cognition."""
+    from core.evaluation.benchmarks import metric_names
+
     cfg = trial.config.eval
-    return {f"eval/{b.name}" for b in cfg.benchmarks} if cfg.enabled else set()
+    return {m for b in cfg.benchmarks for m in metric_names(b)} if cfg.enabled else set()
 
 
 def cell_states(table: PublishedTable, trials: list[Trial]) -> list[tuple[list[Trial], dict[str, str]]]:

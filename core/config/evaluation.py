@@ -6,9 +6,29 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from core.config.base import NOT_IDENTITY, Strict
+from core.config.base import IDENTITY_IF_SET, NOT_IDENTITY, Strict
 
-BenchmarkKind = Literal["pope", "vqa", "mc", "text_mc"]
+BenchmarkKind = Literal[
+    "pope",
+    "vqa",
+    "mc",
+    "text_mc",
+    # The papers' benchmarks scored by their official rules (core/evaluation/scorers, adapted in
+    # core/evaluation/benchmarks/official.py): each reads its own official files.
+    "vqav2",
+    "vizwiz",
+    "mmbench_en",
+    "mmbench_cn",
+    "mme",
+    "mmvp",
+    "ocrbench",
+    "seedbench",
+    "mmmu",
+    "scienceqa",
+    "coco_caption",
+    "mm_vet",
+    "llava_wild",
+]
 Stage = Literal["after_stage1", "after_stage2"]
 PopeSplit = Literal["adversarial", "popular", "random"]
 
@@ -18,21 +38,69 @@ REQUIRED_FILES: dict[str, tuple[str, ...]] = {
     "vqa": ("question_file", "annotation_file", "image_root"),
     "mc": ("question_file",),
     "text_mc": ("question_file",),
+    "vqav2": ("question_file", "image_root"),
+    "vizwiz": ("annotation_file", "image_root"),
+    "mmbench_en": ("question_file",),
+    "mmbench_cn": ("question_file",),
+    "mme": ("annotation_dir",),
+    "mmvp": ("question_file", "image_root"),
+    "ocrbench": ("annotation_file", "image_root"),
+    "seedbench": ("annotation_file", "image_root"),
+    "mmmu": ("annotation_dir",),
+    "scienceqa": ("question_file", "annotation_file", "image_root"),
+    "coco_caption": ("annotation_file", "image_root"),
+    "mm_vet": ("annotation_file", "image_root"),
+    "llava_wild": ("question_file", "context_file", "annotation_file", "image_root"),
 }
 OPTIONAL_FILES: dict[str, tuple[str, ...]] = {
     "pope": ("question_file",),
     "vqa": (),
     "mc": ("image_root",),
     "text_mc": (),
+    "vqav2": ("annotation_file",),  # val has answers; test-dev has none (answer file only)
 }
-FILE_FIELDS = ("question_file", "annotation_file", "annotation_dir", "image_root")
+FILE_FIELDS = ("question_file", "annotation_file", "annotation_dir", "image_root", "context_file")
+# Kinds with a synthetic set (their official file formats written from the synthetic world); the other
+# official kinds need their real files (source: files).
+OFFICIAL_SYNTHETIC = ("vqav2", "vizwiz", "mmbench_en", "mmbench_cn")
+OFFICIAL_KINDS = tuple(k for k in REQUIRED_FILES if k not in ("pope", "vqa", "mc", "text_mc"))
+JUDGED_KINDS = ("mm_vet", "llava_wild")
 _FILE_HELP = {
     "pope": "annotation_dir (the coco_pope_<split>.json files) and image_root; question_file optional "
     "(LLaVA's llava_pope_test.jsonl)",
     "vqa": "question_file (jsonl: question_id, image, text), annotation_file (answers) and image_root",
     "mc": "question_file (jsonl or MMBench tsv); image_root when items name image files",
     "text_mc": "question_file (MMLU csv, a directory of them, or jsonl)",
+    "vqav2": "question_file (v2_OpenEnded_mscoco_*_questions.json), image_root (COCO val2014/ or "
+    "test2015/); annotation_file (v2_mscoco_val2014_annotations.json) for val accuracy",
+    "vizwiz": "annotation_file (Annotations/val.json) and image_root (val/)",
+    "mmbench_en": "question_file (mmbench_dev_20230712.tsv)",
+    "mmbench_cn": "question_file (mmbench_dev_cn_20231003.tsv)",
+    "mme": "annotation_dir (MME_Benchmark_release_version/)",
+    "mmvp": "question_file (Questions.csv) and image_root (MMVP Images/)",
+    "ocrbench": "annotation_file (OCRBench.json) and image_root (OCRBench_Images/)",
+    "seedbench": "annotation_file (SEED-Bench.json) and image_root (SEED-Bench-image/)",
+    "mmmu": "annotation_dir (the MMMU/ folder of <Subject>/validation-*.parquet)",
+    "scienceqa": "question_file (problems.json), annotation_file (pid_splits.json) and image_root "
+    "(images/test/)",
+    "coco_caption": "annotation_file (captions_val2014.json or a Karpathy split) and image_root",
+    "mm_vet": "annotation_file (mm-vet.json) and image_root (mm-vet/images/)",
+    "llava_wild": "question_file (questions.jsonl), context_file (context.jsonl), annotation_file "
+    "(answers_gpt4.jsonl) and image_root (images/)",
 }
+
+
+class JudgeSettings(Strict):
+    """The GPT judge of MM-Vet / LLaVA-Bench (an OpenAI-compatible endpoint); unset fields come from
+    SEAGRID_JUDGE_URL / SEAGRID_JUDGE_MODEL / SEAGRID_JUDGE_CACHE. The key is only read from the
+    environment variable `api_key_env`, never from the spec."""
+
+    base_url: str | None = Field(None, description="the API root, e.g. https://api.openai.com/v1")
+    model: str | None = Field(None, description="e.g. gpt-4-0613 (MM-Vet's), gpt-4-0314 (LLaVA-Bench's)")
+    api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    cache_dir: str | None = Field(
+        None, description="every judgement cached here (default results/judge_cache)"
+    )
 
 
 class BenchmarkConfig(Strict):
@@ -50,6 +118,7 @@ class BenchmarkConfig(Strict):
     annotation_file: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
     annotation_dir: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
     image_root: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
+    context_file: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
     splits: list[PopeSplit] = Field(
         default_factory=lambda: ["adversarial", "popular", "random"], min_length=1
     )
@@ -62,6 +131,37 @@ class BenchmarkConfig(Strict):
         None, description="user-turn format with {question}; default: the file's text as LLaVA uses it"
     )
     when: list[Stage] | None = None
+    max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        json_schema_extra=IDENTITY_IF_SET,
+        description="official kinds: answer length (default per kind: 16 short answers and letters, "
+        "64 captions, 1024 MM-Vet / LLaVA-Bench); other kinds use evaluation.max_new_tokens",
+    )
+    # Where the judge runs is infrastructure; the judge model is logged beside the judged metrics.
+    judge: JudgeSettings | None = Field(None, json_schema_extra=NOT_IDENTITY)
+
+    @model_validator(mode="after")
+    def _check_official(self) -> BenchmarkConfig:
+        if self.kind not in OFFICIAL_KINDS:
+            if self.max_new_tokens is not None or self.judge is not None:
+                raise ValueError(
+                    f"benchmark '{self.name}': max_new_tokens and judge are for the official kinds; kind "
+                    f"'{self.kind}' uses evaluation.max_new_tokens and no judge: drop them"
+                )
+            return self
+        if self.source == "synthetic" and self.kind not in OFFICIAL_SYNTHETIC:
+            raise ValueError(
+                f"benchmark '{self.name}': kind '{self.kind}' has no synthetic set; set source: files and "
+                f"{_FILE_HELP[self.kind]}"
+            )
+        if self.prompt is not None:
+            raise ValueError(
+                f"benchmark '{self.name}': kind '{self.kind}' asks with its official prompt; drop prompt"
+            )
+        if self.judge is not None and self.kind not in JUDGED_KINDS:
+            raise ValueError(f"benchmark '{self.name}': kind '{self.kind}' is not judged; drop judge")
+        return self
 
     @model_validator(mode="after")
     def _check(self) -> BenchmarkConfig:
@@ -79,7 +179,7 @@ class BenchmarkConfig(Strict):
                     f"benchmark '{self.name}': source 'files' with kind '{self.kind}' needs "
                     f"{', '.join(missing)}; set {_FILE_HELP[self.kind]}"
                 )
-            allowed = set(REQUIRED_FILES[self.kind]) | set(OPTIONAL_FILES[self.kind])
+            allowed = set(REQUIRED_FILES[self.kind]) | set(OPTIONAL_FILES.get(self.kind, ()))
             extra = [f for f in given if f not in allowed]
             if extra:
                 raise ValueError(

@@ -34,15 +34,20 @@ class ImageRef:
             if self.data is not None:
                 image = Image.open(io.BytesIO(self.data))
             else:
-                if image_root is None:
+                # An absolute path (the official readers resolve their images) needs no root.
+                if image_root is None and not Path(str(self.path)).is_absolute():
                     raise BenchmarkFileError(
                         f"{where}: item names image {self.path!r} but no image_root is set"
                     )
-                image = Image.open(image_root / str(self.path))
+                image = Image.open(
+                    Path(str(self.path)) if image_root is None else image_root / str(self.path)
+                )
             image.load()
             return image.convert("RGB")
         except (OSError, UnidentifiedImageError) as err:
-            shown = f"{image_root / str(self.path)}" if self.path is not None else "embedded image"
+            shown = (
+                f"{Path(image_root or '') / str(self.path)}" if self.path is not None else "embedded image"
+            )
             raise BenchmarkFileError(f"{where}: cannot read {shown} ({err})") from err
 
 
@@ -54,6 +59,7 @@ class BenchFiles:
     annotation_file: Path | None = None
     annotation_dir: Path | None = None
     image_root: Path | None = None
+    context_file: Path | None = None  # LLaVA-Bench-in-the-Wild's context.jsonl
 
 
 def require(path: Path, what: str) -> Path:

@@ -11,6 +11,7 @@ from core.evaluation.benchmarks.context import RunContext
 from core.evaluation.benchmarks.files import BenchFiles
 from core.evaluation.benchmarks.kind import BenchmarkKind, Scored
 from core.evaluation.benchmarks.mc import MC, TEXT_MC
+from core.evaluation.benchmarks.official import OFFICIAL
 from core.evaluation.benchmarks.pope import POPE
 from core.evaluation.benchmarks.vqa import VQA
 from core.evaluation.config import BenchmarkConfig
@@ -22,6 +23,7 @@ BENCHMARKS: dict[str, BenchmarkKind[Any, Any]] = {
     "vqa": VQA,
     "mc": MC,
     "text_mc": TEXT_MC,
+    **OFFICIAL,  # the papers' benchmarks by their official rules, one kind per scorer family
 }
 
 
@@ -33,7 +35,11 @@ def bench_files(bench: BenchmarkConfig, synthetic_dir: Path | None) -> BenchFile
             return Path(value).expanduser() if value is not None else None
 
         return BenchFiles(
-            p(bench.question_file), p(bench.annotation_file), p(bench.annotation_dir), p(bench.image_root)
+            p(bench.question_file),
+            p(bench.annotation_file),
+            p(bench.annotation_dir),
+            p(bench.image_root),
+            p(bench.context_file),
         )
     if synthetic_dir is None:
         raise ValueError(f"benchmark '{bench.name}': source 'synthetic' needs the synthetic eval directory")
