@@ -128,3 +128,14 @@ def test_a_tiny_trial_through_the_runner_exports_what_transformers_loads(
     print(f"step seconds: {json.dumps({k: round(v, 2) for k, v in seconds.items()})}")
     # The export of a tiny model is small beside its training (issue 21: the smoke grid grows <= 10%).
     assert seconds["export-stage1"] < 0.25 * seconds["stage1"] + 10
+
+
+def test_plan_shows_the_export_steps(tmp_path):
+    from grid.expand import Trial
+    from grid.plan_steps import steps_of_trials, steps_text
+
+    hf = Trial(id="hf-1", config=cfg(eval={"enabled": True}), axes={})
+    smoke = Trial(id="clip-1", config=cfg("tiny-clip", eval={"enabled": True}), axes={})
+    got = steps_of_trials([hf, smoke], tmp_path, {})
+    assert steps_text(got["hf-1"]) == "stage1:new eval-stage1:new export-stage1:new"
+    assert steps_text(got["clip-1"]) == "stage1:new eval-stage1:new"
