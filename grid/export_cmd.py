@@ -55,6 +55,7 @@ def add_export_parser(sub: Any, command: Any) -> None:
 def finished_stages(spec_path: str, trial: str | None, stage: str | None) -> tuple[list[Finished], Path]:
     """The finished stages to export and the spec's default exports directory; SpecError for a user mistake."""
     from core.export.config import export_config
+    from core.export.step import HF_DIR
     from core.pipeline import trial_steps
     from core.stages import enabled_stages
     from core.steps import is_success
@@ -86,8 +87,6 @@ def finished_stages(spec_path: str, trial: str | None, stage: str | None) -> tup
             deps[f"eval-{name}"] = steps.evals[name].path(root)
         built = None
         if name in steps.exports and is_success(steps.exports[name].path(root)):
-            from core.export.step import HF_DIR
-
             built = steps.exports[name].path(root) / HF_DIR
         found.append(Finished(t.id, name, export_config(t.config, name), deps, built))
     return found, Path(spec.output.root) / EXPORTS_DIR
