@@ -1,19 +1,23 @@
-"""A trial as a small graph of steps: labels (-> transfer) -> stage1 -> stage2, an eval after each stage.
+"""A trial as a small graph of steps: labels (-> transfer) -> stage1 -> stage2, an eval and an export after
+each stage.
 
 Each step carries the function that builds it (its kind's module: core/labels/step.py,
-core/train/launch.py, core/evaluation/step.py); `core.steps.runner` runs any graph. A new kind of step
+core/train/launch.py, core/evaluation/step.py, core/export/step.py); `core.steps.runner` runs any graph. A new kind of step
 is a config and a function in a module of its own, and a line here that adds it to the graph.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from core.config import METHODS_WITH_SEA, TrialConfig
 from core.config.facts import ENCODER_FACTS
 from core.evaluation.job import EvalStepConfig
 from core.evaluation.step import build_eval, eval_in_task, eval_summary
+from core.export.config import export_config
+from core.export.step import export_step, export_summary
+from core.export.support import refusal
 from core.labels.step import (
     LABELS,
     TRANSFER,
@@ -32,19 +36,20 @@ from core.train.launch import InWorkerEval, TrainStepConfig, build_stage, stage_
 
 @dataclass(frozen=True)
 class TrialSteps:
-    """A trial's steps: the label steps (SEA only), the training stages and their evaluations, by name."""
+    """A trial's steps: the label steps (SEA only), the training stages, their evaluations and their
+    transformers exports (only for a model that has a LLaVA form: `core.export.support.refusal`), by name."""
 
     labels: tuple[Step, ...]
     stages: dict[str, Step]
     evals: dict[str, Step]
+    exports: dict[str, Step] = field(default_factory=dict)
 
     def all(self) -> list[Step]:
         """Every step in an order that puts dependencies first."""
         out = list(self.labels)
         for name, step in self.stages.items():
             out.append(step)
-            if name in self.evals:
-                out.append(self.evals[name])
+            out += [s[name] for s in (self.evals, self.exports) if name in s]
         return out
 
 
@@ -102,11 +107,23 @@ def _eval_step(cfg: TrialConfig, kind: StageKind, final: bool, stage: Step) -> S
     )
 
 
+def _export_step(cfg: TrialConfig, kind: StageKind, stage: Step, ev: Step | None) -> Step:
+    """The stage's export; after its evaluation too, so the model card carries the final metrics. Nothing
+    depends on it: adding it renames no other step."""
+    deps = (stage,) if ev is None else (stage, ev)
+    config = export_config(cfg, kind.name)
+    return Step(
+        f"export-{kind.name}", config, deps, _one_worker(cfg), export_step, always_in_task, export_summary
+    )
+
+
 def trial_steps(cfg: TrialConfig) -> TrialSteps:
     """The pure description of a trial's work; steps that trials share hash alike and run once."""
     labels = label_steps(cfg)
     stages: dict[str, Step] = {}
     evals: dict[str, Step] = {}
+    exports: dict[str, Step] = {}
+    exportable = refusal(cfg.model.encoder, cfg.model.adapter) is None
     kinds = enabled_stages(cfg)
     previous: Step | None = None
     for kind in kinds:
@@ -125,8 +142,10 @@ def trial_steps(cfg: TrialConfig) -> TrialSteps:
                 ev = replace(ev, deps=(step,))
             evals[kind.name] = ev
         stages[kind.name] = step
+        if exportable:
+            exports[kind.name] = _export_step(cfg, kind, step, evals.get(kind.name))
         previous = step
-    return TrialSteps(labels, stages, evals)
+    return TrialSteps(labels, stages, evals, exports)
 
 
 def prepare_labels(

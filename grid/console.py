@@ -93,6 +93,15 @@ class Board:
             line.status, line.started, line.stage = "running", time.time(), "starting"
         self._plain(f"start   {line.name}  ({tid})")
 
+    def phase(self, tid: str, text: str) -> None:
+        """What a trial is doing while it has no step to show (`stage1: starting workers, ...`): in the
+        stage column until its next progress report, and as a plain line."""
+        with self._lock:
+            line = self.lines[tid]
+            line.stage, line.step, line.total, line.stage_t0 = text, 0, None, None
+        self._plain(f"        {line.name}  {text}")
+        self.refresh()
+
     def progress(self, tid: str, stage: str, step: int, total: int | None, metrics: dict[str, Any]) -> None:
         """A report from a trial: its stage, step of total and the metrics logged at that step."""
         now = time.time()

@@ -25,6 +25,7 @@ class Finished:
     stage: str
     config: Any  # core.export.config.ExportStepConfig
     deps: dict[str, Path]
+    built: Path | None = None  # the graph's export step output, when it finished: reused, not rebuilt
 
 
 def add_export_parser(sub: Any, command: Any) -> None:
@@ -54,6 +55,7 @@ def add_export_parser(sub: Any, command: Any) -> None:
 def finished_stages(spec_path: str, trial: str | None, stage: str | None) -> tuple[list[Finished], Path]:
     """The finished stages to export and the spec's default exports directory; SpecError for a user mistake."""
     from core.export.config import export_config
+    from core.export.step import HF_DIR
     from core.pipeline import trial_steps
     from core.stages import enabled_stages
     from core.steps import is_success
@@ -83,13 +85,16 @@ def finished_stages(spec_path: str, trial: str | None, stage: str | None) -> tup
         deps = {name: step_dir}
         if name in steps.evals and is_success(steps.evals[name].path(root)):
             deps[f"eval-{name}"] = steps.evals[name].path(root)
-        found.append(Finished(t.id, name, export_config(t.config, name), deps))
+        built = None
+        if name in steps.exports and is_success(steps.exports[name].path(root)):
+            built = steps.exports[name].path(root) / HF_DIR
+        found.append(Finished(t.id, name, export_config(t.config, name), deps, built))
     return found, Path(spec.output.root) / EXPORTS_DIR
 
 
 def run_export(args: argparse.Namespace, console: Console) -> int:
     """`seagrid export`: 0 exported (and pushed), 2 a user mistake or a refused model, 1 an upload failed."""
-    from core.export.step import write_export
+    from core.export.step import place_export, write_export
     from core.export.support import ExportRefused, check_exportable
     from core.models.vision import get_encoder_spec
 
@@ -113,8 +118,17 @@ def run_export(args: argparse.Namespace, console: Console) -> int:
     out_root = Path(args.out) if args.out else default_out
     written: list[Path] = []
     for item in found:
-        path = write_export(item.config, item.deps, out_root / item.trial_id / item.stage)
-        console.print(f"exported {item.trial_id} after {item.stage}: {path}", soft_wrap=True, highlight=False)
+        target = out_root / item.trial_id / item.stage
+        if item.built is not None:  # the trial's graph exported it already
+            path, how = (
+                place_export(item.built, target),
+                f" (the grid's export step, {item.built.parent.name})",
+            )
+        else:
+            path, how = write_export(item.config, item.deps, target), ""
+        console.print(
+            f"exported {item.trial_id} after {item.stage}: {path}{how}", soft_wrap=True, highlight=False
+        )
         written.append(path)
     if args.push:
         return push(written[0], args.push, token or "", console)

@@ -110,6 +110,8 @@ class GridCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         tid = self._tid(trial)
         sg = result.get("seagrid") or {}
+        if "phase" in sg and tid in self.board.lines:
+            self.board.phase(tid, str(sg["phase"]))
         if "metrics" in sg:
             self.tracker.log_metrics(self.run_id(tid), sg["metrics"], step=int(sg["step"]))
             self.last_step[tid] = max(self.last_step.get(tid, 0), int(sg["step"]))

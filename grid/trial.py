@@ -102,6 +102,31 @@ def _report_curve(step_dir: Path, metric: str | None = None, objective: str | No
         ray.tune.report({"seagrid": message, **flat_metrics(message, metric, objective)})
 
 
+# What a trial is doing while a step of this kind starts, before it reports steps of its own (by the
+# step's name without its stage: stage1 -> "stage", eval-stage1 -> "eval").
+PHASES: dict[str, str] = {
+    "labels": "building SEA labels",
+    "labels-transfer": "transferring SEA labels",
+    "stage": "waiting for resources, starting workers, loading the model",
+    "eval": "loading the model, evaluating",
+    "export": "exporting a transformers checkpoint",
+}
+
+
+def phase_text(step_name: str) -> str:
+    """`stage1: waiting for resources, ...`: the step and what starting it involves."""
+    kind = step_name if step_name in PHASES else step_name.rstrip("0123456789").removesuffix("-stage")
+    return f"{step_name}: {PHASES.get(kind, 'starting')}"
+
+
+def report_phase(text: str, metric: str | None) -> None:
+    """Tell the grid's console what the trial is doing (a report without metrics)."""
+    import ray.tune
+
+    message = {"phase": text}
+    ray.tune.report({"seagrid": message, **flat_metrics(message, metric)})
+
+
 def _step_runtime(job: TrialJob) -> TrialRuntime:
     return TrialRuntime(
         trial=job.trial,
@@ -126,10 +151,12 @@ def run_trial(config: dict[str, Any]) -> None:
         trial = TrialConfig.model_validate(with_values(job.trial.model_dump(mode="json"), config["params"]))
         job = job.model_copy(update={"trial": trial})
     summary: dict[str, Any] = {}
+    tell = lambda step: report_phase(phase_text(step.name), job.search_metric)  # noqa: E731
     with using_cache_dir(job.cache_dir):
+        report_phase("preparing the models", job.search_metric)
         prepare_models(job.trial)
         graph = trial_steps(job.trial).all()
-        for step, done in run_steps(graph, Path(job.steps_root), _step_runtime(job)):
+        for step, done in run_steps(graph, Path(job.steps_root), _step_runtime(job), on_start=tell):
             if step.summary is not None:
                 summary.update(step.summary(step.config, done))
             if done.reused:

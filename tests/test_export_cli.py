@@ -148,3 +148,23 @@ def test_push_without_network_fails_at_upload_and_keeps_the_export(grid):
     assert secret not in proc.stdout + proc.stderr
     assert json.loads((export / "config.json").read_text())["model_type"] == "llava"
     assert sorted(p.name for p in export.parent.iterdir()) == ["stage1"]  # no partial left beside it
+
+
+def test_reuses_the_graph_export_step_instead_of_exporting_again(grid, tmp_path, capsys):
+    """A trial whose graph ran its export step: `seagrid export` places that output (hard links, the same
+    files), it does not rebuild the model."""
+    from core.config import TrialConfig
+    from core.steps import TrialRuntime
+    from core.steps.runner import run_steps
+
+    spec_path, done = grid
+    spec = load_spec(spec_path)
+    trial = next(t for t in expand(spec, str(spec_path)) if t.id == done[0])
+    export = trial_steps(trial.config).exports["stage1"]
+    runtime = TrialRuntime(trial=TrialConfig(), cache_dir=str(tmp_path / "cache"))
+    list(run_steps([export], steps_root(spec.output), runtime, local=True))
+    built = export.path(steps_root(spec.output)) / "hf" / "model.safetensors"
+    assert main(["export", str(spec_path), "--trial", done[0], "--out", str(tmp_path / "o")]) == 0
+    placed = tmp_path / "o" / done[0] / "stage1" / "model.safetensors"
+    assert placed.stat().st_ino == built.stat().st_ino
+    assert export.dirname in capsys.readouterr().out

@@ -93,6 +93,8 @@ def test_grid_end_to_end(tmp_path: Path, ray_session, capsys: pytest.CaptureFixt
     assert all(n in log.read_text() for n in noise[:2])
     assert not any(n in captured.out + captured.err for n in noise)
     assert f"Ray's output: {log}" in out
+    # Before its first step a trial's row says what it is doing (grid/trial.py reports the phases).
+    assert "preparing the models" in out and "stage1: waiting for resources, starting workers" in out
 
     client = MlflowClient(tracking_uri=spec.output.tracking_uri)
     exp = client.get_experiment_by_name("e2e")

@@ -29,7 +29,7 @@ def test_graph_shapes():
     ]
     assert names(cfg(method={"name": "sea"})) == ["labels", "stage1"]
     dino = cfg(model={"encoder": "tiny-dinov2"}, method={"name": "sea", "sea": {"labels_from": "tiny-clip"}})
-    assert names(dino) == ["labels", "labels-transfer", "stage1"]
+    assert names(dino) == ["labels", "labels-transfer", "stage1", "export-stage1"]  # an HF tower exports
     steps = trial_steps(dino)
     assert steps.stages["stage1"].dep("labels-transfer").dep("labels") == steps.labels[0]
     assert steps.labels[1].config.grid == (4, 4)

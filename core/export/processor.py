@@ -9,8 +9,8 @@ from core.data.chat import CHAT_FORMATS, ChatFormat
 from core.data.templates import DEFAULT_IMAGE_TOKEN
 from core.models.vision import EncoderSpec
 
-# PIL resampling filters by the registry's `resample` name (PIL.Image.Resampling values).
-RESAMPLE: dict[str, int] = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1}
+# The PIL filter seagrid resizes with for every encoder (core/data/images.py: Image.Resampling.BICUBIC).
+BICUBIC = 3
 
 
 def _resize_kwargs(encoder: EncoderSpec) -> dict[str, Any]:
@@ -36,13 +36,11 @@ def image_processor_kwargs(encoder: EncoderSpec, image_mode: str) -> dict[str, A
     """
     if image_mode not in ("pad", "square"):
         raise ValueError(f"image_mode={image_mode!r}: expected 'pad' or 'square'")
-    if encoder.resample not in RESAMPLE:
-        raise ValueError(f"encoder {encoder.id!r}: resample={encoder.resample!r}; known: {sorted(RESAMPLE)}")
     return {
         **_resize_kwargs(encoder),
         "do_resize": True,
         "do_pad": image_mode == "pad",
-        "resample": RESAMPLE[encoder.resample],
+        "resample": BICUBIC,
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from core.export.config import ExportStepConfig
+from core.steps import Materialized, StepContext
 
 # The checkpoint's folder inside the step directory (beside the step's own bookkeeping files).
 HF_DIR = "hf"
@@ -18,10 +20,18 @@ STAGE_RESULT = "result.json"
 EVAL_METRICS = "metrics.json"
 
 
-def export_step(config: ExportStepConfig, deps: dict[str, Path], out_dir: Path) -> Path:
-    """The graph step: write the export of `config.stage` into `out_dir/hf`. `deps` names the stage's step
-    directory (key: the stage's name) and, when the trial evaluates, its evaluation's (`eval-<stage>`)."""
-    return write_export(config, deps, Path(out_dir) / HF_DIR)
+def export_step(
+    config: ExportStepConfig, deps: Mapping[str, Path], out_dir: Path, ctx: StepContext | None = None
+) -> Path:
+    """The graph step's function: write the export of `config.stage` into `out_dir/hf`. `deps` names the
+    stage's step directory (key: the stage's name) and, when the trial evaluates, its evaluation's
+    (`eval-<stage>`); any other upstream step is ignored."""
+    return write_export(config, dict(deps), Path(out_dir) / HF_DIR)
+
+
+def export_summary(config: ExportStepConfig, done: Materialized) -> dict[str, Any]:
+    """Where the stage's export is (`export_dir/<stage>`): what `seagrid export` and lmms-eval load."""
+    return {f"export_dir/{config.stage}": str(done.path / HF_DIR)}
 
 
 def write_export(config: ExportStepConfig, deps: dict[str, Path], target: Path) -> Path:
@@ -48,6 +58,30 @@ def write_export(config: ExportStepConfig, deps: dict[str, Path], target: Path) 
     return target
 
 
+def place_export(source: Path, target: Path) -> Path:
+    """A finished export (the graph step's `hf/`) at `target` too, as hard links where the filesystem
+    allows (no second copy of the weights), else copies; built beside `target` and renamed into place
+    like `write_export`, so a failure leaves no partial `target`."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.parent / f".{target.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        shutil.copytree(source, partial, copy_function=_link_or_copy)
+        _replace(partial, target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return target
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copy2(src, dst)
+
+
 def _replace(partial: Path, target: Path) -> None:
     if target.exists():
         old = target.parent / f".{target.name}.old-{os.getpid()}"
@@ -61,7 +95,7 @@ def _replace(partial: Path, target: Path) -> None:
 def build_export(config: ExportStepConfig, deps: dict[str, Path], dtype: Any) -> tuple[Any, Any]:
     """The LlavaForConditionalGeneration and LlavaProcessor of the stage's model, in `dtype`, in memory.
     Refused (ExportRefused) before any weight is read when the model has no LLaVA form."""
-    from core.evaluation.step import load_trained
+    from core.evaluation.load import load_trained
     from core.export.model import llava_from_vlm
     from core.export.processor import build_processor
     from core.export.support import check_exportable
@@ -69,8 +103,9 @@ def build_export(config: ExportStepConfig, deps: dict[str, Path], dtype: Any) ->
 
     encoder = get_encoder_spec(config.model.encoder)
     facts = check_exportable(encoder, config.model.adapter)
-    cfg = config.trial.model_copy(update={"model": config.model})
-    vlm, tokenizer = load_trained(cfg, config.stage, {config.stage: str(deps[config.stage])}, dtype=dtype)
+    vlm, tokenizer = load_trained(
+        config.model, config.stage, {config.stage: str(deps[config.stage])}, dtype=dtype
+    )
     llava = llava_from_vlm(vlm, tokenizer, facts, dtype)
     processor = build_processor(encoder, config.image_mode, tokenizer, config.template, facts)
     return llava, processor

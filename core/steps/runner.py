@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +60,17 @@ def run_step(step: Step, root: Path, runtime: TrialRuntime, *, local: bool = Fal
 
 
 def run_steps(
-    steps: list[Step], root: Path, runtime: TrialRuntime, *, local: bool = False
+    steps: list[Step],
+    root: Path,
+    runtime: TrialRuntime,
+    *,
+    local: bool = False,
+    on_start: Callable[[Step], None] | None = None,
 ) -> Iterator[tuple[Step, Materialized]]:
     """Every step reachable from `steps`, dependencies first, each run (or reused) once: yields each
-    with its directory as it finishes."""
+    with its directory as it finishes. `on_start(step)` is told before a step that is not done starts
+    (the console's "what is this trial doing")."""
     for step in walk(steps):
+        if on_start is not None and not is_success(step.path(root)):
+            on_start(step)
         yield step, run_step(step, root, runtime, local=local)
