@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config import ModelConfig
+
+if TYPE_CHECKING:
+    from core.models.vlm import VLM
 
 
 def eval_dtype(device: Any) -> Any:
@@ -56,7 +59,7 @@ def load_trained(
 
 
 @contextmanager
-def frozen_for_eval(vlm: Any, *, inference: bool = False) -> Iterator[None]:
+def frozen_for_eval(vlm: VLM, *, inference: bool = False) -> Iterator[None]:
     """Evaluation mode with no autograd state: eval(), no parameter requiring grad (so autocast keeps no
     bf16 copy of any weight), no_grad, or inference_mode when the model is only evaluated (its tensors
     must never meet autograd later); bf16 autocast on CUDA for parts still in fp32 (a training

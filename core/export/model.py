@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -10,11 +10,15 @@ from torch import nn
 from core.data.templates import DEFAULT_IMAGE_TOKEN
 from core.export.support import PROJECTOR_ACT, VisionFacts
 
+if TYPE_CHECKING:
+    from core.models.tokenizer import Tokenizer
+    from core.models.vlm import VLM
+
 # LlavaMultiModalProjector's names for the two linear layers of seagrid's Sequential mlp2x_gelu.
 PROJECTOR_KEYS = {"0.": "linear_1.", "2.": "linear_2."}
 
 
-def add_image_token(tokenizer: Any) -> int:
+def add_image_token(tokenizer: Tokenizer) -> int:
     """Add `<image>` as a special token (as llava-hf checkpoints have it) unless there; its id."""
     from tokenizers import AddedToken
 
@@ -70,7 +74,7 @@ def _grow_embeddings(llava: nn.Module, size: int) -> None:
             weight[old:] = weight[:old].mean(dim=0, keepdim=True)
 
 
-def llava_from_vlm(vlm: Any, tokenizer: Any, facts: VisionFacts, dtype: torch.dtype) -> Any:
+def llava_from_vlm(vlm: VLM, tokenizer: Tokenizer, facts: VisionFacts, dtype: torch.dtype) -> Any:
     """`LlavaForConditionalGeneration` computing what `vlm` computes, its modules reused (the VLM is consumed:
     its parts are cast to `dtype`); `tokenizer` gains the image token (its row added to the LLM's tables)."""
     from transformers import LlavaConfig, LlavaForConditionalGeneration
@@ -103,7 +107,7 @@ def llava_from_vlm(vlm: Any, tokenizer: Any, facts: VisionFacts, dtype: torch.dt
     return llava.eval()
 
 
-def _generation_config(llm: Any, tokenizer: Any, image_token_id: int) -> Any:
+def _generation_config(llm: Any, tokenizer: Tokenizer, image_token_id: int) -> Any:
     """The LLM's generation settings; the image token is never generated (its output row is new, and a
     placeholder is no answer), and padding uses the tokenizer's pad token as in seagrid's evaluation."""
     import copy
