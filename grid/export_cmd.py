@@ -55,7 +55,7 @@ def finished_stages(spec_path: str, trial: str | None, stage: str | None) -> tup
     """The finished stages to export and the spec's default exports directory; SpecError for a user mistake."""
     from core.export.config import export_config
     from core.pipeline import trial_steps
-    from core.stages import enabled_stages
+    from core.stages import STAGES, enabled_stages
     from core.steps import is_success
     from grid.expand import expand
     from grid.spec import load_spec, steps_root
@@ -83,7 +83,7 @@ def finished_stages(spec_path: str, trial: str | None, stage: str | None) -> tup
         deps = {name: step_dir}
         if name in steps.evals and is_success(steps.evals[name].path(root)):
             deps[f"eval-{name}"] = steps.evals[name].path(root)
-        found.append(Finished(t.id, name, export_config(t.config, name), deps))
+        found.append(Finished(t.id, name, export_config(t.config, STAGES[name].name), deps))
     return found, Path(spec.output.root) / EXPORTS_DIR
 
 

@@ -39,13 +39,11 @@ def image_processor_kwargs(encoder: EncoderSpec, image_mode: str) -> dict[str, A
     """
     if image_mode not in ("pad", "square"):
         raise ValueError(f"image_mode={image_mode!r}: expected 'pad' or 'square'")
-    if encoder.resample not in RESAMPLE:
-        raise ValueError(f"encoder {encoder.id!r}: resample={encoder.resample!r}; known: {sorted(RESAMPLE)}")
     return {
         **_resize_kwargs(encoder),
         "do_resize": True,
         "do_pad": image_mode == "pad",
-        "resample": RESAMPLE[encoder.resample],
+        "resample": RESAMPLE["bicubic"],  # as core.data.images resizes (PIL's BICUBIC)
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,

@@ -69,8 +69,9 @@ def build_export(config: ExportStepConfig, deps: dict[str, Path], dtype: Any) ->
 
     encoder = get_encoder_spec(config.model.encoder)
     facts = check_exportable(encoder, config.model.adapter)
-    cfg = config.trial.model_copy(update={"model": config.model})
-    vlm, tokenizer = load_trained(cfg, config.stage, {config.stage: str(deps[config.stage])}, dtype=dtype)
+    vlm, tokenizer = load_trained(
+        config.model, config.stage, {config.stage: str(deps[config.stage])}, dtype=dtype
+    )
     llava = llava_from_vlm(vlm, tokenizer, facts, dtype)
     processor = build_processor(encoder, config.image_mode, tokenizer, config.template, facts)
     return llava, processor

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from core.basic import WEIGHT_SCHEMES, das_loss, layer_weights, sds_loss
 from core.config.methods import BASIC

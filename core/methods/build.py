@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+
 from core.config import METHOD_PARTS, PARTS, MethodConfig
 from core.config.methods import BASIC, SEA
 from core.methods.context import BuildContext

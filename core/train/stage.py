@@ -525,7 +525,9 @@ class _Loop:
             minutes=settings.checkpoint_minutes,
             elapsed_s=self._clock,
         )
-        diagnose = self.every is not None and self.every != 0 and (step % self.every == 0 or step == self.total)
+        diagnose = (
+            self.every is not None and self.every != 0 and (step % self.every == 0 or step == self.total)
+        )
         if save or diagnose or step % settings.log_every == 0 or step == self.total:
             elapsed = time.perf_counter() - self._t0
             metrics = {f"{name}/{k}": v for k, v in last.items()}
@@ -670,5 +672,8 @@ def _sea_context(
             store.words, used_word_ids(index, len(store.words)), tokenizer, vlm.input_embeddings()
         )
     rows_n, cols_n = vlm.vision.spec.grid
-    context: BuildContext = {"vlm": vlm, "sea": {"word_embeddings": rows, "grid": (rows_n, cols_n), "seed": seed}}
+    context: BuildContext = {
+        "vlm": vlm,
+        "sea": {"word_embeddings": rows, "grid": (rows_n, cols_n), "seed": seed},
+    }
     return WithLabels(dataset, store), make_collate_with_labels(tokenizer.pad_token_id), context

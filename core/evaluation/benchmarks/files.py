@@ -42,7 +42,9 @@ class ImageRef:
             image.load()
             return image.convert("RGB")
         except (OSError, UnidentifiedImageError) as err:
-            shown = f"{image_root / str(self.path)}" if self.path is not None else "embedded image"
+            shown = (
+                f"{image_root / str(self.path)}" if self.path is not None and image_root else "embedded image"
+            )
             raise BenchmarkFileError(f"{where}: cannot read {shown} ({err})") from err
 
 
