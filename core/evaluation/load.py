@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from core.config import ModelConfig
 
 if TYPE_CHECKING:
+    from core.models.tokenizer import Tokenizer
     from core.models.vlm import VLM
 
 
@@ -23,7 +24,7 @@ def eval_dtype(device: Any) -> Any:
 
 def load_trained(
     model: ModelConfig, stage: str, stage_dirs: dict[str, str], device: Any = None, dtype: Any = None
-) -> tuple[Any, Any]:
+) -> tuple[VLM, Tokenizer]:
     """The VLM as `stage` left it: stage 1's adapter on the original LLM, or stage 2's LLM, adapter and
     (when it trained) vision tower weights; every part loaded straight into `dtype` (default
     `eval_dtype(device)`), frozen (no parameter requires grad: evaluation keeps no autograd state)."""

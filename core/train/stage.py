@@ -268,7 +268,7 @@ def _run_stage(
     return result
 
 
-def build_model(job: StageJob, run: RunSettings) -> tuple[Any, Any]:
+def build_model(job: StageJob, run: RunSettings) -> tuple[VLM, Tokenizer]:
     """The VLM, each part loaded straight into its dtype (the LLM partitioned at construction under
     ZeRO-3), with what this stage trains unfrozen (stage 2 starts from stage 1's adapter)."""
     from core.models import build_vlm, load_adapter
