@@ -45,7 +45,9 @@ def _seagrid(encoder: str, stage: str, outputs) -> tuple:
     from core.evaluation.step import load_trained
 
     cfg = fx.trial_config(encoder)
-    vlm, tokenizer = load_trained(cfg, stage, {stage: str(outputs[encoder][stage])}, dtype=torch.bfloat16)
+    vlm, tokenizer = load_trained(
+        cfg.model, stage, {stage: str(outputs[encoder][stage])}, dtype=torch.bfloat16
+    )
     return vlm.float(), tokenizer
 
 
