@@ -565,7 +565,9 @@ def _gather_embedding_table(objective: Objective, vlm: VLM) -> None:
     point of each micro-step. No copy: what the block computes keeps nothing of the table."""
     import deepspeed
 
-    weight = vlm.input_embeddings().weight
+    from core.models.llm import input_embeddings
+
+    weight = input_embeddings(vlm.llm).weight
 
     @contextlib.contextmanager
     def gathered() -> Iterator[torch.Tensor]:
