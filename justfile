@@ -76,10 +76,11 @@ test:
 test-fast: setup
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 uv run --frozen --quiet pytest -q --fast
 
-# ruff lint and format check.
+# ruff lint and format check, then mypy over core/ and grid/ (pyproject's [tool.mypy]).
 lint: setup
     uv run --frozen --quiet ruff check .
     uv run --frozen --quiet ruff format --check .
+    uv run --frozen --quiet mypy
 
 # Cluster-scale scheduling benchmark (not a test): 1,000 mixed trials as GPU gangs on a simulated 256-GPU cluster.
 bench-cluster *ARGS: setup

@@ -165,7 +165,9 @@ def prepare_labels(
     if not steps:
         raise ValueError(f"method '{cfg.method.name}' has no SEA labels (or stage 1 is off)")
     last = steps[-1]
-    if parallel != steps[0].config.parallel:  # not identity: the graph's hashes stay
+    first = steps[0].config
+    assert isinstance(first, LabelsStepConfig)  # label_steps puts the store's step first
+    if parallel != first.parallel:  # not identity: the graph's hashes stay
         labels = replace(steps[0], config=steps[0].config.model_copy(update={"parallel": parallel}))
         last = labels if len(steps) == 1 else replace(steps[-1], deps=(labels,))
     runtime = TrialRuntime(trial=cfg, cache_dir=str(cache_dir()), progress=progress)

@@ -164,8 +164,9 @@ def _cells_matching(
             by_factor.setdefault(_owner(factors, path), []).append((path, value))
     if not all(same_value(_walk(base, p), v) for p, v in by_factor.pop(None, [])):
         return 0
-    total = math.prod(len(f) for i, f in enumerate(factors) if i not in by_factor)
-    for i, wants in by_factor.items():
+    by_axis = {i: wants for i, wants in by_factor.items() if i is not None}  # all of them, after the pop
+    total = math.prod(len(f) for i, f in enumerate(factors) if i not in by_axis)
+    for i, wants in by_axis.items():
         total *= sum(all(same_value(value_at(c, base, p), v) for p, v in wants) for c in factors[i])
     return total
 

@@ -265,8 +265,8 @@ def build_labels(spec_path: str, console: Console) -> int:
         parallel = t.config.method.sea.label_parallel
         path = prepare_labels(t.config, root, progress=True, parallel=parallel)
         done.setdefault(str(path), t.id)
-    for path, tid in done.items():
-        console.print(f"labels for {tid} (and trials like it): {path}", soft_wrap=True, highlight=False)
+    for store, tid in done.items():
+        console.print(f"labels for {tid} (and trials like it): {store}", soft_wrap=True, highlight=False)
     return 0
 
 

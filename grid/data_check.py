@@ -181,17 +181,20 @@ def benchmark_reader(bench: Any) -> Callable[[], str]:
 
         files = bench_files(bench, None)
         if bench.kind == "pope":
+            assert files.annotation_dir is not None  # BenchmarkConfig requires it (as pope.read)
             try:
                 splits = read_pope(files.annotation_dir, files.question_file, bench.splits)
             except ValueError as err:
                 raise ValueError(f"{err}{_pope_layout_hint(files.annotation_dir)}") from None
             return f"{sum(len(v) for v in splits.values())} questions in {len(splits)} splits, as evaluation reads them"
-        items = (
-            read_vqa(files.question_file, files.annotation_file)
-            if bench.kind == "vqa"
-            else read_mc(files.question_file)
-        )
-        return f"{len(items)} questions, as evaluation reads them"
+        # BenchmarkConfig requires these files with source "files" (vqa.read and mc.read assert the same).
+        assert files.question_file is not None
+        if bench.kind == "vqa":
+            assert files.annotation_file is not None
+            count = len(read_vqa(files.question_file, files.annotation_file))
+        else:
+            count = len(read_mc(files.question_file))
+        return f"{count} questions, as evaluation reads them"
 
     return reads
 

@@ -57,7 +57,7 @@ def finished_stages(spec_path: str, trial: str | None, stage: str | None) -> tup
     from core.export.config import export_config
     from core.export.step import HF_DIR
     from core.pipeline import trial_steps
-    from core.stages import enabled_stages
+    from core.stages import STAGES, enabled_stages
     from core.steps import is_success
     from grid.expand import expand
     from grid.spec import load_spec, steps_root
@@ -88,7 +88,7 @@ def finished_stages(spec_path: str, trial: str | None, stage: str | None) -> tup
         built = None
         if name in steps.exports and is_success(steps.exports[name].path(root)):
             built = steps.exports[name].path(root) / HF_DIR
-        found.append(Finished(t.id, name, export_config(t.config, name), deps, built))
+        found.append(Finished(t.id, name, export_config(t.config, STAGES[name].name), deps, built))
     return found, Path(spec.output.root) / EXPORTS_DIR
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 import yaml
@@ -127,7 +127,9 @@ class Cell:
     def std(self) -> float | None:
         if len(self.values) < 2:
             return None
-        return float(pl.Series(self.values).std())
+        return float(
+            cast(float, pl.Series(self.values).std())
+        )  # numbers: a float (stubs: also timedelta, None)
 
     @property
     def delta(self) -> float | None:

@@ -58,8 +58,8 @@ def _env(values: dict[str, str]) -> Iterator[None]:
     try:
         yield
     finally:
-        for k, v in old.items():
-            if v is None:
+        for k, was in old.items():
+            if was is None:
                 os.environ.pop(k, None)
 
 
@@ -84,7 +84,7 @@ def _set_stream(handler: logging.StreamHandler, stream: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _ray_loggers_to(stream: TextIO) -> Iterator[None]:
+def _ray_loggers_to(stream: TextIO | io.TextIOBase) -> Iterator[None]:
     """Ray's loggers write to the stream they were given when Ray was imported (the terminal): point
     their stream handlers at `stream` for the block. Handlers Ray makes inside the block take the
     redirected stderr, i.e. `stream`: afterwards they go back to the real stderr, not a closed log."""

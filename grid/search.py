@@ -285,7 +285,9 @@ def _one_search(
     if ray.tune.Tuner.can_restore(str(path)):
         board.message(f"resuming the search in {path}")
         tuner = ray.tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True)
-        for cb in tuner._local_tuner.get_run_config().callbacks or []:
+        local = tuner._local_tuner
+        assert local is not None  # Tuner.restore in this process (not a Ray client) has a local tuner
+        for cb in local.get_run_config().callbacks or []:
             if isinstance(cb, SearchCallback):
                 cb.attach(board, out)
     else:
@@ -428,10 +430,12 @@ def best_spec(spec: ExperimentSpec, cell: Trial, row: dict[str, Any]) -> dict[st
     """A plain grid spec (no axes, no search) whose base is the best trial's config."""
     config = sampled_trial(cell, row["params"]).config
     suffix = f"-{cell.id}" if cell.axes else ""
+    search = spec.search
+    assert search is not None, "a search's best trial comes from a spec with a search block"
     return {
         "name": f"{spec.name}-best{suffix}"[:80],
-        "description": f"best of search {spec.name}{suffix}: {spec.search.metric} = {row['value']:.6g} "
-        f"({spec.search.mode}), sampled {row['params']}",
+        "description": f"best of search {spec.name}{suffix}: {search.metric} = {row['value']:.6g} "
+        f"({search.mode}), sampled {row['params']}",
         "base": config.model_dump(mode="json"),
         "output": spec.output.model_dump(mode="json", exclude_none=True),
     }

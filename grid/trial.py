@@ -13,7 +13,7 @@ from core.steps.runner import run_steps
 
 # Ray Tune gives each trial this much (a token amount, so trials are limited by their workers'
 # resources, not by the driver that only waits on them).
-DRIVER_RESOURCES = {"cpu": 0, "memory": 1}
+DRIVER_RESOURCES: dict[str, float] = {"cpu": 0, "memory": 1}
 
 
 class TrialJob(Strict):

@@ -77,7 +77,7 @@ def _mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -
 
 StrictLoader.add_constructor("tag:yaml.org,2002:int", _int)
 StrictLoader.add_constructor("tag:yaml.org,2002:float", _float)
-StrictLoader.construct_mapping = _mapping  # type: ignore[assignment,method-assign]
+StrictLoader.construct_mapping = _mapping
 
 
 def load_strict(text: str) -> Any:

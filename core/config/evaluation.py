@@ -120,7 +120,7 @@ class BenchmarkConfig(Strict):
     image_root: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
     context_file: str | None = Field(None, json_schema_extra=NOT_IDENTITY)
     splits: list[PopeSplit] = Field(
-        default_factory=lambda: ["adversarial", "popular", "random"], min_length=1
+        default_factory=lambda: list[PopeSplit](["adversarial", "popular", "random"]), min_length=1
     )
     vqa_metric: Literal["vqa", "exact"] = Field(
         "vqa", description="vqa: the official 10-annotator accuracy; exact: normalised exact match (GQA)"

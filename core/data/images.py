@@ -17,11 +17,17 @@ IMAGE_MODES: tuple[str, ...] = ("square", "pad")
 class EncoderPixels(Protocol):
     """The preprocessing facts of an encoder (an EncoderSpec has them all)."""
 
-    image_size: int
-    mean: Sequence[float]
-    std: Sequence[float]
-    resize: str
-    crop_pct: float
+    # Read-only (properties), so that a frozen dataclass such as EncoderSpec matches.
+    @property
+    def image_size(self) -> int: ...
+    @property
+    def mean(self) -> Sequence[float]: ...
+    @property
+    def std(self) -> Sequence[float]: ...
+    @property
+    def resize(self) -> str: ...
+    @property
+    def crop_pct(self) -> float: ...
 
 
 def expand2square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from core.data.llava_cache import lengths_path, load_lengths, save_lengths
 from core.data.llava_json import ROLES, check_record, load_llava_records
 from core.data.templates import TEMPLATES, Encoded, encode_conversation
 from core.models.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+if TYPE_CHECKING:
+    from core.models.tokenizer import Tokenizer
 
 _validate_record = check_record  # its name before core.data.llava_json became its home
 MISSING_IMAGE_POLICIES = ("fail", "skip")
@@ -108,7 +111,7 @@ class LlavaDataset(Dataset):
         self,
         json_path: str | Path,
         image_root: str | Path,
-        tokenizer: Any,
+        tokenizer: Tokenizer,
         template: str,
         *,
         image_size: int,

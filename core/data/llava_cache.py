@@ -9,11 +9,14 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.paths import cache_dir
+
+if TYPE_CHECKING:
+    from core.models.tokenizer import Tokenizer
 
 # Parsed JSON lists per (path, mtime_ns, size, inode): a 665K-record file takes ~10 s to parse, and a
 # trial builds its datasets once per stage (and benchmarks/evals again). Two stages' files fit.
@@ -55,7 +58,7 @@ def is_validated(raw: list[Any]) -> bool:
     return any(value is raw and key in _VALIDATED for key, value in _PARSED.items())
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str | None:
+def tokenizer_fingerprint(tokenizer: Tokenizer) -> str | None:
     """A hash of what decides a tokenizer's ids: a fast tokenizer's whole serialisation (vocabulary,
     merges, normaliser, post-processor), else its vocabulary, plus its class and bos/eos/legacy flags;
     None when neither is available (then nothing is cached)."""
@@ -89,7 +92,11 @@ def encoding_code_fingerprint(template_fn: Callable[..., Any]) -> str:
 
 
 def lengths_path(
-    json_path: Path, tokenizer: Any, template: str, template_fn: Callable[..., Any], extra: tuple[Any, ...]
+    json_path: Path,
+    tokenizer: Tokenizer,
+    template: str,
+    template_fn: Callable[..., Any],
+    extra: tuple[Any, ...],
 ) -> Path | None:
     """Where the token-length cache of this (file version, tokenizer, template and its code, `extra`)
     lives, under `cache_dir()/llava-lengths/` (the data directory may be read-only); None when the

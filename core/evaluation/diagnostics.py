@@ -9,7 +9,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -18,6 +18,10 @@ from core.config import EvalConfig
 from core.evaluation.heldout import Heldout, load_heldout
 from core.evaluation.names import LABEL_RECALL, MODALITY_GAP, TACS, diag_name
 from core.metrics import LabelRecallCounts, label_recall_counts, modality_gap, nearest_words, tacs
+
+if TYPE_CHECKING:
+    from core.models.tokenizer import Tokenizer
+    from core.models.vlm import VLM
 
 # ---------------------------------------------------------------------------------------------------------
 # Label recall over a labelled training-style dataset (used by the SEA tests)
@@ -32,7 +36,7 @@ def _stack_images(items: list[dict[str, Any]]) -> tuple[torch.Tensor | None, tor
 
 
 @torch.no_grad()
-def label_recall(vlm: Any, dataset: Any, word_embeddings: torch.Tensor, *, batch_size: int = 32) -> float:
+def label_recall(vlm: VLM, dataset: Any, word_embeddings: torch.Tensor, *, batch_size: int = 32) -> float:
     """Label recall@1: share of labelled visual tokens whose nearest word (by the LLM's embeddings) is a label.
 
     `dataset` yields items with `pixel_values`, `has_image` and `label_index` (a core.labels.WithLabels);
@@ -65,7 +69,7 @@ class DiagnosticsResult:
 
 
 @torch.no_grad()
-def visual_tokens(vlm: Any, pixel_values: torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
+def visual_tokens(vlm: VLM, pixel_values: torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
     """The adapter's visual tokens `[N, m, D]` (float32, CPU) of preprocessed images, in eval mode."""
     from core.evaluation.generate import eval_mode
 
@@ -87,8 +91,8 @@ def _remap(label_index: torch.Tensor, source: Sequence[str], target: Sequence[st
 
 @torch.no_grad()
 def compute_diagnostics(
-    vlm: Any,
-    tokenizer: Any,
+    vlm: VLM,
+    tokenizer: Tokenizer,
     heldout: Heldout,
     words: Sequence[str] | None = None,
     *,
@@ -106,7 +110,7 @@ def compute_diagnostics(
     from core.sea import label_embeddings
 
     visual = visual_tokens(vlm, heldout.pixel_values, batch_size=batch_size)
-    embedding = vlm.llm.get_input_embeddings()
+    embedding = vlm.input_embeddings()
     device = embedding.weight.device
     text = embedding(heldout.caption_ids.to(device)).float().cpu()
     metrics = {TACS: float(tacs(visual, text, k=k, text_mask=heldout.caption_mask).mean())}
@@ -127,8 +131,8 @@ def compute_diagnostics(
 
 
 def alignment_diagnostics(
-    vlm: Any,
-    tokenizer: Any,
+    vlm: VLM,
+    tokenizer: Tokenizer,
     heldout: Heldout,
     words: Sequence[str] | None = None,
     *,
@@ -155,8 +159,8 @@ class DiagnosticsProbe:
     def __init__(
         self,
         eval_cfg: EvalConfig,
-        vlm: Any,
-        tokenizer: Any,
+        vlm: VLM,
+        tokenizer: Tokenizer,
         *,
         words: Sequence[str] | None = None,
         curve_path: str | Path | None = None,
@@ -170,9 +174,9 @@ class DiagnosticsProbe:
 
     def due(self, step: int) -> bool:
         """Whether `step` is one of the every_steps multiples (never when every_steps is unset)."""
-        return bool(self.every) and step % int(self.every) == 0
+        return self.every is not None and self.every != 0 and step % int(self.every) == 0
 
-    def __call__(self, vlm: Any, step: int) -> dict[str, float]:
+    def __call__(self, vlm: VLM, step: int) -> dict[str, float]:
         found = alignment_diagnostics(vlm, self.tokenizer, self.heldout, self.words, k=self.k)
         if self.curve_path is not None:
             self.curve_path.parent.mkdir(parents=True, exist_ok=True)
@@ -201,7 +205,7 @@ def read_curve(path: str | Path, metric: str = TACS) -> list[tuple[int, float]]:
 
 
 @torch.no_grad()
-def caption_embeddings(vlm: Any, heldout: Heldout) -> torch.Tensor:
+def caption_embeddings(vlm: VLM, heldout: Heldout) -> torch.Tensor:
     """LLM input embeddings of the distinct caption tokens of the held-out set `[T, D]` (float32, CPU)."""
     embedding = vlm.llm.get_input_embeddings()
     ids = heldout.caption_ids[heldout.caption_mask].unique()

@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,10 @@ import torch.nn.functional as F
 from core.data.chat import CHAT_FORMATS, _check_tokenizer, conversation_pairs, encode_segments
 from core.data.templates import DEFAULT_IMAGE_TOKEN
 from core.models.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+if TYPE_CHECKING:
+    from core.models.tokenizer import Tokenizer
+    from core.models.vlm import VLM
 
 
 @dataclass
@@ -52,7 +56,9 @@ def user_query(question: str, has_image: bool) -> str:
     return question
 
 
-def generation_prompt_ids(template: str, question: str, tokenizer: Any, *, has_image: bool) -> list[int]:
+def generation_prompt_ids(
+    template: str, question: str, tokenizer: Tokenizer, *, has_image: bool
+) -> list[int]:
     """Token ids of a one-turn conversation left open after the assistant header, as in training.
 
     Built from the same masked segments as a training sample (`ChatFormat.segments` with no answer),
@@ -66,7 +72,7 @@ def generation_prompt_ids(template: str, question: str, tokenizer: Any, *, has_i
     return encode_segments(fmt.segments([(pair[0], None)]), tokenizer, add_bos).input_ids
 
 
-def answer_ids(template: str, answer: str, tokenizer: Any) -> list[int]:
+def answer_ids(template: str, answer: str, tokenizer: Tokenizer) -> list[int]:
     """Ids of an assistant answer continuing a generation prompt (answer prefix + text, no end of turn),
     tokenised after the assistant header as the whole training prompt is (the tokens after the header
     do not depend on what precedes it)."""
@@ -77,7 +83,7 @@ def answer_ids(template: str, answer: str, tokenizer: Any) -> list[int]:
     return [label for label in encoded.labels if label != IGNORE_INDEX]
 
 
-def stop_token_ids(template: str, tokenizer: Any) -> list[int]:
+def stop_token_ids(template: str, tokenizer: Tokenizer) -> list[int]:
     """The tokenizer's eos plus the template's end-of-turn token (Llama-3's <|eot_id|>, Gemma's ...)."""
     ids = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
     eot = tokenizer(_format(template).end_of_turn, add_special_tokens=False).input_ids
@@ -88,7 +94,7 @@ def stop_token_ids(template: str, tokenizer: Any) -> list[int]:
     return ids
 
 
-def pad_id(tokenizer: Any) -> int:
+def pad_id(tokenizer: Tokenizer) -> int:
     """Padding id for batches: the pad token, else eos (padding is masked either way)."""
     for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
         if value is not None:
@@ -108,7 +114,7 @@ def eval_mode(module: torch.nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def _batch(vlm: Any, prompts: Sequence[Prompt], ids: Sequence[list[int]], pad: int) -> dict[str, Any]:
+def _batch(vlm: VLM, prompts: Sequence[Prompt], ids: Sequence[list[int]], pad: int) -> dict[str, Any]:
     """A right-padded batch in the VLM's collate format (zeros for the pixels of image-less rows)."""
     width = max(len(x) for x in ids)
     input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
@@ -144,7 +150,7 @@ def cut_at_stop(tokens: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
 
 @torch.no_grad()
 def greedy_generate(
-    vlm: Any,
+    vlm: VLM,
     prompts: Sequence[Prompt],
     *,
     max_new_tokens: int,
@@ -183,7 +189,7 @@ def _supports_logits_to_keep(llm: Any) -> bool:
 
 @torch.no_grad()
 def continuation_logliks(
-    vlm: Any,
+    vlm: VLM,
     prompts: Sequence[Prompt],
     continuations: Sequence[Sequence[int]],
     *,

@@ -6,12 +6,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 
 from core.config import EvalConfig
+
+if TYPE_CHECKING:
+    from core.models.tokenizer import Tokenizer
+    from core.models.vlm import VLM
 
 
 @dataclass
@@ -35,7 +39,7 @@ class Heldout:
         return len(self.ids)
 
 
-def _captions(captions: Sequence[str], tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _captions(captions: Sequence[str], tokenizer: Tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     """Caption token ids (no special tokens), right-padded, with their mask."""
     ids = tokenizer(list(captions), add_special_tokens=False).input_ids
     for caption, row in zip(captions, ids, strict=True):
@@ -50,7 +54,7 @@ def _captions(captions: Sequence[str], tokenizer: Any) -> tuple[torch.Tensor, to
     return out, mask
 
 
-def _load_pixels(paths: Sequence[Path], vlm: Any) -> torch.Tensor:
+def _load_pixels(paths: Sequence[Path], vlm: VLM) -> torch.Tensor:
     from core.data.images import preprocess_for
 
     spec = vlm.vision.spec
@@ -66,7 +70,7 @@ def _load_pixels(paths: Sequence[Path], vlm: Any) -> torch.Tensor:
     return torch.stack(tensors)
 
 
-def synthetic_heldout(synthetic_dir: str | Path, vlm: Any, tokenizer: Any, samples: int) -> Heldout:
+def synthetic_heldout(synthetic_dir: str | Path, vlm: VLM, tokenizer: Tokenizer, samples: int) -> Heldout:
     """The held-out captions of a synthetic eval set, with ground-truth colour/shape words per patch."""
     from core.data import synthetic_eval as syn
 
@@ -81,7 +85,8 @@ def synthetic_heldout(synthetic_dir: str | Path, vlm: Any, tokenizer: Any, sampl
     paths = [root / syn.IMAGES_DIR / r["image"] for r in records]
     captions = [r["conversations"][1]["value"] for r in records]
     words = list(syn.SYNTHETIC_WORDS)
-    grid = tuple(vlm.vision.spec.grid)
+    rows_n, cols_n = vlm.vision.spec.grid
+    grid = (rows_n, cols_n)
     rows = []
     for record, path in zip(records, paths, strict=True):
         with Image.open(path) as image:
@@ -102,8 +107,8 @@ def synthetic_heldout(synthetic_dir: str | Path, vlm: Any, tokenizer: Any, sampl
 def files_heldout(
     json_path: str | Path,
     image_root: str | Path,
-    vlm: Any,
-    tokenizer: Any,
+    vlm: VLM,
+    tokenizer: Tokenizer,
     samples: int,
     *,
     label_store: str | Path | None = None,
@@ -158,11 +163,12 @@ def files_heldout(
 
 
 def load_heldout(
-    eval_cfg: EvalConfig, vlm: Any, tokenizer: Any, *, synthetic_dir: str | Path | None = None
+    eval_cfg: EvalConfig, vlm: VLM, tokenizer: Tokenizer, *, synthetic_dir: str | Path | None = None
 ) -> Heldout:
     """The held-out set an EvalConfig's diagnostics describe (synthetic: generated on first use)."""
     diag = eval_cfg.diagnostics
     if diag.source == "files":
+        assert diag.json_path is not None and diag.image_root is not None, "DiagnosticsConfig checks both"
         return files_heldout(
             diag.json_path,
             diag.image_root,

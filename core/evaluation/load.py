@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config import ModelConfig
+
+if TYPE_CHECKING:
+    from core.models.tokenizer import Tokenizer
+    from core.models.vlm import VLM
 
 
 def eval_dtype(device: Any) -> Any:
@@ -20,7 +24,7 @@ def eval_dtype(device: Any) -> Any:
 
 def load_trained(
     model: ModelConfig, stage: str, stage_dirs: dict[str, str], device: Any = None, dtype: Any = None
-) -> tuple[Any, Any]:
+) -> tuple[VLM, Tokenizer]:
     """The VLM as `stage` left it: stage 1's adapter on the original LLM, or stage 2's LLM, adapter and
     (when it trained) vision tower weights; every part loaded straight into `dtype` (default
     `eval_dtype(device)`), frozen (no parameter requires grad: evaluation keeps no autograd state)."""
@@ -56,7 +60,7 @@ def load_trained(
 
 
 @contextmanager
-def frozen_for_eval(vlm: Any, *, inference: bool = False) -> Iterator[None]:
+def frozen_for_eval(vlm: VLM, *, inference: bool = False) -> Iterator[None]:
     """Evaluation mode with no autograd state: eval(), no parameter requiring grad (so autocast keeps no
     bf16 copy of any weight), no_grad, or inference_mode when the model is only evaluated (its tensors
     must never meet autograd later); bf16 autocast on CUDA for parts still in fp32 (a training

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
 
 from core.evaluation.diagnostics import DiagnosticsResult, caption_embeddings
 from core.evaluation.heldout import Heldout
+
+if TYPE_CHECKING:
+    from core.models.vlm import VLM
 
 
 # matplotlib's Agg canvas directly: no pyplot, no global backend switch.
@@ -141,12 +144,13 @@ def curve_picture(points: Sequence[tuple[int, float]], path: str | Path, *, labe
 
 
 def diagnostics_pictures(
-    result: DiagnosticsResult, heldout: Heldout, vlm: Any, out_dir: str | Path, *, image: int = 0
+    result: DiagnosticsResult, heldout: Heldout, vlm: VLM, out_dir: str | Path, *, image: int = 0
 ) -> list[Path]:
     """`patch_words.png` (held-out image `image`) and `pca.png` into `out_dir`; the paths written."""
     out_dir = Path(out_dir)
     written = []
-    grid = tuple(vlm.vision.spec.grid)
+    rows_n, cols_n = vlm.vision.spec.grid
+    grid = (rows_n, cols_n)
     if result.nearest is not None and result.words is not None:
         row = result.nearest[image].tolist()
         hits: list[bool | None] | None = None

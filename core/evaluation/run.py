@@ -7,12 +7,16 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.evaluation.config import EvalConfig, synthetic_spec
 from core.evaluation.names import diag_name, metric_prefix
 from core.evaluation.shard import OUTPUTS_DIR, Shard, gather_outputs, write_outputs
 from core.stages import STAGES
+
+if TYPE_CHECKING:
+    from core.models.tokenizer import Tokenizer
+    from core.models.vlm import VLM
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_DIR = "predictions"
@@ -21,8 +25,8 @@ SHARD_DONE = "shard_done.json"
 
 
 def evaluate(
-    vlm: Any,
-    tokenizer: Any,
+    vlm: VLM,
+    tokenizer: Tokenizer,
     eval_cfg: EvalConfig,
     *,
     llm_id: str,
@@ -128,8 +132,8 @@ def _write_summary(
 
 
 def evaluate_shard(
-    vlm: Any,
-    tokenizer: Any,
+    vlm: VLM,
+    tokenizer: Tokenizer,
     eval_cfg: EvalConfig,
     shard: Shard,
     *,
@@ -212,8 +216,8 @@ def gather_shards(
 
 
 def _run_benchmark(
-    vlm: Any,
-    tokenizer: Any,
+    vlm: VLM | None,
+    tokenizer: Tokenizer | None,
     bench: Any,
     eval_cfg: EvalConfig,
     template: str,
@@ -247,8 +251,8 @@ def _run_benchmark(
 
 
 def _run_diagnostics(
-    vlm: Any,
-    tokenizer: Any,
+    vlm: VLM,
+    tokenizer: Tokenizer,
     eval_cfg: EvalConfig,
     stage: str,
     out: Path,

@@ -6,12 +6,16 @@ import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.evaluation.job import EvalJob, EvalStepConfig
 from core.evaluation.load import default_device, frozen_for_eval, load_trained
 from core.evaluation.shard import Shard
 from core.steps import Materialized, StepContext, TrialRuntime, materialize
+
+if TYPE_CHECKING:
+    from core.models.tokenizer import Tokenizer
+    from core.models.vlm import VLM
 
 METRICS_FILE = "metrics.json"
 SHARDS_DIR = "shards"
@@ -30,7 +34,9 @@ def _tacs_curve(job: EvalJob) -> list[tuple[int, float]] | None:
     return (read_curve(Path(dirs["stage1"]) / CURVE_FILE) if "stage1" in dirs else []) or None
 
 
-def evaluate_loaded(vlm: Any, tokenizer: Any, job: EvalJob, *, inference: bool = False) -> dict[str, float]:
+def evaluate_loaded(
+    vlm: VLM, tokenizer: Tokenizer, job: EvalJob, *, inference: bool = False
+) -> dict[str, float]:
     """`evaluate` on a model already in memory (the training worker's, or one `load_trained` built),
     writing into `job.out_dir`."""
     from core.evaluation.run import evaluate
@@ -56,7 +62,7 @@ def evaluate_job(job: EvalJob) -> dict[str, float]:
     return evaluate_loaded(vlm, tokenizer, job, inference=True)
 
 
-def evaluate_in_worker(vlm: Any, tokenizer: Any, job: EvalJob) -> None:
+def evaluate_in_worker(vlm: VLM, tokenizer: Tokenizer, job: EvalJob) -> None:
     """Materialise the evaluation step with the model still in a training worker's memory (one worker):
     saves a second process loading it."""
     assert job.step is not None and job.steps_root is not None, "an in-worker evaluation names its step"

@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from core.data.templates import DEFAULT_IMAGE_TOKEN
 from core.export.support import PROJECTOR_ACT, VisionFacts
+from core.models.llm import input_embeddings
+
+if TYPE_CHECKING:
+    from transformers import LlavaForConditionalGeneration
+
+    from core.models.tokenizer import Tokenizer
+    from core.models.vlm import VLM
 
 # LlavaMultiModalProjector's names for the two linear layers of seagrid's Sequential mlp2x_gelu.
 PROJECTOR_KEYS = {"0.": "linear_1.", "2.": "linear_2."}
 
 
-def add_image_token(tokenizer: Any) -> int:
+def add_image_token(tokenizer: Tokenizer) -> int:
     """Add `<image>` as a special token (as llava-hf checkpoints have it) unless there; its id."""
     from tokenizers import AddedToken
 
     if DEFAULT_IMAGE_TOKEN not in tokenizer.get_vocab():
         token = AddedToken(DEFAULT_IMAGE_TOKEN, special=True, normalized=False)
         tokenizer.add_tokens([token], special_tokens=True)
-    return int(tokenizer.convert_tokens_to_ids(DEFAULT_IMAGE_TOKEN))
+    return int(cast(int, tokenizer.convert_tokens_to_ids(DEFAULT_IMAGE_TOKEN)))  # stubs: int | list[int]
 
 
 def _vision_module(tower: Any) -> nn.Module:
@@ -56,21 +63,19 @@ def _projector(adapter: nn.Module, config: Any) -> nn.Module:
     return projector
 
 
-def _grow_embeddings(llava: nn.Module, size: int) -> None:
+def _grow_embeddings(llava: LlavaForConditionalGeneration, size: int) -> None:
     """Give the LLM `size` token rows; new input and output rows are the mean of the old ones (llava-hf's
     choice, without its random noise, so an export is deterministic)."""
-    old = llava.get_input_embeddings().weight.shape[0]
+    old = input_embeddings(llava).weight.shape[0]
     if size <= old:
         return
     llava.resize_token_embeddings(size, mean_resizing=False)
     with torch.no_grad():
-        for weight in {
-            id(w): w for w in (llava.get_input_embeddings().weight, llava.lm_head.weight)
-        }.values():
+        for weight in {id(w): w for w in (input_embeddings(llava).weight, llava.lm_head.weight)}.values():
             weight[old:] = weight[:old].mean(dim=0, keepdim=True)
 
 
-def llava_from_vlm(vlm: Any, tokenizer: Any, facts: VisionFacts, dtype: torch.dtype) -> Any:
+def llava_from_vlm(vlm: VLM, tokenizer: Tokenizer, facts: VisionFacts, dtype: torch.dtype) -> Any:
     """`LlavaForConditionalGeneration` computing what `vlm` computes, its modules reused (the VLM is consumed:
     its parts are cast to `dtype`); `tokenizer` gains the image token (its row added to the LLM's tables)."""
     from transformers import LlavaConfig, LlavaForConditionalGeneration
@@ -97,13 +102,13 @@ def llava_from_vlm(vlm: Any, tokenizer: Any, facts: VisionFacts, dtype: torch.dt
     llava.lm_head = llm.get_output_embeddings()
     if config.tie_word_embeddings:
         llava.tie_weights()
-    llava.to(dtype)
+    llava.to(dtype)  # type: ignore[arg-type]  # transformers types PreTrainedModel.to's wrapper without its arguments
     _grow_embeddings(llava, len(tokenizer))
     llava.generation_config = _generation_config(llm, tokenizer, image_token_id)
     return llava.eval()
 
 
-def _generation_config(llm: Any, tokenizer: Any, image_token_id: int) -> Any:
+def _generation_config(llm: Any, tokenizer: Tokenizer, image_token_id: int) -> Any:
     """The LLM's generation settings; the image token is never generated (its output row is new, and a
     placeholder is no answer), and padding uses the tokenizer's pad token as in seagrid's evaluation."""
     import copy

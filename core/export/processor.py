@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.data.chat import CHAT_FORMATS, ChatFormat
 from core.data.templates import DEFAULT_IMAGE_TOKEN
 from core.models.vision import EncoderSpec
+
+if TYPE_CHECKING:
+    from core.models.tokenizer import Tokenizer
 
 # The PIL filter seagrid resizes with for every encoder (core/data/images.py: Image.Resampling.BICUBIC).
 BICUBIC = 3
@@ -98,7 +101,9 @@ def chat_template(name: str) -> str:
     )
 
 
-def build_processor(encoder: EncoderSpec, image_mode: str, tokenizer: Any, template: str, facts: Any) -> Any:
+def build_processor(
+    encoder: EncoderSpec, image_mode: str, tokenizer: Tokenizer, template: str, facts: Any
+) -> Any:
     """The LlavaProcessor of the export (tokenizer already holding the image token)."""
     from transformers import LlavaImageProcessor, LlavaProcessor
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from core.models.vision import EncoderSpec
 
@@ -13,7 +14,8 @@ PROJECTOR_ACT: dict[str, str] = {"mlp2x_gelu": "gelu"}
 HF_VISION_KINDS = ("hf_clip", "hf_siglip", "hf_dinov2")
 
 # vision_feature_select_strategy by the number of prefix tokens the tower puts before its patches.
-SELECT_STRATEGY: dict[int, str] = {1: "default", 0: "full"}
+SelectStrategy = Literal["default", "full"]  # LlavaConfig's vision_feature_select_strategy
+SELECT_STRATEGY: dict[int, SelectStrategy] = {1: "default", 0: "full"}
 
 REFUSED_KINDS: dict[str, str] = {
     "open_clip": (
@@ -34,7 +36,7 @@ class VisionFacts:
     """What LlavaConfig and LlavaProcessor need from the encoder registry entry."""
 
     feature_layer: int
-    select_strategy: str
+    select_strategy: SelectStrategy
     num_additional_image_tokens: int
     patch_size: int
     num_image_tokens: int

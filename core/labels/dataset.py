@@ -101,19 +101,21 @@ def collate_with_labels(batch: Sequence[dict[str, Any]], pad_token_id: int) -> d
     An item whose labels are None (or absent) gets ``-1`` / ``0``; when no item has labels both are None.
     """
     out = collate(batch, pad_token_id)
-    indices = [item.get("label_index") for item in batch]
-    scores = [item.get("label_score") for item in batch]
-    present = [i for i, x in enumerate(indices) if x is not None]
+    indices: list[torch.Tensor | None] = [item.get("label_index") for item in batch]
+    scores: list[torch.Tensor | None] = [item.get("label_score") for item in batch]
+    present = {i: x for i, x in enumerate(indices) if x is not None}
     if not present:
         out["label_index"] = out["label_score"] = None
         return out
-    shape = tuple(indices[present[0]].shape)
-    for i in present:
-        if tuple(indices[i].shape) != shape or scores[i] is None or tuple(scores[i].shape) != shape:
+    first = next(iter(present))
+    shape = tuple(present[first].shape)
+    for i, index in present.items():
+        score = scores[i]
+        if tuple(index.shape) != shape or score is None or tuple(score.shape) != shape:
             raise ValueError(
                 f"label_index/label_score of item {i} (id {batch[i].get('id')!r}) have shapes "
-                f"{tuple(indices[i].shape)}/{None if scores[i] is None else tuple(scores[i].shape)}; "
-                f"expected {shape} like item {present[0]}"
+                f"{tuple(index.shape)}/{None if score is None else tuple(score.shape)}; "
+                f"expected {shape} like item {first}"
             )
     out["label_index"] = torch.stack(
         [torch.full(shape, -1, dtype=torch.int64) if x is None else x.to(torch.int64) for x in indices]

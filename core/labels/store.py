@@ -147,7 +147,7 @@ def _check_meta(store: Path, meta: Any) -> dict[str, Any]:
         if key not in meta:
             raise ValueError(f"label store {store}: corrupt, {META_FILE} has no {key!r}; {fix}")
         bad = isinstance(value, bool) or not isinstance(value, kind)
-        if key == "grid" and not bad:
+        if key == "grid" and isinstance(value, list):  # `not bad`, written so that the list type shows
             bad = len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         if bad:
             want = "[height, width] of ints" if key == "grid" else getattr(kind, "__name__", str(kind))
@@ -622,7 +622,7 @@ class ShardWriter:
                 f"shard {self.shard}'s rows {self.start}:{self.stop}"
             )
         for (fd, offset, row_bytes, dtype), rows in zip(self._files, (index, score), strict=True):
-            data = memoryview(np.ascontiguousarray(rows, dtype=dtype)).cast("B")
+            data = np.ascontiguousarray(rows, dtype=dtype).data.cast("B")  # .data: the array's memoryview
             at = offset + start * row_bytes
             while data:  # pwrite may write less than asked
                 written = os.pwrite(fd, data, at)

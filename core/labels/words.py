@@ -83,7 +83,7 @@ def word_list_hash(words: Sequence[str]) -> str:
 def _gpt_texts(json_path: Path) -> list[str]:
     from core.data.llava_json import load_llava_records  # the one reader and check (core.data)
 
-    texts = []
+    texts: list[str] = []
     for record in load_llava_records(json_path, "json_path"):
         turns = record["conversations"]
         texts.extend(

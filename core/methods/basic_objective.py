@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from core.basic import WEIGHT_SCHEMES, das_loss, layer_weights, sds_loss
 from core.config.methods import BASIC
 from core.methods.attention_capture import DEFAULT_CHUNK_ELEMENTS, ShallowCaptureResult, ShallowLayerCapture
 from core.methods.objective import Objective
+
+if TYPE_CHECKING:
+    from core.config import BasicConfig
+    from core.models.vlm import VLM
 
 DAS, SDS = BASIC.metrics
 
@@ -36,8 +40,8 @@ class BasicObjective(Objective):
 
     def __init__(
         self,
-        cfg: Any,
-        vlm: nn.Module,
+        cfg: BasicConfig,
+        vlm: VLM,
         *,
         attention_chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
         sds_chunk_elements: int = DEFAULT_SDS_CHUNK_ELEMENTS,
@@ -75,10 +79,10 @@ class BasicObjective(Objective):
         """E `[V, D]`, the LLM's input embedding table, detached, for the block inside. Replaced where it
         is sharded (ZeRO-3: gathered for the block, a collective; see core/train/stage.py). L_sds keeps
         only its gradient, not E, so nothing holds the gathered table after the block."""
-        yield self._vlm[0].llm.get_input_embeddings().weight.detach()
+        yield self._vlm[0].input_embeddings().weight.detach()
 
     @contextlib.contextmanager
-    def forward_context(self, vlm: nn.Module) -> Iterator[None]:  # type: ignore[override]
+    def forward_context(self, vlm: VLM) -> Iterator[None]:
         """Capture V_hat (and, for degree `auto`, the attention mass) during the VLM forward run inside."""
         self._capture = None
         if not self.active:

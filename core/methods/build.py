@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from core.config import METHOD_PARTS, PARTS, MethodConfig
 from core.config.methods import BASIC, SEA
+from core.methods.context import BuildContext
 from core.methods.objective import CombinedObjective, Objective
 
-Builder = Callable[[MethodConfig, dict[str, Any], str], Objective | None]
+Builder = Callable[[MethodConfig, BuildContext, str], Objective | None]
 
 
-def _sea(method: MethodConfig, context: dict[str, Any], stage: str) -> Objective | None:
+def _sea(method: MethodConfig, context: BuildContext, stage: str) -> Objective | None:
     # SEA aligns against label embeddings that are constants only while the LLM is frozen: stage 1.
     from core.stages import STAGES
 
@@ -23,7 +23,7 @@ def _sea(method: MethodConfig, context: dict[str, Any], stage: str) -> Objective
     return SeaObjective(method.sea, **context["sea"])
 
 
-def _basic(method: MethodConfig, context: dict[str, Any], stage: str) -> Objective | None:
+def _basic(method: MethodConfig, context: BuildContext, stage: str) -> Objective | None:
     from core.stages import STAGES
 
     if not STAGES[stage].basic_applies(method):
@@ -38,7 +38,7 @@ PART_BUILDERS: dict[str, Builder] = {SEA.name: _sea, BASIC.name: _basic}
 assert set(PART_BUILDERS) == set(PARTS), "every part of core/config/methods.py has one builder"
 
 
-def build_objective(method: MethodConfig, context: dict[str, Any], *, stage: str) -> Objective:
+def build_objective(method: MethodConfig, context: BuildContext, *, stage: str) -> Objective:
     """The objective of `method` in `stage`; `context` holds what parts need
     at build time (`vlm`; `sea`: label embeddings, grid, seed)."""
     if method.name not in METHOD_PARTS:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
 from core.config.methods import BASE_METRICS
+
+if TYPE_CHECKING:
+    from core.models.vlm import VLM
 
 _, LM = BASE_METRICS
 
@@ -25,7 +28,7 @@ class Objective(nn.Module):
 
     needs_labels = False
 
-    def forward_context(self, vlm: nn.Module) -> contextlib.AbstractContextManager[Any]:
+    def forward_context(self, vlm: VLM) -> contextlib.AbstractContextManager[Any]:
         """Entered around the VLM forward of each micro-batch; methods that watch the forward override it."""
         return contextlib.nullcontext()
 
@@ -52,7 +55,10 @@ class CombinedObjective(Objective):
         super().__init__()
         if not parts:
             raise ValueError("CombinedObjective needs at least one part")
-        self.parts = nn.ModuleList(parts)
+        self.parts = nn.ModuleList(parts)  # registers the parts' parameters and buffers
+        # The same parts, typed: iterating the ModuleList yields plain nn.Modules. A tuple is not adopted
+        # by nn.Module, so nothing is registered twice.
+        self._objectives: tuple[Objective, ...] = tuple(parts)
         self.needs_labels = any(p.needs_labels for p in parts)
         generators = [p.generator for p in parts if hasattr(p, "generator")]
         if len(generators) > 1:
@@ -64,16 +70,16 @@ class CombinedObjective(Objective):
             self.generator = generators[0]
 
     @contextlib.contextmanager
-    def forward_context(self, vlm: nn.Module):  # type: ignore[override]
+    def forward_context(self, vlm: VLM) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
-            for part in self.parts:
+            for part in self._objectives:
                 stack.enter_context(part.forward_context(vlm))
             yield
 
     def extra_loss(self, batch: dict[str, Any], out: Any) -> tuple[Tensor | None, dict[str, float]]:
         total: Tensor | None = None
         metrics: dict[str, float] = {}
-        for part in self.parts:
+        for part in self._objectives:
             extra, part_metrics = part.extra_loss(batch, out)
             clash = set(metrics) & set(part_metrics)
             if clash:

@@ -20,6 +20,9 @@ class SeaObjective(Objective):
     """L = L_g + lambda * L_a with tau = exp(log_tau) learnable (REFERENCE.md 2.3-2.8)."""
 
     needs_labels = True
+    # Buffers (register_buffer below), declared so that they read as tensors, not nn.Module attributes.
+    label_rows: Tensor
+    label_ids: Tensor
 
     def __init__(
         self, cfg: SeaConfig, *, word_embeddings: Tensor | LabelRows, grid: tuple[int, int], seed: int

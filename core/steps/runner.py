@@ -37,7 +37,8 @@ def task_options(resources: StepResources) -> dict[str, Any]:
         "num_cpus": resources.cpus,
         "num_gpus": resources.gpus,
         "max_retries": 0,
-        "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=None),
+        # None: outside any placement group, as Ray documents; its annotation says PlacementGroup only.
+        "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=None),  # type: ignore[arg-type]
     }
 
 

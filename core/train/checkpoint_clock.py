@@ -16,6 +16,6 @@ def checkpoint_due(
     """
     if step >= total:
         return False
-    by_steps = bool(every) and step % every == 0
+    by_steps = every is not None and every != 0 and step % every == 0
     by_time = minutes is not None and elapsed_s >= 60 * minutes
     return by_steps or by_time

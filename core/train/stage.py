@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -42,6 +42,12 @@ from core.train.precision import DTYPES, Precision, loop_autocast, module_dtypes
 from core.train.reduce import mean_across_ranks
 from core.train.schedule import cosine_with_warmup, warmup_steps
 from core.train.steppers import Stepper, TorchStepper, TrainModule
+
+if TYPE_CHECKING:
+    from core.methods.context import BuildContext
+    from core.methods.objective import Objective
+    from core.models.tokenizer import Tokenizer
+    from core.models.vlm import VLM
 
 RESULT_FILE = "result.json"
 _CLOCK = "_seconds_since_checkpoint"
@@ -206,7 +212,7 @@ def _run_stage(
         vlm.to(device)
     from core.methods.build import build_objective
 
-    objective = build_objective(cfg.method, {**context, "vlm": vlm}, stage=job.stage).to(device)
+    objective = build_objective(cfg.method, context, stage=job.stage).to(device)
     accum, total = plan_steps(
         len(dataset),
         settings.micro_batch_size,
@@ -266,7 +272,7 @@ def _run_stage(
     return result
 
 
-def build_model(job: StageJob, run: RunSettings) -> tuple[Any, Any]:
+def build_model(job: StageJob, run: RunSettings) -> tuple[VLM, Tokenizer]:
     """The VLM, each part loaded straight into its dtype (the LLM partitioned at construction under
     ZeRO-3), with what this stage trains unfrozen (stage 2 starts from stage 1's adapter)."""
     from core.models import build_vlm, load_adapter
@@ -310,10 +316,10 @@ def build_model(job: StageJob, run: RunSettings) -> tuple[Any, Any]:
 
 
 def build_data(
-    job: StageJob, vlm: Any, tokenizer: Any, rank: int
-) -> tuple[Any, Callable[..., dict[str, Any]], dict[str, Any]]:
+    job: StageJob, vlm: VLM, tokenizer: Tokenizer, rank: int
+) -> tuple[Any, Callable[..., dict[str, Any]], BuildContext]:
     """The stage's dataset in its template and image mode, its collate function, and what the method's
-    objective needs at build time (SEA: the labels of `job.labels_dir`)."""
+    objective needs at build time (the VLM; SEA: the labels of `job.labels_dir`)."""
     from core.data import LlavaDataset, make_collate
     from core.models.llm import get_llm_spec
 
@@ -341,7 +347,7 @@ def build_data(
                 "the trial's step graph (core.pipeline.trial_steps) materialises it before training"
             )
         return _sea_context(Path(job.labels_dir), dataset, vlm, tokenizer, cfg.seed * 1000 + rank)
-    return dataset, make_collate(tokenizer.pad_token_id), {}
+    return dataset, make_collate(tokenizer.pad_token_id), {"vlm": vlm}
 
 
 def loader_options(
@@ -369,7 +375,7 @@ def build_sampler(job: StageJob, dataset: Any, world: int, rank: int, accum: int
 
     cfg, mode = job.trial, job.settings.group_by_length
     if mode == "off":
-        inner = DistributedSampler(
+        inner: DistributedSampler[int] = DistributedSampler(
             dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
         )
         return ResumableSampler(inner)
@@ -389,8 +395,8 @@ def build_sampler(job: StageJob, dataset: Any, world: int, rank: int, accum: int
 def build_stepper(
     job: StageJob,
     run: RunSettings,
-    vlm: Any,
-    objective: torch.nn.Module,
+    vlm: VLM,
+    objective: Objective,
     accum: int,
     total: int,
     world: int,
@@ -422,7 +428,7 @@ def build_stepper(
         zero=zero,
         micro_batch_size=settings.micro_batch_size,
         accumulation=accum,
-        hidden_size=vlm.llm.get_input_embeddings().embedding_dim,
+        hidden_size=vlm.input_embeddings().embedding_dim,
         offload=offload,
         precision=run.precision,
     )
@@ -460,8 +466,9 @@ class _Loop:
         self.resumed_from = 0
         self.heldout: HeldoutProbe | None = None
 
-    def run(self, objective: torch.nn.Module, vlm: Any) -> tuple[Position, dict[str, float]]:
-        generators = {"objective": objective.generator} if hasattr(objective, "generator") else {}
+    def run(self, objective: Objective, vlm: VLM) -> tuple[Position, dict[str, float]]:
+        generator = getattr(objective, "generator", None)  # SEA's pair sampler, when the method has one
+        generators = {"objective": generator} if isinstance(generator, torch.Generator) else {}
         pos = Position()
         with self.checkpoints.latest() as latest:
             if latest is not None:
@@ -512,7 +519,7 @@ class _Loop:
         return pos, last
 
     def _after_step(
-        self, step: int, last: dict[str, float], lr: float, vlm: Any, write_checkpoint: Callable[[Path], None]
+        self, step: int, last: dict[str, float], lr: float, vlm: VLM, write_checkpoint: Callable[[Path], None]
     ) -> None:
         """Report (with diagnostics and a checkpoint when due); stop at the job's step budget."""
         settings, name = self.job.settings, self.job.stage
@@ -523,7 +530,9 @@ class _Loop:
             minutes=settings.checkpoint_minutes,
             elapsed_s=self._clock,
         )
-        diagnose = bool(self.every) and (step % self.every == 0 or step == self.total)
+        diagnose = (
+            self.every is not None and self.every != 0 and (step % self.every == 0 or step == self.total)
+        )
         held = self.heldout is not None and self.heldout.due(step, self.total)
         if save or diagnose or held or step % settings.log_every == 0 or step == self.total:
             elapsed = time.perf_counter() - self._t0
@@ -543,7 +552,7 @@ class _Loop:
             raise StepBudgetReached(f"{name} stopped at step {step}: job.step_budget={self.job.step_budget}")
 
 
-def _evaluate_in_worker(vlm: Any, tokenizer: Any, ev: EvalJob) -> None:
+def _evaluate_in_worker(vlm: VLM, tokenizer: Tokenizer, ev: EvalJob) -> None:
     """The evaluation step with the model still in memory (one worker): saves a second process loading it.
     A failure here only warns: the grid's own evaluation step then runs (and reports) it."""
     import warnings
@@ -558,13 +567,15 @@ def _evaluate_in_worker(vlm: Any, tokenizer: Any, ev: EvalJob) -> None:
         )
 
 
-def _gather_embedding_table(objective: torch.nn.Module, vlm: Any) -> None:
+def _gather_embedding_table(objective: Objective, vlm: VLM) -> None:
     """Under ZeRO-3 the LLM's embedding table is partitioned across ranks: objectives that read it whole
     (BASIC's L_sds) get it gathered for the block that uses it, a collective every rank runs at the same
     point of each micro-step. No copy: what the block computes keeps nothing of the table."""
     import deepspeed
 
-    weight = vlm.llm.get_input_embeddings().weight
+    from core.models.llm import input_embeddings
+
+    weight = input_embeddings(vlm.llm).weight
 
     @contextlib.contextmanager
     def gathered() -> Iterator[torch.Tensor]:
@@ -573,7 +584,10 @@ def _gather_embedding_table(objective: torch.nn.Module, vlm: Any) -> None:
 
     for part in objective.modules():
         if hasattr(part, "embedding_table"):
-            part.embedding_table = gathered
+            # An instance attribute shadowing the method, as `part.embedding_table = gathered` would set
+            # (nn.Module stores plain values in __dict__); written so because nn.Module types attribute
+            # assignment as tensors and modules only.
+            vars(part)["embedding_table"] = gathered
 
 
 def _diagnostics_every(job: StageJob, zero: int | None) -> int | None:
@@ -591,7 +605,7 @@ def _diagnostics_every(job: StageJob, zero: int | None) -> int | None:
     return every
 
 
-def _diagnostics_probe(cfg: TrialConfig, vlm: Any, tokenizer: Any, step_dir: Path) -> Any:
+def _diagnostics_probe(cfg: TrialConfig, vlm: VLM, tokenizer: Tokenizer, step_dir: Path) -> Any:
     """Stage 1's diagnostics probe; its curve points also go to the step dir for the evaluation step."""
     from core.evaluation.diagnostics import CURVE_FILE, DiagnosticsProbe
 
@@ -601,9 +615,9 @@ def _diagnostics_probe(cfg: TrialConfig, vlm: Any, tokenizer: Any, step_dir: Pat
 def _save_outputs(
     step_dir: Path,
     stage: str,
-    vlm: Any,
-    tokenizer: Any,
-    objective: torch.nn.Module,
+    vlm: VLM,
+    tokenizer: Tokenizer,
+    objective: Objective,
     stepper: Stepper,
     *,
     rank: int,
@@ -655,8 +669,8 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def _sea_context(
-    labels_dir: Path, dataset: Any, vlm: Any, tokenizer: Any, seed: int
-) -> tuple[Any, Callable[..., dict[str, Any]], dict[str, Any]]:
+    labels_dir: Path, dataset: Any, vlm: VLM, tokenizer: Tokenizer, seed: int
+) -> tuple[Any, Callable[..., dict[str, Any]], BuildContext]:
     """SEA's labelled dataset, its collate function and the objective's build context."""
     from core.labels import LabelStore, WithLabels, make_collate_with_labels
     from core.sea import label_embedding_rows, used_word_ids
@@ -665,7 +679,11 @@ def _sea_context(
     index, _ = store._open_arrays()
     with torch.no_grad():
         rows = label_embedding_rows(
-            store.words, used_word_ids(index, len(store.words)), tokenizer, vlm.llm.get_input_embeddings()
+            store.words, used_word_ids(index, len(store.words)), tokenizer, vlm.input_embeddings()
         )
-    context = {"sea": {"word_embeddings": rows, "grid": tuple(vlm.vision.spec.grid), "seed": seed}}
+    rows_n, cols_n = vlm.vision.spec.grid
+    context: BuildContext = {
+        "vlm": vlm,
+        "sea": {"word_embeddings": rows, "grid": (rows_n, cols_n), "seed": seed},
+    }
     return WithLabels(dataset, store), make_collate_with_labels(tokenizer.pad_token_id), context

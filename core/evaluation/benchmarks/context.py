@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -22,6 +22,10 @@ from core.evaluation.generate import (
 )
 from core.evaluation.shard import Shard, replayed
 
+if TYPE_CHECKING:
+    from core.models.tokenizer import Tokenizer
+    from core.models.vlm import VLM
+
 
 @dataclass
 class RunContext:
@@ -34,8 +38,8 @@ class RunContext:
     (the shards' gathered outputs) no model runs and the runner scores the recorded outputs.
     """
 
-    vlm: Any
-    tokenizer: Any
+    vlm: VLM | None  # None when replaying: no model runs
+    tokenizer: Tokenizer | None
     template: str
     image_mode: str = "pad"
     batch_size: int = 8
@@ -47,16 +51,22 @@ class RunContext:
     recorded: dict[str, list[Any]] = field(default_factory=dict)
     calls: int = 0
 
+    def _model(self) -> tuple[VLM, Tokenizer]:
+        """The model and tokenizer; only the batches that run the model ask (never a replay)."""
+        if self.vlm is None or self.tokenizer is None:
+            raise RuntimeError("RunContext: a model call while replaying recorded outputs")
+        return self.vlm, self.tokenizer
+
     def pixels(self, image: ImageRef | None, where: str) -> torch.Tensor | None:
         if image is None:
             return None
-        spec = self.vlm.vision.spec
+        spec = self._model()[0].vision.spec
         pil = image.open(self.image_root, where)
         return preprocess_for(pil, spec, self.image_mode)
 
     def prompt(self, question: str, image: ImageRef | None, where: str) -> Prompt:
         pixels = self.pixels(image, where)
-        ids = generation_prompt_ids(self.template, question, self.tokenizer, has_image=pixels is not None)
+        ids = generation_prompt_ids(self.template, question, self._model()[1], has_image=pixels is not None)
         return Prompt(ids, pixels)
 
     def _batched(self, rows: Sequence[Any], run: Callable[[Sequence[Any]], list[Any]]) -> list[Any] | None:
@@ -81,12 +91,14 @@ class RunContext:
         return [a if a is not None else "" for a in answers]
 
     def _generate_batch(self, questions: Sequence[tuple[str, ImageRef | None, str]]) -> list[str]:
-        stops, pad = stop_token_ids(self.template, self.tokenizer), pad_id(self.tokenizer)
+        vlm, tokenizer = self._model()
+        stops, pad = stop_token_ids(self.template, tokenizer), pad_id(tokenizer)
         chunk = [self.prompt(q, img, w) for q, img, w in questions]
         tokens = greedy_generate(
-            self.vlm, chunk, max_new_tokens=self.max_new_tokens, stop_ids=stops, pad_token_id=pad
+            vlm, chunk, max_new_tokens=self.max_new_tokens, stop_ids=stops, pad_token_id=pad
         )
-        return [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+        # One sequence decodes to one str (the stubs say str | list[str]).
+        return [cast(str, tokenizer.decode(t, skip_special_tokens=True)).strip() for t in tokens]
 
     def option_scores(self, rows: Sequence[tuple[str, ImageRef | None, str, str]]) -> list[tuple[float, int]]:
         """(log-likelihood, token count) of each (question, image, where, option) row, in batches;
@@ -97,11 +109,12 @@ class RunContext:
             for question, image, where, _ in chunk:
                 if (question, where) not in prompts:
                     prompts[(question, where)] = self.prompt(question, image, where)
+            vlm, tokenizer = self._model()
             return continuation_logliks(
-                self.vlm,
+                vlm,
                 [prompts[(q, w)] for q, _, w, _ in chunk],
-                [answer_ids(self.template, option, self.tokenizer) for *_, option in chunk],
-                pad_token_id=pad_id(self.tokenizer),
+                [answer_ids(self.template, option, tokenizer) for *_, option in chunk],
+                pad_token_id=pad_id(tokenizer),
             )
 
         replay = self._batched(rows, score)

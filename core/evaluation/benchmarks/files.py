@@ -46,7 +46,7 @@ class ImageRef:
             return image.convert("RGB")
         except (OSError, UnidentifiedImageError) as err:
             shown = (
-                f"{Path(image_root or '') / str(self.path)}" if self.path is not None else "embedded image"
+                f"{image_root / str(self.path)}" if self.path is not None and image_root else "embedded image"
             )
             raise BenchmarkFileError(f"{where}: cannot read {shown} ({err})") from err
 

@@ -129,7 +129,7 @@ def _read_tsv(path: Path) -> list[McItem]:
 
 
 def _read_mmlu_csv(path: Path) -> list[McItem]:
-    items = []
+    items: list[McItem] = []
     with open_text_file(path, "MMLU csv file") as f:
         reader = csv.reader(f)
         for row in reader:

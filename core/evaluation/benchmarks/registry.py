@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.evaluation.benchmarks.context import RunContext
 from core.evaluation.benchmarks.files import BenchFiles
@@ -16,6 +16,10 @@ from core.evaluation.benchmarks.pope import POPE
 from core.evaluation.benchmarks.vqa import VQA
 from core.evaluation.config import BenchmarkConfig
 from core.evaluation.shard import Shard
+
+if TYPE_CHECKING:
+    from core.models.tokenizer import Tokenizer
+    from core.models.vlm import VLM
 
 # One line per kind (`BenchmarkConfig.kind`); a new benchmark is a module defining its BenchmarkKind.
 BENCHMARKS: dict[str, BenchmarkKind[Any, Any]] = {
@@ -64,15 +68,20 @@ def _scored(kind: BenchmarkKind[Any, Any], ctx: RunContext, bench: BenchmarkConf
 
 
 def _context(
-    vlm: Any, tokenizer: Any, bench: BenchmarkConfig, template: str, synthetic_dir: Path | None, **opts: Any
+    vlm: VLM | None,
+    tokenizer: Tokenizer | None,
+    bench: BenchmarkConfig,
+    template: str,
+    synthetic_dir: Path | None,
+    **opts: Any,
 ) -> RunContext:
     files = bench_files(bench, synthetic_dir)
     return RunContext(vlm, tokenizer, template, image_root=files.image_root, files=files, **opts)
 
 
 def run_benchmark(
-    vlm: Any,
-    tokenizer: Any,
+    vlm: VLM | None,
+    tokenizer: Tokenizer | None,
     bench: BenchmarkConfig,
     template: str,
     *,
@@ -108,8 +117,8 @@ def run_benchmark(
 
 
 def benchmark_outputs(
-    vlm: Any,
-    tokenizer: Any,
+    vlm: VLM,
+    tokenizer: Tokenizer,
     bench: BenchmarkConfig,
     template: str,
     shard: Shard,

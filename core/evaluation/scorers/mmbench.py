@@ -9,6 +9,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from core.evaluation.scorers.common import (
     LETTER_INSTRUCTION,
@@ -99,7 +100,7 @@ def _passes(row: dict[str, str], where: str, lang: str, expand: bool) -> list[Mm
     answer = None if _missing(row.get("answer")) else row["answer"].strip()
     if answer is not None and answer not in _OPTION_COLUMNS[: len(options)]:
         raise ScorerInputError(f"{where}: answer {answer!r} is not one of the {len(options)} options")
-    common = dict(
+    common: dict[str, Any] = dict(
         image=_image(row, where),
         question=row["question"],
         hint=None if _missing(row.get("hint")) else row["hint"],
