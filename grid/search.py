@@ -8,7 +8,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from rich.console import Console
@@ -347,7 +347,7 @@ def _tune_config(search: SearchConfig, cfg: TrialConfig) -> Any:
 
         # Tune wraps a Searcher in a ConcurrencyLimiter of max_concurrent_trials.
         # With its own metric when ASHA compares another one (Tune then takes neither from TuneConfig).
-        own = {"metric": search.metric, "mode": search.mode} if separate else {}
+        own: dict[str, Any] = {"metric": search.metric, "mode": search.mode} if separate else {}
         points = [{f"params/{k}": v for k, v in p.items()} for p in first]  # Optuna's flattened names
         algo: Any = OptunaSearch(seed=search.seed, points_to_evaluate=points or None, **own)
     else:
@@ -362,7 +362,7 @@ def _tune_config(search: SearchConfig, cfg: TrialConfig) -> Any:
         s = search.scheduler
         scheduler = ASHAScheduler(
             time_attr=f"{metric_stage(rung)}/step",
-            **({"metric": rung, "mode": rung_mode} if separate else {}),
+            **(cast(dict[str, Any], {"metric": rung, "mode": rung_mode}) if separate else {}),
             max_t=s.max_t,
             grace_period=s.grace_period,
             reduction_factor=s.reduction_factor,

@@ -89,12 +89,13 @@ def search_budget(search: Any, cfg: Any, trials: int) -> SearchBudget | None:
 def budget_line(search: Any, cells: list[Any], per_cell: int) -> str:
     """The plan's line: GPU-hours of the whole search (all cells)."""
     budgets = [search_budget(search, c.config, per_cell) for c in cells]
-    if any(b is None for b in budgets):
+    known = [b for b in budgets if b is not None]
+    if len(known) < len(budgets):
         return "GPU-hours: unknown (set data.<stage>.expected_samples)"
-    full = sum(b.full for b in budgets)  # type: ignore[union-attr]
-    expected = sum(b.expected for b in budgets)  # type: ignore[union-attr]
-    wall = sum(b.wall for b in budgets)  # type: ignore[union-attr]
-    rungs = budgets[0].rungs if budgets else []  # type: ignore[union-attr]
+    full = sum(b.full for b in known)
+    expected = sum(b.expected for b in known)
+    wall = sum(b.wall for b in known)
+    rungs = known[0].rungs if known else []
     concurrent = search.max_concurrent or 1
     asha = (
         f"; about {expected:.1f} with ASHA (rungs at steps {', '.join(map(str, rungs))}, "

@@ -16,7 +16,7 @@ from core.steps.status import Materialized
 
 # `fn(config, deps, out_dir, ctx)`: writes the step's output into `out_dir`; `deps` maps the name of every
 # step it depends on (directly or through others) to that step's finished directory.
-StepFn = Callable[[Any, Mapping[str, Path], Path, StepContext], None]
+StepFn = Callable[[Any, Mapping[str, Path], Path, StepContext], object]  # what it returns is ignored
 # Whether the runner hands the step to a Ray task holding its resources (else it runs in the caller).
 InTask = Callable[[Any, TrialRuntime], bool]
 # What a finished step adds to its trial's summary (its metrics, its directory).

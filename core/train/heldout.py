@@ -36,7 +36,9 @@ class HeldoutProbe:
         run: Any,
     ) -> None:
         self.stage, self.every = job.stage, job.settings.heldout.every_steps
-        sampler = DistributedSampler(part, num_replicas=world, rank=rank, shuffle=False, drop_last=False)
+        sampler: DistributedSampler[Any] = DistributedSampler(
+            part, num_replicas=world, rank=rank, shuffle=False, drop_last=False
+        )
         self.loader = DataLoader(
             part, batch_size=job.settings.micro_batch_size, sampler=sampler, collate_fn=collate_fn
         )

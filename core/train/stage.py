@@ -539,7 +539,7 @@ class _Loop:
             metrics = {f"{name}/{k}": v for k, v in last.items()}
             if diagnose and self.probe is not None:
                 metrics.update(self.probe(vlm, step))
-            if held:  # every rank evaluates (a collective under ZeRO-3)
+            if held and self.heldout is not None:  # every rank evaluates (a collective under ZeRO-3)
                 metrics.update(self.heldout(vlm))
             metrics[f"{name}/lr"] = lr
             metrics[f"{name}/samples_per_s"] = settings.global_batch_size * self._since / max(elapsed, 1e-9)
