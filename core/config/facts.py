@@ -1,6 +1,6 @@
 """Facts about the registries' ids that validating a config needs, without importing the models.
 
-core.models' registries are the source of truth for everything else; `tests/test_config.py` checks that
+core.models' registries are the source of truth for everything else; `tests/core/config/test_config.py` checks that
 these ids agree with them, so adding a model means adding its id here too.
 """
 

@@ -14,7 +14,7 @@ Two mechanisms give it, one per training path:
 Why not DeepSpeed's `torch_autocast` section (fp32 parameters, forward under autocast inside the engine,
 `autocast_if_enabled` in deepspeed/runtime/torch_autocast.py): autocast casts each fp32 weight that
 requires grad to a fresh bf16 tensor, and autograd keeps that copy until the layer's backward (measured in
-tests/test_precision.py: under autocast the tensors saved for backward hold a bf16 copy of every trained
+tests/core/train/test_precision.py: under autocast the tensors saved for backward hold a bf16 copy of every trained
 weight; with bf16 parameters they hold the parameters themselves). ZeRO-3 frees a gathered parameter after
 its module's forward and gathers it again for the backward, but cannot free those copies: at 13B they are
 26 GB per GPU, the whole model in bf16, which is what ZeRO-3 partitions away. The autocast cache keeps

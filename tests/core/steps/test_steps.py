@@ -144,7 +144,7 @@ _KILLED_CHILD = """
 import sys, time
 from pathlib import Path
 from core.steps import Step, materialize
-sys.path.insert(0, "tests")  # not `tests.test_steps`: an installed package (latex2sympy2) owns `tests`
+sys.path.insert(0, "tests/core/steps")  # not `tests.test_steps`: an installed package (latex2sympy2) owns `tests`
 from test_steps import Cfg
 def build(out):
     (out / "part.txt").write_text("written before the kill")
@@ -167,7 +167,7 @@ def test_a_dead_process_of_this_machine_is_stale_at_once_others_after_their_leas
 
 def test_a_killed_holder_is_taken_over_without_waiting_out_its_lease(tmp_path):
     ready = tmp_path / "ready"
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[3]
     child = subprocess.Popen(
         [sys.executable, "-c", _KILLED_CHILD, str(tmp_path / "steps"), str(ready)], cwd=repo
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # Head and a second node from ray.cluster_utils.Cluster: both on this machine, so the directories are shared.
 SHARED = """

@@ -9,7 +9,7 @@ from pathlib import Path
 from grid.expand import expand
 from grid.spec import load_spec
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _imported_modules(path: Path) -> set[str]:

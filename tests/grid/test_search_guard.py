@@ -17,7 +17,7 @@ from grid.search_guard import gameable
 from grid.search_spec import base_point
 from grid.spec import SpecError, load_spec, parse_spec
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BEFORE = REPO / "tests" / "fixtures" / "searches_before_guard"
 
 

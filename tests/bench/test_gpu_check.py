@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import gpu_check  # noqa: E402
 
 PARTS = ["stage1 llava", "labels (SEA)", "stage1 sea", "stage1 basic", "stage2 llava"]
@@ -24,7 +24,7 @@ def test_tiny_check_runs_every_part(tmp_path: Path) -> None:
     env = {
         k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")
     }
-    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    script = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.py"
     done = subprocess.run(
         [sys.executable, str(script), "--tiny", "--out", str(out), "--work-dir", str(tmp_path / "work")],
         capture_output=True,
@@ -66,7 +66,7 @@ def test_cpu_mode_runs_the_real_path(tmp_path: Path) -> None:
     env = {
         k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")
     }
-    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    script = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.py"
     done = subprocess.run(
         [sys.executable, str(script), "--cpu", "--out", str(out), "--work-dir", str(tmp_path / "work")],
         capture_output=True,

@@ -12,7 +12,7 @@ import pytest
 from grid.cluster_check import ClusterTooSmallError, Need, check_cluster, cluster_findings, fits, live_nodes
 from grid.spec import TrialConfig
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _trial(workers: int, gpus: float, cpus: float = 1) -> TrialConfig:

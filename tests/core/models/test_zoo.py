@@ -25,7 +25,7 @@ from core.models import (  # noqa: E402
     load_encoder,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 
 # Exact parameter counts of the hub checkpoints (their safetensors totals / model cards).
 LLM_PARAMS = {

@@ -18,7 +18,7 @@ from core.steps import StepStatus, TrialRuntime, read_failure, step_status
 from core.steps.runner import run_steps
 from core.steps.status import write_success
 
-PINNED = json.loads((Path(__file__).parent / "fixtures" / "step_dirs.json").read_text())
+PINNED = json.loads((Path(__file__).resolve().parents[2] / "fixtures" / "step_dirs.json").read_text())
 
 
 def cfg(encoder: str = "tiny-hf-clip", **over: object) -> TrialConfig:
@@ -101,6 +101,7 @@ def tiny_trial() -> TrialConfig:
     )
 
 
+@pytest.mark.trainer
 def test_a_tiny_trial_through_the_runner_exports_what_transformers_loads(
     tmp_path, seagrid_cache, ray_session
 ):

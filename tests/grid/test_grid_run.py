@@ -221,7 +221,7 @@ def _killer_callback():
 def test_killed_rank_restarts_from_its_ray_checkpoint(tmp_path: Path, ray_session) -> None:
     """A TorchTrainer (DeepSpeed ZeRO-2) whose rank is SIGKILLed after its step-4 checkpoint restarts from it
     (`resources.max_failures: 1`) and ends with exactly the adapter of an uninterrupted run. (A relaunch in
-    a new grid process, through the same Ray checkpoints, is tests/test_interrupt.py.)"""
+    a new grid process, through the same Ray checkpoints, is tests/grid/test_interrupt.py.)"""
 
     import torch
     from safetensors.torch import load_file

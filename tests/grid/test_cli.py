@@ -17,7 +17,7 @@ from grid.cli import build_parser, main
 from grid.expand import expand
 from grid.spec import load_spec
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

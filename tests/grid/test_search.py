@@ -126,7 +126,7 @@ def test_experiment_search_specs_load() -> None:
     from grid.search import search_summary
 
     for name in ("search_sea", "search_basic", "smoke_search"):
-        spec = load_spec(Path(__file__).resolve().parent.parent / "experiments" / f"{name}.yaml")
+        spec = load_spec(Path(__file__).resolve().parents[2] / "experiments" / f"{name}.yaml")
         assert spec.search is not None and spec.search.num_samples >= 6
         if name == "search_sea":  # one search per LLM: the plan shows the space and the budget
             text = search_summary(spec, expand(spec))

@@ -126,7 +126,7 @@ def test_the_readme_memory_table_is_the_plan_of_scaling_yaml() -> None:
     from grid.memory import GIB, trial_memory
     from grid.spec import load_spec
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     spec_path = repo / "experiments" / "scaling.yaml"
     plan = {}
     for t in expand(load_spec(spec_path), str(spec_path)):

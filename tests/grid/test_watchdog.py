@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from grid.watchdog import Watchdog
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # 48 samples, micro = global = 8: 6 steps an epoch, 12 in two; a checkpoint every 2 steps.
 SPEC = """\

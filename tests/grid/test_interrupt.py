@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # Trial "short" (4 steps) finishes while trial "long" (24 steps, a checkpoint every 4) is mid-stage.
 SPEC = """\

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 # Where a field's effect can live: the library and the grid, not the config package that declares it.
 READERS = ("core", "grid")
 EXCLUDED = ("core/config",)

@@ -114,7 +114,7 @@ def test_a_bad_published_file_names_its_path(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_every_paper_spec_has_a_valid_published_table() -> None:
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     for name in ("scaling", "encoders", "transfer", "basic", "ablation_basic"):
         spec = repo / "experiments" / f"{name}.yaml"
         published = load_published(spec)

@@ -34,7 +34,7 @@ from grid.report import _tacs_history, build_report, default_columns
 from grid.spec import load_spec
 from grid.tracking import Tracker
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 SPEC = """\
 name: {name}

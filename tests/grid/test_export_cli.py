@@ -20,7 +20,7 @@ from grid.cli import main
 from grid.expand import expand
 from grid.spec import load_spec, steps_root
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _spec(tmp: Path, encoder: str, seeds: list[int]) -> Path:

@@ -227,7 +227,7 @@ def test_empty_answer_still_supervises_the_end_of_turn(template: str, tokenizers
 
 @pytest.mark.parametrize("template", CHAT_TEMPLATES)
 def test_ids_match_whole_string_tokenisation(template: str, tokenizers: dict) -> None:
-    # The whole prompt is tokenised at once (tests/test_prompt_tokenisation.py checks this for
+    # The whole prompt is tokenised at once (tests/core/data/test_prompt_tokenisation.py checks this for
     # random conversations and every tokenizer family).
     tokenizer = tokenizers[template]
     prompt = TWO_ROUNDS[template][0].replace("<image>\n", "").removeprefix(BOS[template] or "")

@@ -10,7 +10,7 @@ import torch
 
 from core.train.cuda_start import MIN_DRIVER, CudaStartError, start_cuda
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_the_driver_floor_matches_the_locked_torch_build() -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from core.ray_session import MODE_ENV, _runtime_env, join_target, resolve_mode
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 SECRET = "hf_test_secret_value_123"
 

@@ -12,7 +12,7 @@ from core.config.identity import content_hash
 from grid.expand import expand
 from grid.spec import SpecError, load_spec, parse_spec
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
