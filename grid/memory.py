@@ -348,6 +348,13 @@ class UnfitTrialError(ValueError):
 
 def refuse_if_unfit(trial_configs: Mapping[str, TrialConfig]) -> None:
     """Raise UnfitTrialError naming every GPU trial (by id) that cannot fit, and what would make it fit."""
+    problems = unfit_findings(trial_configs)
+    if problems:
+        raise UnfitTrialError("\n".join(problems))
+
+
+def unfit_findings(trial_configs: Mapping[str, TrialConfig]) -> list[str]:
+    """One sentence per GPU trial stage whose estimated peak exceeds its GPU's memory, with the fixes."""
     problems = []
     for trial_id, cfg in trial_configs.items():
         if cfg.resources.gpus_per_worker <= 0:
@@ -366,5 +373,4 @@ def refuse_if_unfit(trial_configs: Mapping[str, TrialConfig]) -> None:
                 f"{limit / GIB:.1f} GiB usable of resources.gpu_memory_gb {cfg.resources.gpu_memory_gb:g}; "
                 f"would fit with: {hint}"
             )
-    if problems:
-        raise UnfitTrialError("\n".join(problems))
+    return problems

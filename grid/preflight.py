@@ -99,7 +99,20 @@ def check_data_files(ctx: Preflight) -> list[str]:
     return problems
 
 
-CHECKS: list[Check] = [check_trial_count, check_tracking_store, check_output_root, check_data_files]
+def check_gpu_memory(ctx: Preflight) -> list[str]:
+    """Every GPU trial fits its GPUs' memory (grid/memory.py's estimate), or the settings that would fit."""
+    from grid.memory import unfit_findings
+
+    return unfit_findings({t.id: t.config for t in ctx.trials or []})
+
+
+CHECKS: list[Check] = [
+    check_trial_count,
+    check_tracking_store,
+    check_output_root,
+    check_data_files,
+    check_gpu_memory,
+]
 
 
 def run_preflight(ctx: Preflight, checks: list[Check] | None = None) -> list[str]:
@@ -148,4 +161,5 @@ def preflight_search(spec: ExperimentSpec, source: str, tracker: Tracker, cells:
     """A search's pre-flight: the tracking store, the output root and every cell's files (a search's trial
     count is its `num_samples`, bounded by the spec itself)."""
     ctx = Preflight(spec, source, tracker, trials=cells)
-    refuse_problems(source, run_preflight(ctx, [check_tracking_store, check_output_root, check_data_files]))
+    checks = [check_tracking_store, check_output_root, check_data_files, check_gpu_memory]
+    refuse_problems(source, run_preflight(ctx, checks))

@@ -374,3 +374,22 @@ def test_a_search_has_the_same_preflight(tmp_path: Path, capsys: pytest.CaptureF
     assert f"output.root={tmp_path / 'results'}: is a file" in err
     assert f"stage1 dataset mine: missing JSON {tmp_path / 'nodata.json'}" in err
     assert "Traceback" not in err and _tree(tmp_path) == before
+
+
+def test_the_preflight_reports_an_unfit_gpu_trial_with_the_missing_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 13B trial on 24 GB GPUs and a missing dataset: both in one refusal, before Ray starts."""
+    base = {
+        **_llava(tmp_path / "nodata.json", tmp_path / "noimages"),
+        "model": {"llm": "vicuna-13b", "encoder": "clip-l-336"},
+        "resources": {"num_workers": 1, "gpus_per_worker": 1, "gpu_memory_gb": 24},
+    }
+    spec = _spec(tmp_path, base)
+    before = _tree(tmp_path)
+    assert main(["grid", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "2 problem(s) found before any trial started" in err, err
+    assert f"stage1 dataset mine: missing JSON {tmp_path / 'nodata.json'}" in err
+    assert "GiB per GPU" in err and "would fit with" in err
+    assert "Traceback" not in err and _tree(tmp_path) == before
