@@ -161,5 +161,5 @@ def preflight_search(spec: ExperimentSpec, source: str, tracker: Tracker, cells:
     """A search's pre-flight: the tracking store, the output root and every cell's files (a search's trial
     count is its `num_samples`, bounded by the spec itself)."""
     ctx = Preflight(spec, source, tracker, trials=cells)
-    checks = [check_tracking_store, check_output_root, check_data_files, check_gpu_memory]
+    checks: list[Check] = [check_tracking_store, check_output_root, check_data_files, check_gpu_memory]
     refuse_problems(source, run_preflight(ctx, checks))
