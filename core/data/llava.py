@@ -334,7 +334,9 @@ class LlavaDataset(Dataset):
         }
 
 
-def collate(batch: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
+def collate(
+    batch: Sequence[dict[str, Any]], pad_token_id: int, image_shape: tuple[int, ...] | None = None
+) -> dict[str, Any]:
     """Stack dataset items into a right-padded batch.
 
     Returns `input_ids` [B, L] (padded with `pad_token_id`), `labels` [B, L] (padded with
@@ -368,6 +370,11 @@ def collate(batch: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any
             raise ValueError(f"pixel_values: items have different shapes {sorted(shapes)}; expected one")
         template = present[0]
         pixel_values = torch.stack([template.new_zeros(template.shape) if i is None else i for i in images])
+    elif image_shape is not None:
+        # A text-only micro-batch still runs the tower and adapter on zero images (LLaVA's collator does the
+        # same): under ZeRO-3 every rank must call the same partitioned modules, or the gathers mismatch and
+        # the ranks abort (seen: stage 2 with modality grouping, one rank text-only, gloo SIGABRT).
+        pixel_values = torch.zeros((size, *image_shape))
     return {
         "input_ids": input_ids,
         "labels": labels,
@@ -378,10 +385,13 @@ def collate(batch: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any
     }
 
 
-def make_collate(pad_token_id: int) -> Callable[[Sequence[dict[str, Any]]], dict[str, Any]]:
-    """A picklable collate function (for DataLoader worker processes) bound to `pad_token_id`."""
+def make_collate(
+    pad_token_id: int, image_shape: tuple[int, ...] | None = None
+) -> Callable[[Sequence[dict[str, Any]]], dict[str, Any]]:
+    """A picklable collate function (for DataLoader worker processes) bound to `pad_token_id`; with
+    `image_shape`, a micro-batch without any image gets zero images (see `collate`)."""
     if not isinstance(pad_token_id, int) or isinstance(pad_token_id, bool):
         raise ValueError(
             f"pad_token_id={pad_token_id!r}: must be an int (set tokenizer.pad_token if it is None)"
         )
-    return functools.partial(collate, pad_token_id=pad_token_id)
+    return functools.partial(collate, pad_token_id=pad_token_id, image_shape=image_shape)

@@ -347,7 +347,10 @@ def build_data(
                 "the trial's step graph (core.pipeline.trial_steps) materialises it before training"
             )
         return _sea_context(Path(job.labels_dir), dataset, vlm, tokenizer, cfg.seed * 1000 + rank)
-    return dataset, make_collate(tokenizer.pad_token_id), {"vlm": vlm}
+    # With several ranks a text-only micro-batch still runs the tower and adapter, so every rank calls the
+    # same modules (ZeRO-3's gathers, DDP's reduction); core.data.llava.collate.
+    shape = (3, enc.image_size, enc.image_size) if cfg.resources.num_workers > 1 else None
+    return dataset, make_collate(tokenizer.pad_token_id, shape), {"vlm": vlm}
 
 
 def loader_options(
