@@ -96,7 +96,7 @@ def test_e_notation_is_a_number_everywhere(tmp_path: Path) -> None:
               space:
                 stage1.lr: {loguniform: [1e-4, 1e-2]}
                 method.sea.align_weight: {uniform: ['1e-2', '1']}
-              metric: stage1/loss
+              metric: stage1/loss/lm
               mode: min
               num_samples: 2
             """,

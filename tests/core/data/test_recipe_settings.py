@@ -98,7 +98,7 @@ search:
   space:
     method.sea.tau_init: {loguniform: [0.01, 1.0]}
     method.sea.align_weight: {loguniform: [0.1, 10.0]}
-  metric: diag/label_recall
+  metric: stage1/loss/lm  # not diag/label_recall: the search guard refuses what SEA trains directly
   mode: max
   num_samples: 2
 """
