@@ -675,3 +675,22 @@ def test_chat_template_dataset_with_multi_turn_and_text_only(
         second["pixel_values"] is None
         and tiny.decode(second["labels"][second["labels"] != IGNORE_INDEX]) == " No</s>"
     )
+
+
+def test_a_text_only_batch_gets_zero_images_only_when_asked() -> None:
+    """Several ranks: a micro-batch without images still feeds the tower (same modules on every rank)."""
+    from core.data.llava import collate
+
+    items = [
+        {
+            "id": str(k),
+            "input_ids": torch.tensor([1, 2]),
+            "labels": torch.tensor([1, 2]),
+            "pixel_values": None,
+        }
+        for k in range(2)
+    ]
+    assert collate(items, pad_token_id=0)["pixel_values"] is None
+    batch = collate(items, pad_token_id=0, image_shape=(3, 4, 4))
+    assert batch["pixel_values"].shape == (2, 3, 4, 4) and not batch["pixel_values"].any()
+    assert not batch["has_image"].any()
