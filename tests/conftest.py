@@ -55,10 +55,11 @@ def _fresh_ray_per_module():
         ray.shutdown()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def own_process_group():
-    """The MASTER_*/RANK variables a one-process group sets are gone afterwards, so that Ray workers started by
-    later tests do not inherit them (the group itself stays: DeepSpeed keeps handles to it)."""
+    """The MASTER_*/RANK variables a test's one-process group sets are gone afterwards, so that Ray workers and
+    subprocesses (lmms-eval's Accelerator) started by later tests do not inherit a group whose port is still held
+    (the group itself stays: DeepSpeed keeps handles to it). Autouse: CI's lmms test once failed on a leak."""
     keys = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
     before = {k: os.environ.get(k) for k in keys}
     yield

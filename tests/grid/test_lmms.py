@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 from pathlib import Path
 
 import export_fixtures as fx
@@ -135,8 +136,21 @@ def _answer_yes_or_no(export: Path, rows: list[dict]) -> None:
     model.to(torch.bfloat16).save_pretrained(export)
 
 
+def test_lmms_child_drops_an_inherited_rendezvous():
+    from grid.lmms import lmms_env
+
+    inherited = {
+        "PATH": "/bin",
+        "MASTER_PORT": "29500",
+        "RANK": "3",
+        "LOCAL_RANK": "0",
+        "HF_HUB_OFFLINE": "1",
+    }
+    assert lmms_env(inherited) == {"PATH": "/bin", "HF_HUB_OFFLINE": "1"}
+
+
 @pytest.mark.slow
-def test_lmms_on_finished_trials_logs_to_mlflow(tmp_path, capsys):
+def test_lmms_on_finished_trials_logs_to_mlflow(tmp_path, capsys, monkeypatch):
     from rich.console import Console
     from test_export_cli import _finish, _spec
 
@@ -161,7 +175,17 @@ def test_lmms_on_finished_trials_logs_to_mlflow(tmp_path, capsys):
     export = tmp_path / "results" / "exports" / trial_id / "stage1"
     _answer_yes_or_no(export, rows)
 
-    assert main(["lmms", str(spec_path), "--tasks", "seagrid_pope", "--include-path", str(task)]) == 0
+    # As CI's run had it: an earlier in-process group left its rendezvous (a port still held) in the environment.
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(busy.getsockname()[1]))):
+        monkeypatch.setenv(key, value)
+    for key in ("RANK", "LOCAL_RANK"):
+        monkeypatch.setenv(key, "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with busy:
+        assert main(["lmms", str(spec_path), "--tasks", "seagrid_pope", "--include-path", str(task)]) == 0
     run = tracker.client.get_run(run_id)
     logged = {k: v for k, v in run.data.metrics.items() if k.startswith("lmms/")}
     (samples,) = [a.path for a in tracker.client.list_artifacts(run_id, "lmms/stage1")]
