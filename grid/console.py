@@ -13,6 +13,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from core.config.methods import SPEED, TOTAL_LOSS, stage_metric
+
 # Off a terminal, a running trial prints a progress line at most this often (and at each stage's end).
 PLAIN_EVERY_S = 10.0
 STATUS_STYLE = {
@@ -110,7 +112,10 @@ class Board:
             if stage != line.stage:
                 line.stage, line.stage_t0, line.stage_s0 = stage, now, step
             line.step, line.total = step, total if total is not None else line.total
-            loss, speed = metrics.get(f"{stage}/loss"), metrics.get(f"{stage}/samples_per_s")
+            loss, speed = (
+                metrics.get(stage_metric(stage, TOTAL_LOSS)),
+                metrics.get(stage_metric(stage, SPEED)),
+            )
             line.loss = loss if loss is not None else line.loss
             line.samples_per_s = speed if speed is not None else line.samples_per_s
             due = now - self._last_plain.get(tid, 0.0) >= PLAIN_EVERY_S or step == total

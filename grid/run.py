@@ -12,6 +12,7 @@ from typing import Any
 from ray.tune import Callback
 from rich.console import Console
 
+from core.config.methods import FINAL_LOSS, stage_metric
 from core.paths import cache_dir
 from core.ray_session import ensure_ray
 from grid.cluster_check import check_cluster
@@ -194,7 +195,7 @@ def run_grid(
         done = r.status == "done"
         board.add(r.trial.id, run_name(r.trial.axes, r.trial.id), "done earlier" if done else "queued")
         if done and r.run is not None:  # its final loss, from the store
-            losses = [r.run.metrics.get(f"{s}/final_loss") for s in ("stage2", "stage1")]
+            losses = [r.run.metrics.get(stage_metric(s, FINAL_LOSS)) for s in ("stage2", "stage1")]
             board.lines[r.trial.id].loss = next((v for v in losses if v is not None), None)
     _invocation(spec, str(spec_path), todo, tracker, result, board, verbose)
     console.print(board.table())

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from core.config import METHODS_WITH_BASIC, METHODS_WITH_SEA, Strict, TrialConfig
-from core.config.methods import BASE_METRICS, BASIC, SEA
+from core.config.methods import BASE_METRICS, BASIC, FINAL_LOSS, SEA, stage_metric
 from core.evaluation.names import DIAGNOSTICS, diag_name
 from grid.dotted import annotation_at
 from grid.spec_errors import SpecError, check_path, describe_errors
@@ -176,7 +176,7 @@ def per_step_metrics(cfg: TrialConfig) -> set[str]:
 
 def final_metrics(cfg: TrialConfig) -> set[str]:
     """Metrics a trial reports once, at its end (its evaluation and the stages' final losses)."""
-    out = {f"{s}/final_loss" for s in ("stage1", "stage2") if getattr(cfg, s).enabled}
+    out = {stage_metric(s, FINAL_LOSS) for s in ("stage1", "stage2") if getattr(cfg, s).enabled}
     if cfg.eval.enabled:
         out |= {diag_name(d) for d in DIAGNOSTICS}
         out |= {f"eval/{b.name}" for b in cfg.eval.benchmarks}
@@ -203,6 +203,24 @@ def heldout_metrics(cfg: TrialConfig, *, per_step: bool) -> set[str]:
     return out
 
 
+def benchmark_metrics(cfg: TrialConfig) -> set[str]:
+    """Every metric name the trial's benchmarks declare (their kinds' `metric_names`), after each stage they
+    run after, and their retention. Imports the benchmark registry (torch): call it only for `eval/` names."""
+    from core.evaluation.benchmarks.registry import metric_names
+    from core.evaluation.names import metric_prefix
+
+    if not cfg.eval.enabled:
+        return set()
+    stages = [s for s in ("stage1", "stage2") if getattr(cfg, s).enabled]
+    out = set(retention_names(cfg))
+    for bench in cfg.eval.benchmarks:
+        for stage in stages:
+            final = stage == stages[-1]
+            if bench.runs_after(stage, final):
+                out |= set(metric_names(bench, metric_prefix(bench.name, final)))
+    return out
+
+
 def metric_stage(metric: str) -> str:
     """The stage whose steps time a per-step metric (the diagnostics curve is stage 1's)."""
     return metric.split("/", 1)[0] if metric.startswith("stage") else "stage1"
@@ -211,9 +229,10 @@ def metric_stage(metric: str) -> str:
 def check_metric(search: SearchConfig, cfg: TrialConfig, source: str, cell: str = "") -> None:
     """The metric is one the trials report; ASHA needs one reported at every step."""
     steps, finals = per_step_metrics(cfg), final_metrics(cfg)
-    benchmark = any(search.metric.startswith(f"eval/{b.name}/") for b in cfg.eval.benchmarks)
+    if search.metric.startswith("eval/") and search.metric not in finals:
+        finals = finals | benchmark_metrics(cfg)  # a benchmark's own metrics, as its kind declares them
     where = f"{source}: search.metric{f' (cell {cell})' if cell else ''}"
-    if search.metric not in steps | finals and not (benchmark and cfg.eval.enabled):
+    if search.metric not in steps | finals:
         known = ", ".join(sorted(steps | finals))
         raise SearchSpecError(f"{where}: no trial reports '{search.metric}'; these do: {known}")
     if search.scheduler.kind == "asha" and search.scheduler.metric is None and search.metric not in steps:

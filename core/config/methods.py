@@ -19,7 +19,17 @@ class MethodPart:
 
 
 # Every stage's objective logs the total and the language-modelling loss (the baseline, LLaVA-1.5's).
-BASE_METRICS = ("loss", "loss/lm")
+TOTAL_LOSS, LM_LOSS = "loss", "loss/lm"
+BASE_METRICS = (TOTAL_LOSS, LM_LOSS)
+# What a stage reports beside its objective's terms: its throughput every log step, its total loss at the end.
+SPEED = "samples_per_s"
+FINAL_LOSS = "final_loss"
+
+
+def stage_metric(stage: str, name: str) -> str:
+    """The full name a stage logs `name` under (`stage1/loss/lm`)."""
+    return f"{stage}/{name}"
+
 
 SEA = MethodPart("sea", metrics=("loss/align", "tau", "pairs"))
 BASIC = MethodPart("basic", metrics=("loss/das", "loss/sds"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.config import METHODS_WITH_BASIC, METHODS_WITH_SEA
+from core.config.methods import FINAL_LOSS, LM_LOSS, TOTAL_LOSS, stage_metric
 
 STAGE_NAMES = ("stage1", "stage2")
 
@@ -49,7 +50,7 @@ BASIC_TERMS = MethodTerms(
     stages=STAGE_NAMES,
 )
 # L_lm alone is every method's (and the baseline's) common ground: no method weight scales it.
-LM_TERM = "loss/lm"
+LM_TERM = LM_LOSS
 
 METHOD_TERMS: dict[str, tuple[MethodTerms, ...]] = {
     name: tuple(
@@ -68,8 +69,8 @@ def weighted_metrics(terms: MethodTerms, weight: str) -> set[str]:
     for stage in terms.stages:
         out |= {
             f"{stage}/{term}",
-            f"{stage}/loss",
-            f"{stage}/final_loss",
+            stage_metric(stage, TOTAL_LOSS),
+            stage_metric(stage, FINAL_LOSS),
             f"{stage}/final_{term.replace('/', '_')}",
         }
     return out

@@ -109,6 +109,10 @@ def test_grid_killed_then_interrupted_resumes_with_one_run_per_trial(tmp_path: P
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     assert "1 already done" in out, out[-3000:]
+    # Issue 22: the summary ends the output; no worker line (Ray prefixes them "(... pid=N)") reaches the
+    # terminal, before it or after it: they go to the grid's log file, late ones too.
+    assert out.rstrip().splitlines()[-1].startswith("MLflow:"), out[-3000:]
+    assert " pid=" not in out, out[-3000:]
     runs = _runs(client)
     assert {k: [r.info.status for r in v] for k, v in runs.items()} == {
         "1.0": ["FINISHED"],

@@ -241,3 +241,16 @@ def test_mmlu_retention_is_a_search_metric_of_a_two_stage_trial() -> None:
     assert "eval/pope/retention" not in final_metrics(spec.base)  # POPE after the last stage only
     summary = {"eval/mmlu/before_stage2": 0.5, "eval/mmlu": 0.375, "eval/pope": 0.8, "stage2/reused": False}
     assert retention_metrics(summary) == {"eval/mmlu/retention": -0.125}
+
+
+def test_a_benchmark_metric_must_be_one_its_kind_declares() -> None:
+    """`eval/pope/<split>/f1` (POPE declares it) loads; a misspelt sub-metric is refused at load time with
+    the names that exist, instead of a search whose every trial reports NaN."""
+    data = _data(REPO / "experiments" / "smoke_search.yaml")
+    data["search"]["metric"] = "eval/pope/adversarial/f1"
+    assert parse_spec(data, "x.yaml").search is not None
+    data["search"]["metric"] = "eval/pope/adversarial/f_1"
+    with pytest.raises(SpecError) as err:
+        parse_spec(data, "x.yaml")
+    text = str(err.value)
+    assert "no trial reports 'eval/pope/adversarial/f_1'" in text and "eval/pope/adversarial/f1" in text
