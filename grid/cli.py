@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -44,13 +45,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Every command and option, with the help `seagrid --help` and `seagrid COMMAND --help` print."""
-    parser = argparse.ArgumentParser(
-        prog="seagrid", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_plan(sub: Any) -> None:
     p_plan = _command(
         sub,
         "plan",
@@ -67,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         "trial, nested fields as dotted columns such as estimates.gpu_hours)",
     )
 
+
+def _add_grid(sub: Any) -> None:
     p_run = _command(
         sub,
         "grid",
@@ -88,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         "of writing it to the log file",
     )
 
+
+def _add_tune(sub: Any) -> None:
     p_tune = _command(
         sub,
         "tune",
@@ -99,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_tune.add_argument("--verbose", action="store_true", help="show Ray's and Tune's own output")
 
+
+def _add_labels(sub: Any) -> None:
     _command(
         sub,
         "labels",
@@ -108,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         "them inside the trials.",
     )
 
+
+def _add_data(sub: Any) -> None:
     p_data = _command(
         sub,
         "data",
@@ -125,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch missing hub datasets first (huggingface_hub, resumable)",
     )
 
+
+def _add_report(sub: Any) -> None:
     p_report = _command(
         sub,
         "report",
@@ -144,8 +149,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated metrics to show (default: every eval/<name> headline metric and the "
         "alignment diagnostics diag/label_recall, diag/tacs, diag/modality_gap that the runs have)",
     )
+
+
+def _add_export(sub: Any) -> None:
     add_export_parser(sub, _command)
+
+
+def _add_lmms(sub: Any) -> None:
     add_lmms_parser(sub, _command)
+
+
+# One adder per command, in the order `seagrid --help` lists them.
+COMMANDS: tuple[Callable[[Any], None], ...] = (
+    _add_plan,
+    _add_grid,
+    _add_tune,
+    _add_labels,
+    _add_data,
+    _add_report,
+    _add_export,
+    _add_lmms,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and option, with the help `seagrid --help` and `seagrid COMMAND --help` print."""
+    parser = argparse.ArgumentParser(
+        prog="seagrid", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 

@@ -320,6 +320,50 @@ def _clear_old(out_dir: Path) -> None:
             path.unlink()
 
 
+@dataclass
+class _Summary:
+    """A grid's runs read back and summarised: what the report's files and table are written from."""
+
+    spec: Any
+    trials: list[Trial]
+    tracker: Tracker
+    runs: dict[str, RunInfo]
+    frame: pl.DataFrame
+    columns: list[str]
+    notes: list[str]
+    percent: dict[str, bool]
+    averaged: list[str]
+    table: pl.DataFrame
+    order: list[str]
+    keys: list[tuple[str, ...]]
+
+
+def _summarise_grid(
+    spec_path: str | Path,
+    rows: tuple[str, ...],
+    columns: Sequence[str] | None,
+    tracking_uri: str | None,
+    baseline: tuple[str, str],
+) -> _Summary:
+    """Every trial of the spec with its run's status and metrics, summarised per row group."""
+    spec = load_spec(spec_path)
+    trials = expand(spec, str(spec_path))
+    tracker = Tracker(spec.name, tracking_uri or spec.output.tracking_uri)
+    runs = tracker.trial_runs([t.id for t in trials])
+    varied = list(dict.fromkeys(a for t in trials for a in t.axes))
+    paths = list(dict.fromkeys([*rows, METHOD, "model.llm", *varied]))
+    frame = trials_frame(trials, runs, paths)
+    fixed = {"trial_id", "status", "run_id", *paths}
+    chosen, notes = _choose_columns([c for c in frame.columns if c not in fixed], columns)
+    percent = _percent_columns(frame, chosen)
+    table = summarise(frame, rows, chosen, percent, baseline)
+    order = _order(rows, baseline)
+    first_seen = {p: frame[p].unique(maintain_order=True).to_list() for p in order}
+    keys = _row_groups(table, order, first_seen, baseline)
+    averaged = [a for a in varied if a not in rows]
+    return _Summary(spec, trials, tracker, runs, frame, chosen, notes, percent, averaged, table, order, keys)
+
+
 def build_report(
     spec_path: str | Path,
     *,
@@ -336,92 +380,73 @@ def build_report(
     missing (never ran) / n/a (finished without that metric). Axes not in `rows` are averaged over.
     The files are logged as artifacts of the grid's parent run under report/, if the store has one.
     """
-    spec = load_spec(spec_path)
-    rows = tuple(rows)
-    if not rows or len(set(rows)) != len(rows):
-        raise SpecError(f"report rows must be distinct config paths; got {list(rows)}")
-    for path in rows:
-        check_path(path, f"{spec_path}: report rows")
-    trials = expand(spec, str(spec_path))
-    tracker = Tracker(spec.name, tracking_uri or spec.output.tracking_uri)
-    runs = tracker.trial_runs([t.id for t in trials])
-    varied = list(dict.fromkeys(a for t in trials for a in t.axes))
-    paths = list(dict.fromkeys([*rows, METHOD, "model.llm", *varied]))
-    frame = trials_frame(trials, runs, paths)
-    fixed = {"trial_id", "status", "run_id", *paths}
-    found = [c for c in frame.columns if c not in fixed]
-    columns, notes = _choose_columns(found, columns)
-    percent = {
-        m: m.startswith("eval/")
-        and m in frame.columns
-        and bool(frame[m].drop_nulls().is_between(0.0, 1.0).all())
-        for m in columns
-    }
-    averaged = [a for a in varied if a not in rows]
-    table = summarise(frame, rows, columns, percent, baseline)
-    order = _order(rows, baseline)
-    first_seen = {p: frame[p].unique(maintain_order=True).to_list() for p in order}
-    keys = _row_groups(table, order, first_seen, baseline)
-
-    report_rows = _report_rows(table, keys, order, columns)
-
+    rows = _checked_rows(rows, spec_path)
+    g = _summarise_grid(spec_path, rows, columns, tracking_uri, baseline)
+    spec, tracker, frame, columns, order = g.spec, g.tracker, g.frame, g.columns, g.order
     out_dir = (Path(spec.output.root).expanduser() / "reports" / spec.name).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_old(out_dir)
     # Plots first, so their notes make it into the Markdown.
-    method_values = frame[METHOD].unique().to_list()
-    files, plot_notes, tacs_note = _plots(tracker, frame, columns, percent, order, out_dir)
-    notes = merge_plot_notes(notes + plot_notes) + ([tacs_note] if tacs_note else [])
-
+    files, plot_notes, tacs_note = _plots(tracker, frame, columns, g.percent, order, out_dir)
+    notes = merge_plot_notes(g.notes + plot_notes) + ([tacs_note] if tacs_note else [])
     parent = find_parent_run(tracker)
     if parent is None:
-        notes.append(
-            f"the store at {tracker.uri} has no parent run for grid '{spec.name}' (the grid never ran "
-            "there); the report is written to files only"
-        )
-    grid_text = render(report_rows, order, columns)
-    md_path, csv_path = out_dir / "report.md", out_dir / "report.csv"
-    beside = beside_published(spec_path, trials, runs)  # the papers' numbers (grid/published.py), if any
+        notes.append(_no_parent_note(tracker.uri, spec.name))
+    grid_text = render(_report_rows(g.table, g.keys, order, columns), order, columns)
+    beside = beside_published(spec_path, g.trials, g.runs)  # the papers' numbers (grid/published.py), if any
+    method_values = frame[METHOD].unique().to_list()
     markdown = _markdown(
-        spec.name,
-        str(spec_path),
-        tracker.uri,
-        frame,
-        order,
-        averaged,
-        columns,
-        percent,
-        baseline,
-        method_values,
-        grid_text,
-        notes,
-    )
+        spec.name, str(spec_path), tracker.uri, frame, order, g.averaged, columns, g.percent, baseline,
+        method_values, grid_text, notes,
+    )  # fmt: skip
     markdown += beside.markdown() if beside else ""
-    md_path.write_text(markdown)
-    _wide_csv(table, keys, order, columns).write_csv(csv_path)
-    files = [md_path, csv_path, *([beside.csv(out_dir / "published.csv")] if beside else []), *files]
+    files = [*_write_tables(out_dir, markdown, _wide_csv(g.table, g.keys, order, columns), beside), *files]
     if parent is not None and log_artifacts:
         tracker.log_artifacts(parent, out_dir, ARTIFACT_DIR)
-
     report = Report(
-        spec_name=spec.name,
-        rows=rows,
-        columns=list(columns),
-        averaged=averaged,
-        percent=percent,
-        table=table,
-        trials=frame,
-        markdown=markdown,
-        out_dir=out_dir,
-        files=files,
-        parent_run_id=parent,
-        notes=notes,
-    )
+        spec.name, rows, list(columns), g.averaged, g.percent, g.table, frame, markdown, out_dir, files,
+        parent, notes,
+    )  # fmt: skip
     print_report(report, grid_text, console or Console())
     if beside:
         beside.print(console or Console())
     report.published = beside
     return report
+
+
+def _checked_rows(rows: Sequence[str], spec_path: str | Path) -> tuple[str, ...]:
+    """The row paths, distinct and each a config path (else SpecError naming it)."""
+    rows = tuple(rows)
+    if not rows or len(set(rows)) != len(rows):
+        raise SpecError(f"report rows must be distinct config paths; got {list(rows)}")
+    for path in rows:
+        check_path(path, f"{spec_path}: report rows")
+    return rows
+
+
+def _percent_columns(frame: pl.DataFrame, columns: Sequence[str]) -> dict[str, bool]:
+    """Which columns are benchmark scores in [0, 1] (shown as percentages)."""
+    return {
+        m: m.startswith("eval/")
+        and m in frame.columns
+        and bool(frame[m].drop_nulls().is_between(0.0, 1.0).all())
+        for m in columns
+    }
+
+
+def _no_parent_note(uri: str, name: str) -> str:
+    return (
+        f"the store at {uri} has no parent run for grid '{name}' (the grid never ran there); the report is "
+        "written to files only"
+    )
+
+
+def _write_tables(out_dir: Path, markdown: str, wide: pl.DataFrame, beside: Any) -> list[Path]:
+    """report.md, report.csv and (with a published table) published.csv; their paths."""
+    md_path, csv_path = out_dir / "report.md", out_dir / "report.csv"
+    md_path.write_text(markdown)
+    wide.write_csv(csv_path)
+    return [md_path, csv_path, *([beside.csv(out_dir / "published.csv")] if beside else [])]
 
 
 def _choose_columns(found: list[str], columns: Sequence[str] | None) -> tuple[list[str], list[str]]:

@@ -245,6 +245,56 @@ def search_summary(spec: ExperimentSpec, cells: list[Trial]) -> str:
     return "\n".join(lines)
 
 
+def _restored_tuner(path: Path, trainable: Any, board: Board, out: GridResult) -> Any:
+    """The interrupted search's Tuner, its callbacks re-attached to this process's console and result."""
+    import ray.tune
+
+    tuner = ray.tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True)
+    local = tuner._local_tuner
+    assert local is not None  # Tuner.restore in this process (not a Ray client) has a local tuner
+    for cb in local.get_run_config().callbacks or []:
+        if isinstance(cb, SearchCallback):
+            cb.attach(board, out)
+    return tuner
+
+
+def _new_tuner(search: Any, cell: Trial, job: Any, trainable: Any, path: Path, callbacks: list[Any]) -> Any:
+    """A new Tune experiment for the cell's search, its state under `path`."""
+    import ray.tune
+
+    return ray.tune.Tuner(
+        trainable,
+        param_space={"cell": job.model_dump(mode="json"), "params": _domains(search)},
+        tune_config=_tune_config(search, cell.config),
+        run_config=ray.tune.RunConfig(
+            name=path.name, storage_path=str(path.parent), callbacks=callbacks, verbose=0
+        ),
+    )
+
+
+def _stop_left_over(tracker: Tracker, out: GridResult, board: Board, why: str) -> None:
+    """Trials the time budget or an interruption cut short never got a completion event: stop their runs."""
+    for tid, status in list(out.status.items()):
+        if status == "running":
+            tracker.stop(out.run_ids[tid], why)
+            out.status[tid] = "stopped"
+            if tid in board.lines:
+                board.finish(tid, f"stopped ({why})")
+
+
+def _search_parent(spec: ExperimentSpec, cell: Trial, key: str, tracker: Tracker, grid_parent: str) -> str:
+    """The search's MLflow parent run (reopened on resume), with an acknowledged gameable metric logged."""
+    search = spec.search
+    assert search is not None
+    name = f"search {run_name(cell.axes, cell.id)}" if cell.axes else f"search {spec.name}"
+    parent = tracker.search_run(key, name, grid_parent, tags={"cell": cell.id})
+    reported = per_step_metrics(cell.config) | final_metrics(cell.config)
+    log_guard_override(
+        tracker, parent, search, cell.config, reported, [search.metric, rung_metric(search)[0]]
+    )
+    return parent
+
+
 def _one_search(
     spec: ExperimentSpec,
     cell: Trial,
@@ -268,12 +318,7 @@ def _one_search(
     ensure_ray()
     check_cluster({cell.id: cell.config}, board.message)  # refuse what can never be placed
     key = search_key(spec, cell)
-    name = f"search {run_name(cell.axes, cell.id)}" if cell.axes else f"search {spec.name}"
-    parent = tracker.search_run(key, name, grid_parent, tags={"cell": cell.id})
-    reported = per_step_metrics(cell.config) | final_metrics(cell.config)
-    log_guard_override(
-        tracker, parent, search, cell.config, reported, [search.metric, rung_metric(search)[0]]
-    )
+    parent = _search_parent(spec, cell, key, tracker, grid_parent)
     outcome = SearchOutcome(key, cell, parent)
     outcomes.append(outcome)
     results_root = Path(spec.output.root).expanduser().resolve()
@@ -284,12 +329,7 @@ def _one_search(
     t0 = time.time()
     if ray.tune.Tuner.can_restore(str(path)):
         board.message(f"resuming the search in {path}")
-        tuner = ray.tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True)
-        local = tuner._local_tuner
-        assert local is not None  # Tuner.restore in this process (not a Ray client) has a local tuner
-        for cb in local.get_run_config().callbacks or []:
-            if isinstance(cb, SearchCallback):
-                cb.attach(board, out)
+        tuner = _restored_tuner(path, trainable, board, out)
     else:
         job = TrialJob(
             trial_id=cell.id,
@@ -300,18 +340,11 @@ def _one_search(
             search_metric=rung_metric(search)[0],
             objective_metric=search.metric if rung_metric(search)[0] != search.metric else None,
         )
-        callback = SearchCallback(tracker, parent, cell, key, reason, out=out, board=board)
-        tuner = ray.tune.Tuner(
-            trainable,
-            param_space={"cell": job.model_dump(mode="json"), "params": _domains(search)},
-            tune_config=_tune_config(search, cell.config),
-            run_config=ray.tune.RunConfig(
-                name=key,
-                storage_path=str(path.parent),
-                callbacks=[callback, *extra_callbacks],
-                verbose=0,
-            ),
-        )
+        callbacks = [
+            SearchCallback(tracker, parent, cell, key, reason, out=out, board=board),
+            *extra_callbacks,
+        ]
+        tuner = _new_tuner(search, cell, job, trainable, path, callbacks)
     grid = tuner.fit()
     outcome.wall_s = time.time() - t0
     # Tune ends an interrupted run (Ctrl-C, SIGUSR1) like a finished one, having saved its state with the
@@ -319,14 +352,7 @@ def _one_search(
     left = any(s == "running" for s in out.status.values()) or len(grid) < total_trials(search)
     budget_spent = search.time_budget_s is not None and outcome.wall_s >= search.time_budget_s
     outcome.interrupted = left and not budget_spent
-    # Trials the time budget or an interruption cut short never got a completion event.
-    for tid, status in list(out.status.items()):
-        if status == "running":
-            why = INTERRUPTED if outcome.interrupted else "time_budget"
-            tracker.stop(out.run_ids[tid], why)
-            out.status[tid] = "stopped"
-            if tid in board.lines:
-                board.finish(tid, f"stopped ({why})")
+    _stop_left_over(tracker, out, board, INTERRUPTED if outcome.interrupted else "time_budget")
     tracker.close_parent(parent, "KILLED" if outcome.interrupted else "FINISHED")
     if outcome.interrupted:
         raise KeyboardInterrupt(f"search {key} interrupted; `seagrid tune` again resumes it")
