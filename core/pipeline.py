@@ -142,7 +142,7 @@ def trial_steps(cfg: TrialConfig) -> TrialSteps:
                 ev = replace(ev, deps=(step,))
             evals[kind.name] = ev
         stages[kind.name] = step
-        if exportable:
+        if exportable and cfg.export.exports(kind.name, kind is kinds[-1]):
             exports[kind.name] = _export_step(cfg, kind, step, evals.get(kind.name))
         previous = step
     return TrialSteps(labels, stages, evals, exports)

@@ -324,6 +324,22 @@ class ResourcesConfig(Strict):
     )
 
 
+class ExportConfig(Strict):
+    """Which stages the trial writes as transformers LLaVA checkpoints (core/export) as steps of its graph.
+
+    An export is the whole model in bf16: about 14 GB at 7B, 26 GB at 13B, per stage. "final" (the model
+    other tools load) is the default; `seagrid export --stage stage1` writes any other finished stage later.
+    Not part of the trial's identity: what a trial trains does not depend on it."""
+
+    stages: Literal["final", "all", "none"] = Field(
+        "final", description="final: the last stage's model; all: after every stage; none: no export step"
+    )
+
+    def exports(self, stage: str, final: bool) -> bool:
+        """Whether the stage that just finished (`final`: the trial's last) is exported."""
+        return self.stages == "all" or (self.stages == "final" and final)
+
+
 class TrialConfig(Strict):
     """Everything one trial needs; grid axes set values at dotted paths inside it."""
 
@@ -335,6 +351,7 @@ class TrialConfig(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     seed: int = 0
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, json_schema_extra=NOT_IDENTITY)
+    export: ExportConfig = Field(default_factory=ExportConfig, json_schema_extra=NOT_IDENTITY)
 
     @model_validator(mode="after")
     def _sea_needs_text_tower(self) -> TrialConfig:

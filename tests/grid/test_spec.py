@@ -179,6 +179,7 @@ def test_id_is_slug_plus_hash_of_canonical_config(tmp_path: Path) -> None:
     # An independent computation of the hash: the identity fields by hand, canonical JSON, sha256.
     ident = t.config.model_dump(mode="json")
     ident.pop("resources")
+    ident.pop("export")  # what is written after training, not what is trained
     ident["model"].pop("llm_path")
     ident["model"].pop("encoder_path")
     ident["stage1"].pop("log_every")

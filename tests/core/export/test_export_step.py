@@ -12,6 +12,7 @@ import export_fixtures as fx
 import pytest
 
 from core.config import TrialConfig
+from core.config.identity import identity_dict
 from core.export.step import HF_DIR
 from core.pipeline import trial_steps
 from core.steps import StepStatus, TrialRuntime, read_failure, step_status
@@ -31,7 +32,7 @@ def test_other_steps_keep_the_dirs_they_had_before_the_export_step(name):
     steps = trial_steps(TrialConfig.model_validate(PINNED[name]["config"]))
     got = [s.dirname for s in steps.all()]
     assert [d for d in got if not d.startswith("export-")] == PINNED[name]["steps"]
-    assert sorted(steps.exports) == sorted(steps.stages)  # every pinned trial's model exports
+    assert list(steps.exports) == list(steps.stages)[-1:]  # every pinned trial's final model exports
     for stage, export in steps.exports.items():
         # After its stage and that stage's evaluation (the card's metrics); nothing depends on it.
         assert got.index(export.dirname) > got.index(steps.stages[stage].dirname)
@@ -40,8 +41,35 @@ def test_other_steps_keep_the_dirs_they_had_before_the_export_step(name):
         assert not any(export in s.deps for s in steps.all())
 
 
-def test_export_steps_only_for_models_with_a_llava_form():
+def test_export_stages_setting_picks_the_exported_stages():
+    """`export.stages`: the final model by default (a 7B export is ~14 GB a stage), every stage, or none;
+    never part of the trial's id or of another step's hash."""
     both = {"stage2": {"enabled": True}, "eval": {"enabled": True}}
+    names = {
+        stages: [s.name for s in trial_steps(cfg(export={"stages": stages}, **both)).all()]
+        for stages in ("final", "all", "none")
+    }
+    assert names["final"] == ["stage1", "eval-stage1", "stage2", "eval-stage2", "export-stage2"]
+    assert names["all"] == [
+        "stage1",
+        "eval-stage1",
+        "export-stage1",
+        "stage2",
+        "eval-stage2",
+        "export-stage2",
+    ]
+    assert names["none"] == ["stage1", "eval-stage1", "stage2", "eval-stage2"]
+    assert [s.name for s in trial_steps(cfg(**both)).all()] == names["final"]
+    hashes = {
+        stages: {s.name: s.hash for s in trial_steps(cfg(export={"stages": stages}, **both)).all()}
+        for stages in ("final", "all")
+    }
+    assert hashes["final"].items() <= hashes["all"].items()
+    assert identity_dict(cfg(export={"stages": "none"}, **both)) == identity_dict(cfg(**both))
+
+
+def test_export_steps_only_for_models_with_a_llava_form():
+    both = {"stage2": {"enabled": True}, "eval": {"enabled": True}, "export": {"stages": "all"}}
     names = [s.name for s in trial_steps(cfg(**both)).all()]
     assert names == ["stage1", "eval-stage1", "export-stage1", "stage2", "eval-stage2", "export-stage2"]
     assert trial_steps(cfg("tiny-clip", **both)).exports == {}  # open_clip tower: refused
