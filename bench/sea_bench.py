@@ -263,7 +263,8 @@ def random_towers(
 def write_random_store(path: Path, json_path: Path, grid: tuple[int, int], top_n: int, num_words: int) -> Any:
     """A finished label store for the images of ``json_path`` with uniformly random labels (scores descending)."""
     from core.labels import LabelStore, image_records
-    from core.labels.store import StoreWriter, make_meta
+    from core.labels.store_format import make_meta
+    from core.labels.store_writer import StoreWriter
 
     ids, images = image_records(json_path)
     words = [f"w{i}" for i in range(num_words)]

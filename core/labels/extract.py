@@ -27,15 +27,10 @@ from core.labels.address import (
 from core.labels.extract_job import ExtractJob, ImageRows, collate_images, encode_words
 from core.labels.parallel import resolve_parallel, shard_bounds
 from core.labels.scoring import select_labels, to_rows
-from core.labels.store import (
-    CHECKABLE,
-    LabelStore,
-    ShardWriter,
-    StoreWriter,
-    locked,
-    make_meta,
-    read_shards,
-)
+from core.labels.shard_writer import ShardWriter
+from core.labels.store import LabelStore
+from core.labels.store_format import CHECKABLE, locked, make_meta, read_shards
+from core.labels.store_writer import StoreWriter
 from core.models.vision import get_encoder_spec
 from core.paths import cache_dir, using_cache_dir
 from core.steps.materialize import build_dir_once

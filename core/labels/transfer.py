@@ -18,7 +18,9 @@ import torch
 
 from core.cache import is_built
 from core.config.identity import content_hash
-from core.labels.store import LabelStore, StoreWriter, make_meta
+from core.labels.store import LabelStore
+from core.labels.store_format import make_meta
+from core.labels.store_writer import StoreWriter
 from core.sea import transfer_labels
 from core.steps.materialize import build_dir_once
 
