@@ -17,7 +17,7 @@ from core.evaluation.scorers.common import (
     predictions_for,
     require,
 )
-from core.metrics import normalize_vqa_answer
+from core.metrics.vqa import normalize_vqa_answer
 
 ACCURACY = "accuracy"
 # VQAv2 reports accuracy per answer type too; VizWiz per answer type and for answerable questions.
