@@ -128,6 +128,26 @@ def extract_labels(
     a word whose matmul score is within BLAS rounding (~1e-7) of the n-th best could in principle differ,
     because BLAS may round one matmul entry differently for different chunk shapes.
     """
+    b, m, d, q = _check_features(patch_features, word_features)
+    _check_int("top_n", top_n, 1)
+    step = q if chunk_size is None else _check_int("chunk_size", chunk_size, 1)
+
+    device = patch_features.device
+    wide = torch.float64 in (patch_features.dtype, word_features.dtype)
+    compute = torch.float64 if wide and device.type != "mps" else torch.float32
+    patches = F.normalize(patch_features.reshape(b * m, d).to(compute), dim=-1)
+    if negate:
+        patches = -patches  # (-v) . t == -cos(v, t) exactly
+    if not torch.isfinite(patches).all():
+        raise ValueError("patch_features contains NaN or inf")
+
+    best = _chunked_top_keys(patches, word_features, top_n, step)
+    index, score = _rescore_winners(best, patches, word_features, top_n)
+    return index.view(b, m, top_n), score.view(b, m, top_n)
+
+
+def _check_features(patch_features: Tensor, word_features: Tensor) -> tuple[int, int, int, int]:
+    """``(B, m, d, q)`` of :func:`extract_labels`' inputs, after checking their shapes and dtypes."""
     if patch_features.dim() != 3:
         raise ValueError(f"patch_features must be [B, m, d], got shape {tuple(patch_features.shape)}")
     if word_features.dim() != 2:
@@ -146,19 +166,13 @@ def extract_labels(
         )
     if q >= _MAX_WORDS:
         raise ValueError(f"word_features has q={q} words; at most {_MAX_WORDS - 1} are supported")
-    _check_int("top_n", top_n, 1)
-    step = q if chunk_size is None else _check_int("chunk_size", chunk_size, 1)
+    return b, m, d, q
 
-    device = patch_features.device
-    wide = torch.float64 in (patch_features.dtype, word_features.dtype)
-    compute = torch.float64 if wide and device.type != "mps" else torch.float32
-    patches = F.normalize(patch_features.reshape(b * m, d).to(compute), dim=-1)
-    if negate:
-        patches = -patches  # (-v) . t == -cos(v, t) exactly
-    if not torch.isfinite(patches).all():
-        raise ValueError("patch_features contains NaN or inf")
 
-    best = torch.empty((b * m, 0), dtype=torch.int64, device=device)
+def _chunked_top_keys(patches: Tensor, word_features: Tensor, top_n: int, step: int) -> Tensor:
+    """``[P, <= top_n]`` ranking keys of each patch row's best words, merged chunk by chunk of ``step`` words."""
+    device, compute, q = patches.device, patches.dtype, word_features.shape[0]
+    best = torch.empty((patches.shape[0], 0), dtype=torch.int64, device=device)
     for start in range(0, q, max(step, 1)):
         words = F.normalize(word_features[start : start + step].to(device=device, dtype=compute), dim=-1)
         scores = (patches @ words.T).to(torch.float32)
@@ -169,7 +183,14 @@ def extract_labels(
         chunk_best = keys.topk(min(top_n, keys.shape[1]), dim=1).values
         merged = torch.cat([best, chunk_best], dim=1)
         best = merged.topk(min(top_n, merged.shape[1]), dim=1).values
+    return best
 
+
+def _rescore_winners(
+    best: Tensor, patches: Tensor, word_features: Tensor, top_n: int
+) -> tuple[Tensor, Tensor]:
+    """``(index, score)`` ``[P, top_n]`` of the winners ``best``, re-scored in float64 and re-ranked."""
+    device, compute, rows = patches.device, patches.dtype, patches.shape[0]
     # Re-score the winners with one fixed-shape float64 reduction (BLAS may round a matmul entry
     # differently for different chunk shapes) and re-rank them by that score.
     words, _ = _decode_keys(best)
@@ -181,11 +202,11 @@ def extract_labels(
     best = _ranking_keys(values, words).sort(dim=1, descending=True).values
     words, values = _decode_keys(best)
     keep = values > 0
-    index = torch.full((b * m, top_n), -1, dtype=torch.int64, device=device)
-    score = torch.zeros((b * m, top_n), dtype=torch.float32, device=device)
+    index = torch.full((rows, top_n), -1, dtype=torch.int64, device=device)
+    score = torch.zeros((rows, top_n), dtype=torch.float32, device=device)
     index[:, : best.shape[1]] = torch.where(keep, words, -1)
     score[:, : best.shape[1]] = torch.where(keep, values, 0.0)
-    return index.view(b, m, top_n), score.view(b, m, top_n)
+    return index, score
 
 
 def _overlap_1d(n_src: int, n_dst: int) -> Tensor:
@@ -248,25 +269,31 @@ def transfer_labels(
     out_index = torch.full((g_count * m_dst, top_n), -1, dtype=torch.int64, device=device)
     out_score = torch.zeros((g_count * m_dst, top_n), dtype=torch.float32, device=device)
     if words.numel():
-        vocab = int(words.max()) + 1
-        keys, inverse = torch.unique(group * vocab + words, return_inverse=True)  # sorted (group, word)
-        sums = torch.zeros(keys.shape[0], dtype=acc, device=device).index_add_(0, inverse, contrib)
-        sums32 = sums.to(torch.float32)
-        positive = sums32 > 0
-        keys, sums32 = keys[positive], sums32[positive]
-        key_group, key_word = keys // vocab, keys % vocab
-        # Stable sorts compose to (group asc, score desc, word asc); keys already run in word order.
-        order = torch.argsort(sums32, descending=True, stable=True)
-        order = order[torch.argsort(key_group[order], stable=True)]
-        key_group, key_word, sums32 = key_group[order], key_word[order], sums32[order]
-        rank = torch.arange(key_group.shape[0], device=device) - torch.searchsorted(key_group, key_group)
-        top = rank < top_n
-        out_index[key_group[top], rank[top]] = key_word[top]
-        out_score[key_group[top], rank[top]] = sums32[top]
+        _rank_sums(group, words, contrib, out_index, out_score)
 
     out_index = out_index.view(g_count, m_dst, top_n)
     out_score = out_score.view(g_count, m_dst, top_n)
     return (out_index, out_score) if batched else (out_index[0], out_score[0])
+
+
+def _rank_sums(group: Tensor, words: Tensor, contrib: Tensor, out_index: Tensor, out_score: Tensor) -> None:
+    """Sum ``contrib`` per (target ``group``, word) and write each group's top positive sums into the outputs."""
+    device, acc, top_n = contrib.device, contrib.dtype, out_index.shape[1]
+    vocab = int(words.max()) + 1
+    keys, inverse = torch.unique(group * vocab + words, return_inverse=True)  # sorted (group, word)
+    sums = torch.zeros(keys.shape[0], dtype=acc, device=device).index_add_(0, inverse, contrib)
+    sums32 = sums.to(torch.float32)
+    positive = sums32 > 0
+    keys, sums32 = keys[positive], sums32[positive]
+    key_group, key_word = keys // vocab, keys % vocab
+    # Stable sorts compose to (group asc, score desc, word asc); keys already run in word order.
+    order = torch.argsort(sums32, descending=True, stable=True)
+    order = order[torch.argsort(key_group[order], stable=True)]
+    key_group, key_word, sums32 = key_group[order], key_word[order], sums32[order]
+    rank = torch.arange(key_group.shape[0], device=device) - torch.searchsorted(key_group, key_group)
+    top = rank < top_n
+    out_index[key_group[top], rank[top]] = key_word[top]
+    out_score[key_group[top], rank[top]] = sums32[top]
 
 
 def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -313,8 +340,17 @@ def sample_pairs(
         return empty, empty, empty
 
     has_label = (index >= 0) & (score > 0)
-    labelled = has_label.any(dim=-1)  # [B, m]
+    batch_idx, patch_idx = _pick_patches(has_label.any(dim=-1), (h, w), k, generator)
+    label_id = _pick_labels(index, score, has_label, batch_idx, patch_idx, generator)
+    keep = _one_pair_per_label(label_id, generator)
+    return batch_idx[keep], patch_idx[keep], label_id[keep]
 
+
+def _pick_patches(
+    labelled: Tensor, grid: tuple[int, int], k: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """``(batch_idx, patch_idx)``: one labelled patch per ``k x k`` window, uniformly (windows without: none)."""
+    (b, m), (h, w), device = labelled.shape, grid, labelled.device
     # 1) Patch per window: the labelled patch with the largest uniform key is a uniform pick among them.
     rows, cols = math.ceil(h / k), math.ceil(w / k)
     patch_key = torch.where(labelled, _uniform((b, m), generator, device), -1.0)
@@ -328,7 +364,19 @@ def sample_pairs(
     chosen = best_key >= 0  # [B, windows]; False where the window has no labelled patch
     batch_idx = torch.arange(b, device=device)[:, None].expand_as(chosen)[chosen]
     patch_idx = (r * w + c)[chosen]
+    return batch_idx, patch_idx
 
+
+def _pick_labels(
+    index: Tensor,
+    score: Tensor,
+    has_label: Tensor,
+    batch_idx: Tensor,
+    patch_idx: Tensor,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """One label id per chosen patch, drawn with probability ``s / sum(s)`` (Eq. 9)."""
+    n, device = index.shape[-1], index.device
     # 2) Label per chosen patch by inverse CDF of s / sum(s) (Eq. 9).
     weights = torch.where(has_label, score, 0.0)[batch_idx, patch_idx].to(_acc_dtype(device))  # [P, n]
     cdf = weights.cumsum(dim=-1)
@@ -337,8 +385,12 @@ def sample_pairs(
     # Rounding can push target onto the total; fall back to the last slot that holds a label.
     last = n - 1 - has_label[batch_idx, patch_idx].flip(-1).to(torch.int8).argmax(dim=-1)
     slot = torch.minimum(slot, last)
-    label_id = index[batch_idx, patch_idx, slot].to(torch.int64)
+    return index[batch_idx, patch_idx, slot].to(torch.int64)
 
+
+def _one_pair_per_label(label_id: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Positions of the pairs kept, in order: one uniformly random pair per label id."""
+    device = label_id.device
     # 3) De-duplicate: shuffle, stable-sort by label, keep each label's first (a uniform pick).
     pairs = label_id.shape[0]
     where = generator.device if generator is not None else device
@@ -347,8 +399,7 @@ def sample_pairs(
     sorted_labels = label_id[by_label]
     first = torch.ones(pairs, dtype=torch.bool, device=device)
     first[1:] = sorted_labels[1:] != sorted_labels[:-1]
-    keep = by_label[first].sort().values
-    return batch_idx[keep], patch_idx[keep], label_id[keep]
+    return by_label[first].sort().values
 
 
 def _word_token_ids(words: Sequence[str], tokenizer: Tokenizer) -> list[list[int]]:

@@ -95,30 +95,41 @@ def extract_store(
     if not ids:
         raise ValueError(f"json_path={job.json_path}: no record has an image, so there is nothing to label")
     shards_wanted = resolve_parallel(parallel, len(ids))
-    meta = make_meta(
+    meta = _store_meta(job, len(ids), dataset)
+    with locked(out_dir):
+        if is_built(out_dir):
+            return LabelStore.open(out_dir, {k: meta[k] for k in CHECKABLE})
+        writer = StoreWriter.create_or_resume(out_dir, meta, job.words, ids, images)
+        shards = _resumed_or_planned_shards(writer, shards_wanted, job.batch_size)
+        _extract_rows(writer, shards, shards_wanted > 1, job, ids, images, device, max_batches, progress)
+        if not _finish(writer, bool(shards)):
+            return None
+    return LabelStore.open(out_dir)
+
+
+def _store_meta(job: ExtractJob, num_images: int, dataset: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``meta.json`` of the store ``job`` fills (``dataset``: its identity, default the JSON's hash)."""
+    return make_meta(
         encoder=job.encoder_id,
         words=job.words,
         dataset=dict(dataset) if dataset is not None else dataset_identity(job.json_path),
         top_n=job.top_n,
         sign="negated" if job.negate else "plain",
         grid=get_encoder_spec(job.encoder_id).grid,
-        num_images=len(ids),
+        num_images=num_images,
         score_dtype=job.score_dtype,
     )
-    with locked(out_dir):
-        if is_built(out_dir):
-            return LabelStore.open(out_dir, {k: meta[k] for k in CHECKABLE})
-        writer = StoreWriter.create_or_resume(out_dir, meta, job.words, ids, images)
-        shards = writer.shards()
-        if not shards and shards_wanted > 1:
-            bounds = shard_bounds(writer.done, writer.stop, shards_wanted, job.batch_size)
-            if len(bounds) > 1:  # one shard would be this process's work with Ray's start-up on top
-                writer.plan_shards(bounds)
-                shards = writer.shards()
-        _extract_rows(writer, shards, shards_wanted > 1, job, ids, images, device, max_batches, progress)
-        if not _finish(writer, bool(shards)):
-            return None
-    return LabelStore.open(out_dir)
+
+
+def _resumed_or_planned_shards(writer: StoreWriter, wanted: int, batch_size: int) -> list[dict[str, Any]]:
+    """An interrupted extraction's shards, else new ones when ``wanted`` > 1 and the rows left allow."""
+    shards = writer.shards()
+    if not shards and wanted > 1:
+        bounds = shard_bounds(writer.done, writer.stop, wanted, batch_size)
+        if len(bounds) > 1:  # one shard would be this process's work with Ray's start-up on top
+            writer.plan_shards(bounds)
+            shards = writer.shards()
+    return shards
 
 
 def _extract_rows(
