@@ -14,6 +14,7 @@ from core.evaluation.scorers.common import (
     ScorerInputError,
     field,
     load_json,
+    load_json_list,
     predictions_for,
     require,
 )
@@ -192,9 +193,7 @@ VIZWIZ_FILES = (
 def read_vizwiz(paths: Mapping[str, Path]) -> list[VqaSample]:
     """VizWiz val.json/test.json (a list of {image, question[, answers, answer_type]}); id = image name."""
     files = require(paths, VIZWIZ_FILES)
-    data = load_json(files["annotations"])
-    if not isinstance(data, list) or not data:
-        raise ScorerInputError(f"{files['annotations']}: expected a non-empty JSON list of questions")
+    data = load_json_list(files["annotations"], "questions")
     out = []
     for i, q in enumerate(data):
         where = f"{files['annotations']}[{i}]"
