@@ -219,7 +219,7 @@ def _read_shards_quietly(out_dir: Path) -> list[dict[str, Any]]:
 def _load(job: ExtractJob, device: torch.device, out_dir: Path | None = None) -> tuple[Any, torch.Tensor]:
     """The encoder (with its text tower) on ``device`` and the unit word features in its joint space:
     read from ``out_dir``'s ``word_features.npy`` when the driver wrote it, else encoded here."""
-    from core.models.towers import load_encoder
+    from core.models.encoder_loading import load_encoder
 
     tower = load_encoder(job.encoder_id, path=job.encoder_path, text_tower=True).to(device)
     stored = _read_word_features(out_dir, len(job.words)) if out_dir is not None else None
@@ -246,7 +246,7 @@ def _write_word_features(job: ExtractJob, out_dir: Path, device: str | torch.dev
     """Encode the word list once for every shard (a 4M-word list costs each shard minutes otherwise)."""
     if (out_dir / WORD_FEATURES_FILE).is_file():
         return
-    from core.models.towers import load_encoder
+    from core.models.encoder_loading import load_encoder
 
     here = torch.device(device if device is not None else _default_device())
     tower = load_encoder(job.encoder_id, path=job.encoder_path, text_tower=True).to(here)

@@ -13,8 +13,9 @@ from transformers import PreTrainedModel
 
 from core.models.adapter import build_adapter
 from core.models.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from core.models.encoder_loading import load_encoder
 from core.models.llm import get_llm_spec, input_embeddings, load_llm
-from core.models.towers import VisionTower, load_encoder
+from core.models.towers import VisionTower
 
 if TYPE_CHECKING:
     from transformers import GenerationMixin
