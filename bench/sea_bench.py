@@ -506,7 +506,7 @@ def bench_loader(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
 
 def bench_extraction(setup: Setup, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Images/s of (a) joint patch features alone and (b) joint features + top-n labels against the word list."""
-    from core.sea import extract_labels
+    from core.sea_labels import extract_labels
 
     tower, words = setup.tower, setup.word_features
     size = tower.spec.image_size

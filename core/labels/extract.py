@@ -68,7 +68,7 @@ def extract_store(
 
     The encoder's final-layer patch tokens go through its post-norm and projection into the joint
     space (``joint_patch_features``), the words through its text tower (once), and
-    :func:`core.sea.extract_labels` keeps the top ``top_n`` per patch. Images are preprocessed with the
+    :func:`core.sea_labels.extract_labels` keeps the top ``top_n`` per patch. Images are preprocessed with the
     encoder's size, mean and std (``square``: resize the short side, centre-crop).
 
     Runs under a lock beside ``out_dir``; a finished store is returned as is, an unfinished one resumes
