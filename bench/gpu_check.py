@@ -137,9 +137,10 @@ def _random_llm(llm_id: str, device: torch.device) -> Callable[..., tuple[Any, A
 
 
 def _random_encoder(encoder_id: str, device: torch.device) -> Callable[..., Any]:
-    """A stand-in for ``core.models.towers.load_encoder``: the registry's CLIP/SigLIP config with random
+    """A stand-in for ``core.models.encoder_loading.load_encoder``: the registry's CLIP/SigLIP config with random
     weights on ``device``; the text tower reads words through tiny-hf-clip's tokenizer."""
-    from core.models.towers import _hf_dual_classes, encoder_config, get_encoder_spec, load_encoder
+    from core.models.encoder_loading import _hf_dual_classes, load_encoder
+    from core.models.vision import encoder_config, get_encoder_spec
 
     spec = get_encoder_spec(encoder_id)
 
@@ -165,12 +166,12 @@ def _random_encoder(encoder_id: str, device: torch.device) -> Callable[..., Any]
 @contextlib.contextmanager
 def random_weights(llm_id: str, encoder_id: str, device: torch.device) -> Iterator[None]:
     """The trainer and the label step load random full-size models instead of reading checkpoints."""
-    import core.models.towers as towers
+    import core.models.encoder_loading as encoder_loading
     import core.models.vlm as vlm_module
 
-    saved = (vlm_module.load_llm, vlm_module.load_encoder, towers.load_encoder)
+    saved = (vlm_module.load_llm, vlm_module.load_encoder, encoder_loading.load_encoder)
     encoder = _random_encoder(encoder_id, device)
-    vlm_module.load_llm, vlm_module.load_encoder, towers.load_encoder = (
+    vlm_module.load_llm, vlm_module.load_encoder, encoder_loading.load_encoder = (
         _random_llm(llm_id, device),
         encoder,
         encoder,
@@ -178,7 +179,7 @@ def random_weights(llm_id: str, encoder_id: str, device: torch.device) -> Iterat
     try:
         yield
     finally:
-        vlm_module.load_llm, vlm_module.load_encoder, towers.load_encoder = saved
+        vlm_module.load_llm, vlm_module.load_encoder, encoder_loading.load_encoder = saved
 
 
 # --- what a stage run used: its model and its batches ---
@@ -379,7 +380,7 @@ def timing_fill() -> Iterator[list[tuple[float, int]]]:
 
 def label_part(args: argparse.Namespace, cfg: Any, root: Path, device: torch.device) -> tuple[Row, Path]:
     """SEA's label step (the trainer's own) in images/s, against the tower's forward-only rate."""
-    from core.models.towers import load_encoder
+    from core.models.encoder_loading import load_encoder
     from core.pipeline import prepare_labels
 
     t0 = time.perf_counter()

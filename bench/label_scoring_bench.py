@@ -9,7 +9,7 @@ import time
 import torch
 
 from core.labels.extract import select_labels
-from core.sea import extract_labels
+from core.sea_labels import extract_labels
 
 
 def features(words: int, patches: int, dim: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,7 @@ import torch
 
 from core.labels.extract_job import ExtractJob
 from core.labels.extract_job import encode_words as _word_features
-from core.models.towers import load_encoder
+from core.models.encoder_loading import load_encoder
 
 
 def peak_rss_mib() -> float:

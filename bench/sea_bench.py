@@ -263,7 +263,8 @@ def random_towers(
 def write_random_store(path: Path, json_path: Path, grid: tuple[int, int], top_n: int, num_words: int) -> Any:
     """A finished label store for the images of ``json_path`` with uniformly random labels (scores descending)."""
     from core.labels import LabelStore, image_records
-    from core.labels.store import StoreWriter, make_meta
+    from core.labels.store_format import make_meta
+    from core.labels.store_writer import StoreWriter
 
     ids, images = image_records(json_path)
     words = [f"w{i}" for i in range(num_words)]
@@ -505,7 +506,7 @@ def bench_loader(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
 
 def bench_extraction(setup: Setup, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Images/s of (a) joint patch features alone and (b) joint features + top-n labels against the word list."""
-    from core.sea import extract_labels
+    from core.sea_labels import extract_labels
 
     tower, words = setup.tower, setup.word_features
     size = tower.spec.image_size

@@ -90,6 +90,31 @@ def _answers_blank(record: dict[str, Any]) -> bool:
     return all(not turn["value"].strip() for turn in record["conversations"][1::2])
 
 
+def _check_settings(
+    template: str,
+    image_mode: str,
+    on_missing_image: str,
+    max_length: int | None,
+    max_unsupervised_fraction: float | None,
+    num_visual_tokens: int | None,
+) -> None:
+    """A ValueError naming the first of :class:`LlavaDataset`'s settings that is not allowed."""
+    if template not in TEMPLATES:
+        raise ValueError(f"template={template!r}: unknown; allowed: {', '.join(sorted(TEMPLATES))}")
+    if image_mode not in IMAGE_MODES:
+        raise ValueError(f"image_mode={image_mode!r}: unknown; allowed: {', '.join(IMAGE_MODES)}")
+    if on_missing_image not in MISSING_IMAGE_POLICIES:
+        raise ValueError(
+            f"on_missing_image={on_missing_image!r}: unknown; allowed: {', '.join(MISSING_IMAGE_POLICIES)}"
+        )
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length={max_length}: must be >= 1 or None")
+    if max_unsupervised_fraction is not None and not 0.0 <= max_unsupervised_fraction <= 1.0:
+        raise ValueError(f"max_unsupervised_fraction={max_unsupervised_fraction!r}: must be in [0, 1]")
+    if num_visual_tokens is not None and num_visual_tokens < 1:
+        raise ValueError(f"num_visual_tokens={num_visual_tokens!r}: must be >= 1 or None")
+
+
 class LlavaDataset(Dataset):
     """A LLaVA-format JSON list, each item encoded with a template and its image preprocessed.
 
@@ -125,20 +150,9 @@ class LlavaDataset(Dataset):
         resize: str = "shortest_edge",
         crop_pct: float = 1.0,
     ) -> None:
-        if template not in TEMPLATES:
-            raise ValueError(f"template={template!r}: unknown; allowed: {', '.join(sorted(TEMPLATES))}")
-        if image_mode not in IMAGE_MODES:
-            raise ValueError(f"image_mode={image_mode!r}: unknown; allowed: {', '.join(IMAGE_MODES)}")
-        if on_missing_image not in MISSING_IMAGE_POLICIES:
-            raise ValueError(
-                f"on_missing_image={on_missing_image!r}: unknown; allowed: {', '.join(MISSING_IMAGE_POLICIES)}"
-            )
-        if max_length is not None and max_length < 1:
-            raise ValueError(f"max_length={max_length}: must be >= 1 or None")
-        if max_unsupervised_fraction is not None and not 0.0 <= max_unsupervised_fraction <= 1.0:
-            raise ValueError(f"max_unsupervised_fraction={max_unsupervised_fraction!r}: must be in [0, 1]")
-        if num_visual_tokens is not None and num_visual_tokens < 1:
-            raise ValueError(f"num_visual_tokens={num_visual_tokens!r}: must be >= 1 or None")
+        _check_settings(
+            template, image_mode, on_missing_image, max_length, max_unsupervised_fraction, num_visual_tokens
+        )
         self.json_path = Path(json_path).expanduser().absolute()
         self.image_root = Path(image_root).expanduser().absolute()
         self.tokenizer = tokenizer
@@ -166,6 +180,18 @@ class LlavaDataset(Dataset):
         self._raw_count = len(raw)
         self.skipped_ids: list[str] = []
         self.unsupervised_ids: list[str] = []
+        self._keep_records(raw, on_missing_image)
+        if max_unsupervised_fraction is not None:
+            self.check_supervision()
+        if not self.records:
+            raise ValueError(
+                f"json_path={self.json_path}: no usable sample ({len(raw)} records, "
+                f"{len(self.skipped_ids)} skipped for a missing image, "
+                f"{len(self.unsupervised_ids)} without a supervised token)"
+            )
+
+    def _keep_records(self, raw: list[dict[str, Any]], on_missing_image: str) -> None:
+        """Keep the records whose image (if any) exists; skip or fail on the others, as the policy says."""
         for raw_index, record in enumerate(raw):
             if record.get("image") is not None:
                 path = self.image_root / record["image"]
@@ -179,14 +205,6 @@ class LlavaDataset(Dataset):
                     )
             self.records.append(record)
             self._raw_index.append(raw_index)
-        if max_unsupervised_fraction is not None:
-            self.check_supervision()
-        if not self.records:
-            raise ValueError(
-                f"json_path={self.json_path}: no usable sample ({len(raw)} records, "
-                f"{len(self.skipped_ids)} skipped for a missing image, "
-                f"{len(self.unsupervised_ids)} without a supervised token)"
-            )
 
     def _supervised(self, record: dict[str, Any], encoded: Encoded) -> bool:
         if encoded.num_supervised == 0 or _answers_blank(record):

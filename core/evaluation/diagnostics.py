@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from core.config import EvalConfig
 from core.evaluation.heldout import Heldout, load_heldout
 from core.evaluation.names import LABEL_RECALL, MODALITY_GAP, TACS, diag_name
-from core.metrics import LabelRecallCounts, label_recall_counts, modality_gap, nearest_words, tacs
+from core.metrics.alignment import LabelRecallCounts, label_recall_counts, modality_gap, nearest_words, tacs
 
 if TYPE_CHECKING:
     from core.models.tokenizer import Tokenizer

@@ -15,7 +15,7 @@ _EXPORTS = {
     "read_word_list": "words",
     "word_list_hash": "words",
     "write_word_list": "words",
-    "FORMAT_VERSION": "store",
+    "FORMAT_VERSION": "store_format",
     "LabelStore": "store",
     "dataset_identity": "address",
     "ExtractJob": "extract_job",

@@ -27,15 +27,10 @@ from core.labels.address import (
 from core.labels.extract_job import ExtractJob, ImageRows, collate_images, encode_words
 from core.labels.parallel import resolve_parallel, shard_bounds
 from core.labels.scoring import select_labels, to_rows
-from core.labels.store import (
-    CHECKABLE,
-    LabelStore,
-    ShardWriter,
-    StoreWriter,
-    locked,
-    make_meta,
-    read_shards,
-)
+from core.labels.shard_writer import ShardWriter
+from core.labels.store import LabelStore
+from core.labels.store_format import CHECKABLE, locked, make_meta, read_shards
+from core.labels.store_writer import StoreWriter
 from core.models.vision import get_encoder_spec
 from core.paths import cache_dir, using_cache_dir
 from core.steps.materialize import build_dir_once
@@ -73,7 +68,7 @@ def extract_store(
 
     The encoder's final-layer patch tokens go through its post-norm and projection into the joint
     space (``joint_patch_features``), the words through its text tower (once), and
-    :func:`core.sea.extract_labels` keeps the top ``top_n`` per patch. Images are preprocessed with the
+    :func:`core.sea_labels.extract_labels` keeps the top ``top_n`` per patch. Images are preprocessed with the
     encoder's size, mean and std (``square``: resize the short side, centre-crop).
 
     Runs under a lock beside ``out_dir``; a finished store is returned as is, an unfinished one resumes
@@ -100,30 +95,41 @@ def extract_store(
     if not ids:
         raise ValueError(f"json_path={job.json_path}: no record has an image, so there is nothing to label")
     shards_wanted = resolve_parallel(parallel, len(ids))
-    meta = make_meta(
+    meta = _store_meta(job, len(ids), dataset)
+    with locked(out_dir):
+        if is_built(out_dir):
+            return LabelStore.open(out_dir, {k: meta[k] for k in CHECKABLE})
+        writer = StoreWriter.create_or_resume(out_dir, meta, job.words, ids, images)
+        shards = _resumed_or_planned_shards(writer, shards_wanted, job.batch_size)
+        _extract_rows(writer, shards, shards_wanted > 1, job, ids, images, device, max_batches, progress)
+        if not _finish(writer, bool(shards)):
+            return None
+    return LabelStore.open(out_dir)
+
+
+def _store_meta(job: ExtractJob, num_images: int, dataset: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``meta.json`` of the store ``job`` fills (``dataset``: its identity, default the JSON's hash)."""
+    return make_meta(
         encoder=job.encoder_id,
         words=job.words,
         dataset=dict(dataset) if dataset is not None else dataset_identity(job.json_path),
         top_n=job.top_n,
         sign="negated" if job.negate else "plain",
         grid=get_encoder_spec(job.encoder_id).grid,
-        num_images=len(ids),
+        num_images=num_images,
         score_dtype=job.score_dtype,
     )
-    with locked(out_dir):
-        if is_built(out_dir):
-            return LabelStore.open(out_dir, {k: meta[k] for k in CHECKABLE})
-        writer = StoreWriter.create_or_resume(out_dir, meta, job.words, ids, images)
-        shards = writer.shards()
-        if not shards and shards_wanted > 1:
-            bounds = shard_bounds(writer.done, writer.stop, shards_wanted, job.batch_size)
-            if len(bounds) > 1:  # one shard would be this process's work with Ray's start-up on top
-                writer.plan_shards(bounds)
-                shards = writer.shards()
-        _extract_rows(writer, shards, shards_wanted > 1, job, ids, images, device, max_batches, progress)
-        if not _finish(writer, bool(shards)):
-            return None
-    return LabelStore.open(out_dir)
+
+
+def _resumed_or_planned_shards(writer: StoreWriter, wanted: int, batch_size: int) -> list[dict[str, Any]]:
+    """An interrupted extraction's shards, else new ones when ``wanted`` > 1 and the rows left allow."""
+    shards = writer.shards()
+    if not shards and wanted > 1:
+        bounds = shard_bounds(writer.done, writer.stop, wanted, batch_size)
+        if len(bounds) > 1:  # one shard would be this process's work with Ray's start-up on top
+            writer.plan_shards(bounds)
+            shards = writer.shards()
+    return shards
 
 
 def _extract_rows(
@@ -213,7 +219,7 @@ def _read_shards_quietly(out_dir: Path) -> list[dict[str, Any]]:
 def _load(job: ExtractJob, device: torch.device, out_dir: Path | None = None) -> tuple[Any, torch.Tensor]:
     """The encoder (with its text tower) on ``device`` and the unit word features in its joint space:
     read from ``out_dir``'s ``word_features.npy`` when the driver wrote it, else encoded here."""
-    from core.models.towers import load_encoder
+    from core.models.encoder_loading import load_encoder
 
     tower = load_encoder(job.encoder_id, path=job.encoder_path, text_tower=True).to(device)
     stored = _read_word_features(out_dir, len(job.words)) if out_dir is not None else None
@@ -240,7 +246,7 @@ def _write_word_features(job: ExtractJob, out_dir: Path, device: str | torch.dev
     """Encode the word list once for every shard (a 4M-word list costs each shard minutes otherwise)."""
     if (out_dir / WORD_FEATURES_FILE).is_file():
         return
-    from core.models.towers import load_encoder
+    from core.models.encoder_loading import load_encoder
 
     here = torch.device(device if device is not None else _default_device())
     tower = load_encoder(job.encoder_id, path=job.encoder_path, text_tower=True).to(here)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from core.sea import _acc_dtype, _decode_keys, _ranking_keys, extract_labels
+from core.sea_labels import acc_dtype, decode_keys, extract_labels, ranking_keys
 
 FAST_UNIT_ROUNDOFF: dict[str, float] = {
     "bfloat16": 2.0**-8,
@@ -79,7 +79,7 @@ def _rescore(
     patches: torch.Tensor, words: torch.Tensor, ids: torch.Tensor, budget_bytes: int
 ) -> torch.Tensor:
     """Exact scores float32 [R, k] of words `ids` [R, k]: one float64 dot per pair, in row blocks."""
-    acc = _acc_dtype(patches.device)
+    acc = acc_dtype(patches.device)
     rows, k = ids.shape
     block = max(1, budget_bytes // (k * words.shape[1] * 8))
     out = torch.empty((rows, k), dtype=torch.float32, device=patches.device)
@@ -124,8 +124,8 @@ def select_labels(
     words = torch.nn.functional.normalize(word_features.float(), dim=-1)
     fast_val, ids = _fast_candidates(patches, words, k, fast, budget_bytes)
     exact = _rescore(patches, words, ids, budget_bytes)
-    ranked = _ranking_keys(exact, ids).sort(dim=1, descending=True).values[:, :top_n]
-    ids, values = _decode_keys(ranked)
+    ranked = ranking_keys(exact, ids).sort(dim=1, descending=True).values[:, :top_n]
+    ids, values = decode_keys(ranked)
     n = ids.shape[1]
     index = torch.full((b * m, top_n), -1, dtype=torch.int64, device=patches.device)
     score = torch.zeros((b * m, top_n), dtype=torch.float32, device=patches.device)

@@ -1,6 +1,6 @@
 """Labels on another encoder's patch grid (REFERENCE.md 2.2): an on-the-fly view or a precomputed store.
 
-Cost of ``core.sea.transfer_labels`` on one CPU thread: ~0.5 ms per image for 8x8 -> 4x4, ~4 ms per
+Cost of ``core.sea_labels.transfer_labels`` on one CPU thread: ~0.5 ms per image for 8x8 -> 4x4, ~4 ms per
 image for CLIP-L's 24x24 -> DINOv2-L's 16x16 (~2.5 ms batched). The latter is about as long as
 decoding and resizing the image itself, so a real run precomputes (:func:`transfer_store`, once per
 source store and target grid, on GPU when there is one) and the loader then reads a plain store; the
@@ -18,8 +18,10 @@ import torch
 
 from core.cache import is_built
 from core.config.identity import content_hash
-from core.labels.store import LabelStore, StoreWriter, make_meta
-from core.sea import transfer_labels
+from core.labels.store import LabelStore
+from core.labels.store_format import make_meta
+from core.labels.store_writer import StoreWriter
+from core.sea_labels import transfer_labels
 from core.steps.materialize import build_dir_once
 
 __all__ = ["TransferredLabels", "labels_for_grid", "transfer_into", "transfer_store", "transferred_labels"]

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from core.models.adapter_io import save_adapter as save_adapter
     from core.models.constants import IGNORE_INDEX as IGNORE_INDEX
     from core.models.constants import IMAGE_TOKEN_INDEX as IMAGE_TOKEN_INDEX
+    from core.models.encoder_loading import build_meta_encoder as build_meta_encoder
+    from core.models.encoder_loading import load_encoder as load_encoder
     from core.models.llm import LLMS as LLMS
     from core.models.llm import LLMSpec as LLMSpec
     from core.models.llm import build_meta_llm as build_meta_llm
@@ -27,8 +29,6 @@ if TYPE_CHECKING:
     from core.models.tiny import TinyBuilder as TinyBuilder
     from core.models.tiny import tiny_checkpoint_dir as tiny_checkpoint_dir
     from core.models.towers import VisionTower as VisionTower
-    from core.models.towers import build_meta_encoder as build_meta_encoder
-    from core.models.towers import load_encoder as load_encoder
     from core.models.vision import ENCODERS as ENCODERS
     from core.models.vision import EncoderSpec as EncoderSpec
     from core.models.vision import encoder_config as encoder_config
@@ -58,8 +58,8 @@ _EXPORTS = {
     "get_encoder_spec": "vision",
     "encoder_config": "vision",
     "VisionTower": "towers",
-    "load_encoder": "towers",
-    "build_meta_encoder": "towers",
+    "load_encoder": "encoder_loading",
+    "build_meta_encoder": "encoder_loading",
     "VLM": "vlm",
     "SplicedInputs": "vlm",
     "VLMOutput": "vlm",

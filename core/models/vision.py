@@ -1,15 +1,22 @@
-"""Vision-encoder registry: facts about each encoder id and how tiny ones are built (no heavy imports)."""
+"""Vision-encoder registry: facts about each encoder id (no heavy imports; tiny ones are built in tiny_encoders)."""
 
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.models.tiny import TinyBuilder, config_hash
+from core.models.tiny import TinyBuilder
+from core.models.tiny_encoders import (
+    TINY_CLIP_CONFIG,
+    TINY_DINOV2_CONFIG,
+    TINY_HF_CLIP_CONFIG,
+    TINY_SIGLIP_CONFIG,
+    build_tiny_dinov2,
+    build_tiny_hf_dual,
+    build_tiny_open_clip,
+)
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -20,8 +27,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
-
-OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
 
 ENCODER_KINDS = ("open_clip", "hf_clip", "hf_siglip", "hf_dinov2")
 # transformers model_type of the full dual encoder and of its vision half, per kind.
@@ -119,163 +124,6 @@ def encoder_config(encoder_id: str) -> PretrainedConfig:
     return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
 
 
-def _open_clip_name(config: dict[str, Any]) -> str:
-    # open_clip keys its config registry by file stem; the hash keeps different configs apart.
-    return f"seagrid-{config['name']}-{config_hash(config)}"
-
-
-def _build_tiny_open_clip(out_dir: Path, config: dict[str, Any]) -> None:
-    import open_clip
-    from safetensors.torch import save_file
-
-    name = _open_clip_name(config)
-    config_file = out_dir / f"{name}.json"
-    config_file.write_text(json.dumps(config["model_cfg"], indent=2))
-    open_clip.add_model_config(config_file)
-    model = open_clip.create_model(name, pretrained=None)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / OPEN_CLIP_WEIGHTS))
-
-
-def _build_tiny_dinov2(out_dir: Path, config: dict[str, Any]) -> None:
-    from transformers import Dinov2Config, Dinov2Model
-
-    Dinov2Model(Dinov2Config(**config["dinov2"])).save_pretrained(out_dir)
-
-
-def _byte_alphabet() -> list[str]:
-    from tokenizers import pre_tokenizers
-
-    return sorted(pre_tokenizers.ByteLevel.alphabet())  # sorted: the library returns a set's order
-
-
-def _tiny_clip_tokenizer(model_max_length: int) -> Any:
-    """A real `CLIPTokenizer` over a merge-free byte vocabulary (every character is one token)."""
-    from transformers import CLIPTokenizer
-
-    alphabet = _byte_alphabet()
-    vocab = {c: i for i, c in enumerate(alphabet)}
-    vocab.update({c + "</w>": len(alphabet) + i for i, c in enumerate(alphabet)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
-
-
-def _tiny_siglip_tokenizer(model_max_length: int) -> Any:
-    """A byte-level tokenizer that appends `</s>` and pads with it, like SigLIP's (no sentencepiece)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = _byte_alphabet()
-    vocab = {c: i for i, c in enumerate(alphabet)}
-    vocab["</s>"] = len(vocab)
-    vocab["<unk>"] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", vocab["</s>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="</s>",
-        model_max_length=model_max_length,
-    )
-
-
-def _build_tiny_hf_dual(out_dir: Path, config: dict[str, Any]) -> None:
-    from transformers import CLIPConfig, CLIPModel, PreTrainedModel, SiglipConfig, SiglipModel
-
-    arch = dict(config["arch"])
-    model_type = arch.pop("model_type")
-    make_tokenizer = _tiny_clip_tokenizer if model_type == "clip" else _tiny_siglip_tokenizer
-    tokenizer = make_tokenizer(arch["text_config"]["max_position_embeddings"])
-    if len(tokenizer) != arch["text_config"]["vocab_size"]:
-        raise RuntimeError(
-            f"tiny {model_type}: tokenizer has {len(tokenizer)} tokens, text_config.vocab_size is "
-            f"{arch['text_config']['vocab_size']}; fix the tiny config"
-        )
-    # The config classes AutoConfig.for_model would pick, named so that each model gets its own config type.
-    model: PreTrainedModel = (
-        CLIPModel(CLIPConfig(**arch)) if model_type == "clip" else SiglipModel(SiglipConfig(**arch))
-    )
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-
-
-_TINY_CLIP_CONFIG: dict[str, Any] = {
-    "version": 1,
-    "name": "tiny-clip",
-    "model_cfg": {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 64, "head_width": 16, "layers": 3},
-        # vocab_size must stay 49408: open_clip's default SimpleTokenizer (shipped in the package).
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-    },
-}
-
-_TINY_DINOV2_CONFIG: dict[str, Any] = {
-    "version": 1,
-    "dinov2": {
-        "image_size": 64,
-        "patch_size": 16,
-        "hidden_size": 48,
-        "num_hidden_layers": 3,
-        "num_attention_heads": 4,
-        "mlp_ratio": 4,
-    },
-}
-
-_TINY_VISION = {
-    "image_size": 64,
-    "patch_size": 8,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 4,
-}
-
-_TINY_HF_CLIP_CONFIG: dict[str, Any] = {
-    "version": 1,
-    "arch": {
-        "model_type": "clip",
-        "projection_dim": 32,
-        "text_config": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 16,
-            "vocab_size": 514,  # 256 bytes, 256 end-of-word bytes, <|startoftext|>, <|endoftext|>
-            "bos_token_id": 512,
-            "eos_token_id": 513,
-            "pad_token_id": 513,
-            "projection_dim": 32,
-        },
-        "vision_config": {**_TINY_VISION, "projection_dim": 32},
-    },
-}
-
-_TINY_SIGLIP_CONFIG: dict[str, Any] = {
-    "version": 1,
-    "arch": {
-        "model_type": "siglip",
-        "text_config": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 16,
-            "vocab_size": 258,  # 256 bytes, </s>, <unk>
-            "eos_token_id": 256,
-            "pad_token_id": 256,
-            "projection_size": 64,  # = the vision width, where the pooled image embedding lives
-        },
-        "vision_config": dict(_TINY_VISION),
-    },
-}
-
 # config.json of the hub checkpoints, architecture keys only.
 _CLIP_L_TEXT: dict[str, Any] = {
     "hidden_size": 768,
@@ -337,7 +185,7 @@ ENCODERS: dict[str, EncoderSpec] = {
         mean=OPENAI_CLIP_MEAN,
         std=OPENAI_CLIP_STD,
         has_text_tower=True,
-        builder=TinyBuilder(_build_tiny_open_clip, _TINY_CLIP_CONFIG, seed=0),
+        builder=TinyBuilder(build_tiny_open_clip, TINY_CLIP_CONFIG, seed=0),
         joint_dim=32,
     ),
     "tiny-dinov2": EncoderSpec(
@@ -353,8 +201,8 @@ ENCODERS: dict[str, EncoderSpec] = {
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         has_text_tower=False,
-        builder=TinyBuilder(_build_tiny_dinov2, _TINY_DINOV2_CONFIG, seed=0),
-        arch={"model_type": "dinov2", **_TINY_DINOV2_CONFIG["dinov2"]},
+        builder=TinyBuilder(build_tiny_dinov2, TINY_DINOV2_CONFIG, seed=0),
+        arch={"model_type": "dinov2", **TINY_DINOV2_CONFIG["dinov2"]},
     ),
     "tiny-hf-clip": EncoderSpec(
         id="tiny-hf-clip",
@@ -369,9 +217,9 @@ ENCODERS: dict[str, EncoderSpec] = {
         mean=OPENAI_CLIP_MEAN,
         std=OPENAI_CLIP_STD,
         has_text_tower=True,
-        builder=TinyBuilder(_build_tiny_hf_dual, _TINY_HF_CLIP_CONFIG, seed=0),
+        builder=TinyBuilder(build_tiny_hf_dual, TINY_HF_CLIP_CONFIG, seed=0),
         joint_dim=32,
-        arch=_TINY_HF_CLIP_CONFIG["arch"],
+        arch=TINY_HF_CLIP_CONFIG["arch"],
     ),
     "tiny-siglip": EncoderSpec(
         id="tiny-siglip",
@@ -386,10 +234,10 @@ ENCODERS: dict[str, EncoderSpec] = {
         mean=SIGLIP_MEAN,
         std=SIGLIP_STD,
         has_text_tower=True,
-        builder=TinyBuilder(_build_tiny_hf_dual, _TINY_SIGLIP_CONFIG, seed=0),
+        builder=TinyBuilder(build_tiny_hf_dual, TINY_SIGLIP_CONFIG, seed=0),
         joint_dim=64,
         resize="squash",
-        arch=_TINY_SIGLIP_CONFIG["arch"],
+        arch=TINY_SIGLIP_CONFIG["arch"],
     ),
     "clip-l-336": EncoderSpec(
         id="clip-l-336",

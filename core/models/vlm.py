@@ -13,8 +13,9 @@ from transformers import PreTrainedModel
 
 from core.models.adapter import build_adapter
 from core.models.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from core.models.encoder_loading import load_encoder
 from core.models.llm import get_llm_spec, input_embeddings, load_llm
-from core.models.towers import VisionTower, load_encoder
+from core.models.towers import VisionTower
 
 if TYPE_CHECKING:
     from transformers import GenerationMixin
@@ -116,49 +117,20 @@ class VLM(nn.Module):
         positions = torch.full((batch_size, m), -1, dtype=torch.long, device=device)
         for i in range(batch_size):
             keep = attention_mask[i].bool()
-            emb = embeds[i][keep]
-            lab = labels[i][keep] if labels is not None else None
-            if emb.shape[0] == 0:
-                raise ValueError(f"sample {i} has no tokens (attention_mask is all zero)")
-            if has_image[i]:
-                if visual is None:  # _check_batch guarantees pixel_values for image rows
-                    raise ValueError(f"sample {i} has an image token but the batch has no pixel_values")
-                where = is_image[i][keep].nonzero().flatten()
-                if where.numel() != 1:
-                    raise ValueError(
-                        f"sample {i}: the image token {IMAGE_TOKEN_INDEX} lies under attention_mask == 0; "
-                        "it must be a real (unpadded) position"
-                    )
-                p = int(where[0])
-                emb = torch.cat([emb[:p], visual[i], emb[p + 1 :]])
-                if lab is not None:
-                    ignored = lab.new_full((m,), IGNORE_INDEX)
-                    lab = torch.cat([lab[:p], ignored, lab[p + 1 :]])
+            emb, lab, p = _splice_row(
+                i,
+                embeds[i][keep],
+                labels[i][keep] if labels is not None else None,
+                is_image[i][keep],
+                visual,
+                bool(has_image[i]),
+                m,
+            )
+            if p is not None:
                 positions[i] = torch.arange(p, p + m, device=device)
-            elif visual is not None:
-                # An empty slice keeps the adapter in the graph for image-less rows, so data-parallel
-                # ranks see the same parameters used (LLaVA does the same).
-                emb = torch.cat([emb, visual[i, :0]])
             seq_embeds.append(emb[: self.max_length])
             seq_labels.append(lab[: self.max_length] if lab is not None else None)
-
-        lengths = [e.shape[0] for e in seq_embeds]
-        width = max(lengths)
-        out_embeds = embeds.new_zeros((batch_size, width, embeds.shape[-1]))
-        out_mask = torch.zeros((batch_size, width), dtype=torch.long, device=device)
-        out_labels = (
-            torch.full((batch_size, width), IGNORE_INDEX, dtype=torch.long, device=device)
-            if labels is not None
-            else None
-        )
-        for i, (emb, lab, n) in enumerate(zip(seq_embeds, seq_labels, lengths, strict=True)):
-            start = width - n if padding_side == "left" else 0
-            out_embeds[i, start : start + n] = emb
-            out_mask[i, start : start + n] = 1
-            if out_labels is not None and lab is not None:
-                out_labels[i, start : start + n] = lab
-            row = positions[i]
-            positions[i] = torch.where((row >= 0) & (row < n), row + start, torch.full_like(row, -1))
+        out_embeds, out_mask, out_labels = _pad(embeds, seq_embeds, seq_labels, positions, padding_side)
         return SplicedInputs(out_embeds, out_mask, out_labels, visual, positions)
 
     def forward(
@@ -249,6 +221,70 @@ class VLM(nn.Module):
         self.llm.requires_grad_(True)
         self.adapter.requires_grad_(True)
         return self
+
+
+def _splice_row(
+    i: int,
+    emb: torch.Tensor,
+    lab: torch.Tensor | None,
+    is_image: torch.Tensor,
+    visual: torch.Tensor | None,
+    has_image: bool,
+    m: int,
+) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
+    """Sample ``i``'s unpadded embeddings and labels with its image token replaced by its ``m`` visual
+    tokens, and the position of the first (None without an image)."""
+    if emb.shape[0] == 0:
+        raise ValueError(f"sample {i} has no tokens (attention_mask is all zero)")
+    if has_image:
+        if visual is None:  # _check_batch guarantees pixel_values for image rows
+            raise ValueError(f"sample {i} has an image token but the batch has no pixel_values")
+        where = is_image.nonzero().flatten()
+        if where.numel() != 1:
+            raise ValueError(
+                f"sample {i}: the image token {IMAGE_TOKEN_INDEX} lies under attention_mask == 0; "
+                "it must be a real (unpadded) position"
+            )
+        p = int(where[0])
+        emb = torch.cat([emb[:p], visual[i], emb[p + 1 :]])
+        if lab is not None:
+            ignored = lab.new_full((m,), IGNORE_INDEX)
+            lab = torch.cat([lab[:p], ignored, lab[p + 1 :]])
+        return emb, lab, p
+    if visual is not None:
+        # An empty slice keeps the adapter in the graph for image-less rows, so data-parallel
+        # ranks see the same parameters used (LLaVA does the same).
+        emb = torch.cat([emb, visual[i, :0]])
+    return emb, lab, None
+
+
+def _pad(
+    embeds: torch.Tensor,
+    seq_embeds: list[torch.Tensor],
+    seq_labels: list[torch.Tensor | None],
+    positions: torch.Tensor,
+    padding_side: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(embeddings, attention mask, labels) padded to the longest row; ``positions`` shifted in place
+    to the padded rows (-1 where the visual token was truncated away); ``embeds`` gives dtype and width."""
+    batch_size, device = len(seq_embeds), positions.device
+    lengths = [e.shape[0] for e in seq_embeds]
+    width = max(lengths)
+    out_embeds = embeds.new_zeros((batch_size, width, embeds.shape[-1]))
+    out_mask = torch.zeros((batch_size, width), dtype=torch.long, device=device)
+    has_labels = any(lab is not None for lab in seq_labels)
+    out_labels = (
+        torch.full((batch_size, width), IGNORE_INDEX, dtype=torch.long, device=device) if has_labels else None
+    )
+    for i, (emb, lab, n) in enumerate(zip(seq_embeds, seq_labels, lengths, strict=True)):
+        start = width - n if padding_side == "left" else 0
+        out_embeds[i, start : start + n] = emb
+        out_mask[i, start : start + n] = 1
+        if out_labels is not None and lab is not None:
+            out_labels[i, start : start + n] = lab
+        row = positions[i]
+        positions[i] = torch.where((row >= 0) & (row < n), row + start, torch.full_like(row, -1))
+    return out_embeds, out_mask, out_labels
 
 
 def _check_batch(

@@ -1,4 +1,4 @@
-"""Tests for core.metrics against naive float64 loops and hand-worked numbers."""
+"""Tests for core.metrics (alignment, pope, vqa, choice) against naive float64 loops and hand-worked numbers."""
 
 from __future__ import annotations
 
@@ -7,24 +7,18 @@ import math
 import pytest
 import torch
 
-from core.metrics import (
+from core.metrics.alignment import (
     LabelRecallCounts,
     label_recall_at1,
     label_recall_counts,
-    mc_accuracy,
     modality_gap,
     nearest_word_distance,
     nearest_words,
-    normalize_vqa_answer,
-    parse_choice_letter,
-    parse_yes_no,
-    pick_option_by_loglik,
-    pope_counts,
-    pope_headline,
-    pope_metrics,
     tacs,
-    vqa_accuracy,
 )
+from core.metrics.choice import mc_accuracy, parse_choice_letter, pick_option_by_loglik
+from core.metrics.pope import parse_yes_no, pope_counts, pope_headline, pope_metrics
+from core.metrics.vqa import normalize_vqa_answer, vqa_accuracy
 
 
 def _cos(a: list[float], b: list[float]) -> float:

@@ -11,14 +11,13 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import PreTrainedTokenizerFast
 
 from core.sea import (
-    extract_labels,
     label_embedding_rows,
     label_embeddings,
     sample_pairs,
     sea_alignment_loss,
-    transfer_labels,
     used_word_ids,
 )
+from core.sea_labels import extract_labels, transfer_labels
 
 # Chi-square critical values at p = 0.001 (fixed seeds make every draw below reproducible).
 CHI2_CRIT_001 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47}

@@ -13,7 +13,8 @@ from torch import nn
 
 from core.data.llava import LlavaDataset
 from core.labels import LabelStore, WithLabels
-from core.labels.store import INDEX_FILE, StoreWriter, make_meta
+from core.labels.store_format import INDEX_FILE, make_meta
+from core.labels.store_writer import StoreWriter
 from core.models.adapter import build_adapter
 from core.models.adapter_io import ADAPTER_WEIGHTS, load_adapter, save_adapter
 from core.models.tiny_tokenizer import train_tiny_tokenizer

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from core.metrics import pope_metrics
+from core.metrics.pope import pope_metrics
 
 pope_utils = pytest.importorskip(
     "lmms_eval.tasks.pope.utils", reason="the optional lmms extra is not installed"

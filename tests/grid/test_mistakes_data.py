@@ -16,7 +16,9 @@ from core.data.llava import LlavaDataset
 from core.data.text_files import TextFileError
 from core.evaluation.benchmarks import read_jsonl, read_mc
 from core.labels.extract import image_records
-from core.labels.store import META_FILE, LabelStore, StoreWriter, make_meta
+from core.labels.store import LabelStore
+from core.labels.store_format import META_FILE, make_meta
+from core.labels.store_writer import StoreWriter
 from core.labels.words import read_word_list
 from core.models.tiny_tokenizer import train_tiny_tokenizer
 from grid.cli import main

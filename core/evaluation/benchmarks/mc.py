@@ -25,7 +25,7 @@ from core.evaluation.benchmarks.files import (
 )
 from core.evaluation.benchmarks.kind import BenchmarkKind, Scored
 from core.evaluation.config import BenchmarkConfig
-from core.metrics import mc_accuracy, parse_choice_letter, pick_option_by_loglik
+from core.metrics.choice import mc_accuracy, parse_choice_letter, pick_option_by_loglik
 
 LETTERS = "ABCDEFGHIJ"
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."

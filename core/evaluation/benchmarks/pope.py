@@ -22,7 +22,7 @@ from core.evaluation.benchmarks.files import (
 )
 from core.evaluation.benchmarks.kind import BenchmarkKind, Scored
 from core.evaluation.config import BenchmarkConfig
-from core.metrics import POPE_SPLITS, parse_yes_no, pope_headline, pope_metrics
+from core.metrics.pope import POPE_SPLITS, parse_yes_no, pope_headline, pope_metrics
 
 # What `pope_metrics` gives per split (reported as `<split>/<name>`).
 SPLIT_METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")

@@ -23,7 +23,7 @@ from core.evaluation.benchmarks.files import (
 )
 from core.evaluation.benchmarks.kind import BenchmarkKind, Scored
 from core.evaluation.config import BenchmarkConfig
-from core.metrics import normalize_vqa_answer, vqa_accuracy
+from core.metrics.vqa import normalize_vqa_answer, vqa_accuracy
 
 
 @dataclass(frozen=True)

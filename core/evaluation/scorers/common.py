@@ -70,6 +70,14 @@ def load_json(path: Path) -> Any:
         raise ScorerInputError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
 
 
+def load_json_list(path: Path, of: str = "") -> list[Any]:
+    """The non-empty JSON list in ``path`` (``of``: what its items are, for the message); else a user error."""
+    data = load_json(path)
+    if not isinstance(data, list) or not data:
+        raise ScorerInputError(f"{path}: expected a non-empty JSON list{f' of {of}' if of else ''}")
+    return data
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with path.open(encoding="utf-8") as fh:
@@ -103,6 +111,25 @@ def predictions_for(samples: Sequence[Any], predictions: Mapping[str, str]) -> l
             f"{len(missing)} samples have no prediction (first: {shown}); generate an answer for every sample id"
         )
     return [predictions[s.id] for s in samples]
+
+
+def answer_letter(answer: int | str, n_options: int, letters: str, where: str) -> str:
+    """The correct option's letter, given as its index (ScienceQA) or as the letter (SEED-Bench).
+
+    The sample's options are lettered ``letters[:n_options]``; more options than letters, or an answer
+    that names none of them, is a user error naming the sample.
+    """
+    shown = letters[:n_options]
+    if n_options > len(letters):
+        raise ScorerInputError(
+            f"{where}: {n_options} options, but at most {len(letters)} ({letters}) are read"
+        )
+    letter = shown[answer] if isinstance(answer, int) and 0 <= answer < len(shown) else answer
+    if not isinstance(letter, str) or len(letter) != 1 or letter not in shown:
+        raise ScorerInputError(
+            f"{where}: answer {answer!r} is not one of the {n_options} options ({'/'.join(shown) or 'none'})"
+        )
+    return letter
 
 
 def option_block(options: Sequence[str]) -> str:

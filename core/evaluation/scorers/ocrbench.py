@@ -9,9 +9,8 @@ from pathlib import Path
 from core.evaluation.scorers.common import (
     DataFile,
     Family,
-    ScorerInputError,
     field,
-    load_json,
+    load_json_list,
     predictions_for,
     require,
 )
@@ -52,9 +51,7 @@ class OcrSample:
 
 def read(paths: Mapping[str, Path]) -> list[OcrSample]:
     files = require(paths, FILES)
-    data = load_json(files["annotations"])
-    if not isinstance(data, list) or not data:
-        raise ScorerInputError(f"{files['annotations']}: expected a non-empty JSON list")
+    data = load_json_list(files["annotations"])
     out = []
     for i, row in enumerate(data):
         where = f"{files['annotations']}[{i}]"

@@ -11,7 +11,7 @@ from core.evaluation.scorers.common import (
     LETTER_INSTRUCTION,
     DataFile,
     Family,
-    ScorerInputError,
+    answer_letter,
     field,
     load_json,
     option_block,
@@ -53,11 +53,9 @@ def read(paths: Mapping[str, Path], split: str = "test") -> list[SqaSample]:
         where = f"{files['problems']}: {pid}"
         prob = field(problems, pid, str(files["problems"]))
         choices = tuple(str(c) for c in field(prob, "choices", where))
-        answer = int(field(prob, "answer", where))
-        if not 0 <= answer < len(choices) <= len(LETTERS):
-            raise ScorerInputError(f"{where}: answer {answer} outside its {len(choices)} choices")
+        answer = answer_letter(int(field(prob, "answer", where)), len(choices), "".join(LETTERS), where)
         image = files["images"] / pid / prob["image"] if prob.get("image") else None
-        out.append(SqaSample(pid, image, prob.get("hint") or "", prob["question"], choices, LETTERS[answer]))
+        out.append(SqaSample(pid, image, prob.get("hint") or "", prob["question"], choices, answer))
     return out
 
 

@@ -11,6 +11,7 @@ from core.evaluation.scorers.common import (
     DataFile,
     Family,
     ScorerInputError,
+    answer_letter,
     field,
     load_json,
     option_block,
@@ -57,9 +58,7 @@ def read(paths: Mapping[str, Path]) -> list[SeedSample]:
         qid = str(field(q, "question_id", where))
         image = files["images"] / q["data_id"] if kind == IMAGE else frames / f"{qid}.png"  # type: ignore[operator]
         options = tuple(str(field(q, f"choice_{c}", where)) for c in "abcd")
-        answer = str(field(q, "answer", where)).strip()
-        if answer not in "ABCD" or len(answer) != 1:
-            raise ScorerInputError(f"{where}: answer must be A..D, got {answer!r}")
+        answer = answer_letter(str(field(q, "answer", where)).strip(), len(options), "ABCD", where)
         qtype = type_names.get(int(q.get("question_type_id", -1)), str(q.get("question_type_id", "")))
         out.append(SeedSample(qid, image, q["question"], options, answer, kind, qtype))  # type: ignore[arg-type]
     if not out:

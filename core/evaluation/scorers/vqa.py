@@ -14,10 +14,11 @@ from core.evaluation.scorers.common import (
     ScorerInputError,
     field,
     load_json,
+    load_json_list,
     predictions_for,
     require,
 )
-from core.metrics import normalize_vqa_answer
+from core.metrics.vqa import normalize_vqa_answer
 
 ACCURACY = "accuracy"
 # VQAv2 reports accuracy per answer type too; VizWiz per answer type and for answerable questions.
@@ -192,9 +193,7 @@ VIZWIZ_FILES = (
 def read_vizwiz(paths: Mapping[str, Path]) -> list[VqaSample]:
     """VizWiz val.json/test.json (a list of {image, question[, answers, answer_type]}); id = image name."""
     files = require(paths, VIZWIZ_FILES)
-    data = load_json(files["annotations"])
-    if not isinstance(data, list) or not data:
-        raise ScorerInputError(f"{files['annotations']}: expected a non-empty JSON list of questions")
+    data = load_json_list(files["annotations"], "questions")
     out = []
     for i, q in enumerate(data):
         where = f"{files['annotations']}[{i}]"

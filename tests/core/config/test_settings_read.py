@@ -182,7 +182,7 @@ def test_joint_dim_is_checked_against_the_features_labels_are_scored_with() -> N
     import pytest
     import torch
 
-    from core.models.towers import load_encoder
+    from core.models.encoder_loading import load_encoder
 
     tower = load_encoder("tiny-clip")
     pixels = torch.zeros(1, 3, tower.spec.image_size, tower.spec.image_size)

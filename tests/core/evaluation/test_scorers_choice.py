@@ -383,3 +383,34 @@ def test_scienceqa_prompt_parsing_and_img_accuracy(tmp_path: Path) -> None:
 )
 def test_scienceqa_answer_parsing(text: str, n: int, letter: str | None) -> None:
     assert scienceqa.parse_answer(text, n) == letter
+
+
+@pytest.mark.parametrize("answer", ["E", "AB", ""])
+def test_seedbench_answer_outside_the_options_is_reported(tmp_path: Path, answer: str) -> None:
+    paths = _write_seed(tmp_path)
+    data = json.loads(paths["annotations"].read_text())
+    data["questions"][1]["answer"] = answer
+    paths["annotations"].write_text(json.dumps(data))
+    with pytest.raises(
+        ScorerInputError, match=rf"questions\[1\]: answer '{answer}' is not one of the 4 options"
+    ):
+        seedbench.read(paths)
+
+
+@pytest.mark.parametrize(
+    ("choices", "answer", "message"),
+    [
+        (["a", "b"], 2, "answer 2 is not one of the 2 options"),
+        (["a", "b"], -1, "answer -1 is not one of the 2 options"),
+        (["a", "b", "c", "d", "e", "f"], 0, "6 options, but at most 5"),
+    ],
+)
+def test_scienceqa_answer_outside_the_choices_is_reported(
+    tmp_path: Path, choices: list[str], answer: int, message: str
+) -> None:
+    paths = _write_sqa(tmp_path)
+    problems = json.loads(paths["problems"].read_text())
+    problems["11"].update(choices=choices, answer=answer)
+    paths["problems"].write_text(json.dumps(problems))
+    with pytest.raises(ScorerInputError, match=rf"problems.json: 11: {message}"):
+        scienceqa.read(paths)

@@ -146,3 +146,11 @@ def test_ocrbench_containment_and_handwritten_maths(tmp_path: Path) -> None:
     # The same maths answer outside HME100k is not whitespace-insensitive.
     assert not ocrbench.is_correct("x^{2}", ["x ^ { 2 }"], "docVQA")
     assert ocrbench.is_correct("x^{2}", ["x ^ { 2 }"], "HME100k")
+
+
+@pytest.mark.parametrize("content", [[], {"0": {}}])
+def test_ocrbench_annotations_must_be_a_non_empty_list(tmp_path: Path, content: object) -> None:
+    paths = _ocr_files(tmp_path)
+    paths["annotations"].write_text(json.dumps(content))
+    with pytest.raises(ScorerInputError, match=r"OCRBench.json: expected a non-empty JSON list$"):
+        ocrbench.read(paths)

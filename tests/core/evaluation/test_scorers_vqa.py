@@ -164,3 +164,11 @@ def test_vizwiz_read_score_prompt_and_submission(tmp_path: Path) -> None:
 def test_vizwiz_missing_file_names_role_and_source(tmp_path: Path) -> None:
     with pytest.raises(ScorerInputError, match=r"annotations file not found.*vizwiz.org"):
         vqa.read_vizwiz({"annotations": tmp_path / "nope.json", "images": tmp_path})
+
+
+@pytest.mark.parametrize("content", [[], {"questions": []}])
+def test_vizwiz_annotations_must_be_a_non_empty_list(tmp_path: Path, content: object) -> None:
+    paths = _write_vizwiz(tmp_path)
+    paths["annotations"].write_text(json.dumps(content))
+    with pytest.raises(ScorerInputError, match=r"val.json: expected a non-empty JSON list of questions"):
+        vqa.read_vizwiz(paths)

@@ -8,7 +8,7 @@ import torch
 
 from core.labels.extract_job import ExtractJob
 from core.labels.scoring import exact_chunk, fast_score_error, select_labels
-from core.sea import extract_labels
+from core.sea_labels import extract_labels
 
 
 def _features(seed: int, words: int = 3000, dim: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

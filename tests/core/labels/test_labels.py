@@ -38,7 +38,7 @@ from core.labels import (
 )
 from core.models import get_encoder_spec, load_encoder
 from core.models.tiny_tokenizer import train_tiny_tokenizer
-from core.sea import extract_labels, transfer_labels
+from core.sea_labels import extract_labels, transfer_labels
 
 BATCH = 8  # 24 images -> 3 extraction batches
 TOP_N = 10

@@ -16,7 +16,7 @@ from core.cache import is_built
 from core.data import SyntheticSpec, ensure_synthetic
 from core.labels import ExtractJob, LabelStore, caption_words, ensure_store, extract_store
 from core.labels.extract import resolve_parallel, shard_bounds
-from core.labels.store import read_shards
+from core.labels.store_format import read_shards
 from core.steps import Lease
 from core.steps.status import STATUS_FILE
 

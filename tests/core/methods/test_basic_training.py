@@ -27,7 +27,7 @@ from core.methods.objective import CombinedObjective, Objective
 from core.methods.sea_objective import SeaObjective
 from core.models import VLM, build_adapter, build_vlm
 from core.models.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from core.models.towers import load_encoder
+from core.models.encoder_loading import load_encoder
 
 VOCAB = 1024
 

@@ -9,8 +9,8 @@ import sentencepiece as spm
 import sentencepiece_models as sp_models
 import torch
 
+from core.models.encoder_loading import load_encoder
 from core.models.llm import load_llm
-from core.models.towers import load_encoder
 
 TEXTS = [
     "What is in the picture?",
