@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from test_cli import recipe
+from justfile_recipes import recipe
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from justfile_recipes import recipe
 
 from grid.cli import build_parser, main
 from grid.expand import expand
@@ -44,18 +45,6 @@ def test_every_command_and_option_has_help(capsys: pytest.CaptureFixture[str]) -
     assert {"--format"} <= options["plan"] and {"--verbose"} <= options["grid"]
     assert {"--rows", "--columns"} <= options["report"]
     assert {"--trial", "--stage", "--out", "--push"} <= options["export"] and "--tasks" in options["lmms"]
-
-
-def recipe(name: str) -> tuple[str, list[str]]:
-    """A justfile recipe's header line and body lines."""
-    lines = (REPO / "justfile").read_text().splitlines()
-    start = next(i for i, ln in enumerate(lines) if re.match(rf"^{re.escape(name)}\b[^:]*:", ln))
-    body = []
-    for ln in lines[start + 1 :]:
-        if not ln.startswith("    "):
-            break
-        body.append(ln.strip())
-    return lines[start], body
 
 
 @pytest.mark.parametrize("command", ["grid", "plan", "tune", "labels", "report", "data", "export", "lmms"])
