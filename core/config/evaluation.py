@@ -65,6 +65,9 @@ FILE_FIELDS = ("question_file", "annotation_file", "annotation_dir", "image_root
 OFFICIAL_SYNTHETIC = ("vqav2", "vizwiz", "mmbench_en", "mmbench_cn")
 OFFICIAL_KINDS = tuple(k for k in REQUIRED_FILES if k not in ("pope", "vqa", "mc", "text_mc"))
 JUDGED_KINDS = ("mm_vet", "llava_wild")
+# Kinds whose evaluation server takes an answer file (its scorer family has a `submit` writer; a test
+# keeps the two equal): VQAv2 test-dev, VizWiz test (JSON), MMBench test (xlsx).
+SUBMISSION_KINDS = ("vqav2", "vizwiz", "mmbench_en", "mmbench_cn")
 _FILE_HELP = {
     "pope": "annotation_dir (the coco_pope_<split>.json files) and image_root; question_file optional "
     "(LLaVA's llava_pope_test.jsonl)",
@@ -140,6 +143,13 @@ class BenchmarkConfig(Strict):
     )
     # Where the judge runs is infrastructure; the judge model is logged beside the judged metrics.
     judge: JudgeSettings | None = Field(None, json_schema_extra=NOT_IDENTITY)
+    submission: bool = Field(
+        False,
+        json_schema_extra=IDENTITY_IF_SET,
+        description="also write the answer file the benchmark's evaluation server takes (vqav2, vizwiz: "
+        "JSON; mmbench_en/cn: xlsx) to the evaluation's submissions/<name>.<ext>; on a split without "
+        "answers (VQAv2 test-dev, VizWiz test, MMBench test) that file is the result and the metrics are NaN",
+    )
 
     @model_validator(mode="after")
     def _check_official(self) -> BenchmarkConfig:
@@ -149,7 +159,7 @@ class BenchmarkConfig(Strict):
                     f"benchmark '{self.name}': max_new_tokens and judge are for the official kinds; kind "
                     f"'{self.kind}' uses evaluation.max_new_tokens and no judge: drop them"
                 )
-            return self
+            return self._check_submission()
         if self.source == "synthetic" and self.kind not in OFFICIAL_SYNTHETIC:
             raise ValueError(
                 f"benchmark '{self.name}': kind '{self.kind}' has no synthetic set; set source: files and "
@@ -161,6 +171,14 @@ class BenchmarkConfig(Strict):
             )
         if self.judge is not None and self.kind not in JUDGED_KINDS:
             raise ValueError(f"benchmark '{self.name}': kind '{self.kind}' is not judged; drop judge")
+        return self._check_submission()
+
+    def _check_submission(self) -> BenchmarkConfig:
+        if self.submission and self.kind not in SUBMISSION_KINDS:
+            raise ValueError(
+                f"benchmark '{self.name}': kind '{self.kind}' has no evaluation server answer file; drop "
+                f"submission (kinds with one: {', '.join(SUBMISSION_KINDS)})"
+            )
         return self
 
     @model_validator(mode="after")

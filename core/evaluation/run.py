@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_DIR = "predictions"
+SUBMISSIONS_DIR = "submissions"  # evaluation servers' answer files (benchmarks with `submission: true`)
 DIAGNOSTICS_FILE = "diagnostics.json"
 SHARD_DONE = "shard_done.json"
 
@@ -243,6 +244,7 @@ def _run_benchmark(
         max_new_tokens=eval_cfg.max_new_tokens,
         log=log,
         replay=replay,
+        submission_dir=out / SUBMISSIONS_DIR,
     )
     with (out / PREDICTIONS_DIR / f"{bench.name}.jsonl").open("w") as f:
         for p in preds:

@@ -48,6 +48,7 @@ class RunContext:
     shard: Shard | None = None
     files: BenchFiles = field(default_factory=BenchFiles)  # for messages naming the question file
     replay: dict[str, list[Any]] | None = None
+    submission_dir: Path | None = None  # where `submission: true` benchmarks write their answer file
     recorded: dict[str, list[Any]] = field(default_factory=dict)
     calls: int = 0
 

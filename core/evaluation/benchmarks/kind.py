@@ -29,7 +29,9 @@ class BenchmarkKind(Generic[Item, Output]):
     - `score(bench, items, outputs)`: `Scored`, the metrics and the predictions;
     - `synthetic(dir)`: where the synthetic evaluation set keeps this kind's files;
     - `metric_names(bench)`: every metric name `score` returns (relative, "" the headline), declared
-      once here: the runner checks them, and they are what reports and searches can read.
+      once here: the runner checks them, and they are what reports and searches can read;
+    - `submit(bench, items, outputs, directory)`: the evaluation server's answer file written into
+      `directory`, its path (kinds in `SUBMISSION_KINDS` only).
     """
 
     read: Callable[[BenchmarkConfig, BenchFiles], list[Item]]
@@ -37,3 +39,4 @@ class BenchmarkKind(Generic[Item, Output]):
     score: Callable[[BenchmarkConfig, list[Item], list[Output]], Scored]
     synthetic: Callable[[Path], BenchFiles]
     metric_names: Callable[[BenchmarkConfig], tuple[str, ...]]
+    submit: Callable[[BenchmarkConfig, list[Item], list[Output], Path], Path] | None = None

@@ -149,7 +149,9 @@ def score(kind: str, bench: BenchmarkConfig, items: list[OfficialItem], answers:
     samples = [it.sample for it in items]
     predictions = {s.id: a for s, a in zip(samples, answers, strict=True)}
     extra: dict[str, Any] = {}
-    if family.needs_judge:
+    if family.unanswered is not None and family.unanswered(samples):
+        raw: dict[str, float] = {}  # a test split: the answer file is the result (submission: true)
+    elif family.needs_judge:
         judge = judge_for(bench)
         raw = family.score(samples, predictions, judge=judge)
         extra["judge_model"] = judge.model
@@ -167,6 +169,15 @@ def score(kind: str, bench: BenchmarkConfig, items: list[OfficialItem], answers:
     return metrics, preds
 
 
+def submit(kind: str, bench: BenchmarkConfig, items: list[OfficialItem], answers: list[str], d: Path) -> Path:
+    """The evaluation server's answer file for these answers, `<d>/<name><suffix>`."""
+    family = family_of(kind)
+    assert family.submit is not None, f"kind {kind} has no answer file (BenchmarkConfig refuses submission)"
+    samples = [it.sample for it in items]
+    predictions = {s.id: a for s, a in zip(samples, answers, strict=True)}
+    return family.submit(samples, predictions, d / f"{bench.name}{family.submission_suffix}")
+
+
 def synthetic(kind: str, d: Path) -> BenchFiles:
     if kind not in SYNTHETIC:
         # BenchmarkConfig refuses source synthetic for these kinds; this is the second line of defence.
@@ -176,8 +187,9 @@ def synthetic(kind: str, d: Path) -> BenchFiles:
 
 def _kind(kind: str) -> BenchmarkKind[OfficialItem, str]:
     p = functools.partial
+    writer = p(submit, kind) if family_of(kind).submit is not None else None
     return BenchmarkKind(
-        p(read, kind), p(ask, kind), p(score, kind), p(synthetic, kind), p(metric_names, kind)
+        p(read, kind), p(ask, kind), p(score, kind), p(synthetic, kind), p(metric_names, kind), writer
     )
 
 

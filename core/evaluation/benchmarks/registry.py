@@ -58,7 +58,10 @@ def metric_names(bench: BenchmarkConfig, prefix: str | None = None) -> list[str]
 
 def _scored(kind: BenchmarkKind[Any, Any], ctx: RunContext, bench: BenchmarkConfig) -> Scored:
     items = kind.read(bench, ctx.files)
-    raw, preds = kind.score(bench, items, kind.ask(ctx, bench, items))
+    outputs = kind.ask(ctx, bench, items)
+    raw, preds = kind.score(bench, items, outputs)
+    if bench.submission and ctx.submission_dir is not None and kind.submit is not None:
+        kind.submit(bench, items, outputs, ctx.submission_dir)
     declared = kind.metric_names(bench)
     if set(raw) != set(declared):
         raise AssertionError(
@@ -92,8 +95,10 @@ def run_benchmark(
     max_new_tokens: int = 16,
     log: Callable[[str], None] | None = print,
     replay: dict[str, list[Any]] | None = None,
+    submission_dir: Path | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Score `vlm` on one benchmark: (metrics, predictions).
+    """Score `vlm` on one benchmark: (metrics, predictions); with `bench.submission`, its evaluation
+    server's answer file is written into `submission_dir` too.
 
     Metric names: `prefix` (default `eval/<name>`) for the headline (POPE: mean F1 over the splits;
     VQA: accuracy; MC: accuracy) and `prefix/<detail>` for the rest (POPE `<split>/<metric>` and
@@ -103,7 +108,9 @@ def run_benchmark(
     `tokenizer` may be None, and the scoring is the unsharded run's.
     """
     opts = {"image_mode": image_mode, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
-    ctx = _context(vlm, tokenizer, bench, template, synthetic_dir, replay=replay, **opts)
+    ctx = _context(
+        vlm, tokenizer, bench, template, synthetic_dir, replay=replay, submission_dir=submission_dir, **opts
+    )
     t0 = time.perf_counter()
     raw, preds = _scored(BENCHMARKS[bench.kind], ctx, bench)
     prefix = prefix or f"eval/{bench.name}"

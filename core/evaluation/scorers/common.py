@@ -36,6 +36,8 @@ class Family:
     """A benchmark family as the registry drives it: read -> prompt each sample -> generate -> score.
 
     `score(samples, predictions, **kwargs)`; judged families take `judge=` (a `judge.Judge`).
+    `submit(samples, predictions, path)` writes the evaluation server's answer file (`submission_suffix`)
+    and `unanswered(samples)` says the samples carry no reference answers (a test split: nothing to score).
     """
 
     name: str
@@ -47,6 +49,9 @@ class Family:
     headline: str
     runner: Runner
     needs_judge: bool = False
+    submit: Callable[[Sequence[Any], Mapping[str, str], Path], Path] | None = None
+    submission_suffix: str = ""
+    unanswered: Callable[[Sequence[Any]], bool] | None = None
 
 
 def require(paths: Mapping[str, Path], files: Sequence[DataFile]) -> dict[str, Path]:

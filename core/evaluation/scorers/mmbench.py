@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import dataclasses
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -219,5 +220,13 @@ def write_submission(samples: Sequence[MmbSample], predictions: Mapping[str, str
     return path
 
 
-EN = Family("mmbench", FILES, read, prompt, score, METRICS, OVERALL, "letter")
-CN = Family("mmbench_cn", FILES, read_cn, prompt, score, METRICS, OVERALL, "letter")
+def unanswered(samples: Sequence[MmbSample]) -> bool:
+    """The test split: no pass carries its correct letter."""
+    return all(s.answer is None for s in samples)
+
+
+EN = Family(
+    "mmbench", FILES, read, prompt, score, METRICS, OVERALL, "letter",
+    submit=write_submission, submission_suffix=".xlsx", unanswered=unanswered,
+)  # fmt: skip
+CN = dataclasses.replace(EN, name="mmbench_cn", read=read_cn)

@@ -167,6 +167,11 @@ def write_vqav2_submission(samples: Sequence[VqaSample], predictions: Mapping[st
     return path
 
 
+def unanswered(samples: Sequence[VqaSample]) -> bool:
+    """A test split: no question carries reference answers (VQAv2 test-dev, VizWiz test)."""
+    return not any(s.answers for s in samples)
+
+
 VQAV2 = Family(
     name="vqav2",
     files=VQAV2_FILES,
@@ -176,6 +181,9 @@ VQAV2 = Family(
     metrics=METRICS,
     headline=ACCURACY,
     runner="short_answer",
+    submit=write_vqav2_submission,
+    submission_suffix=".json",
+    unanswered=unanswered,
 )
 
 # ---------------------------------------------------------------------------------------------------------
@@ -232,4 +240,7 @@ VIZWIZ = Family(
     metrics=METRICS,
     headline=ACCURACY,
     runner="short_answer",
+    submit=write_vizwiz_submission,
+    submission_suffix=".json",
+    unanswered=unanswered,
 )

@@ -277,3 +277,60 @@ def test_sharded_official_kind_scores_as_unsharded(letter_b, tmp_path: Path) -> 
         files.append(tmp_path / f"shard{index}.json")
     replayed = run_benchmark(None, None, bench, TEMPLATE, log=None, replay=gather_outputs(files))
     assert replayed == whole and len(whole[1]) == 5
+
+
+def test_submission_kinds_are_the_families_with_an_answer_file() -> None:
+    from core.config.evaluation import SUBMISSION_KINDS
+
+    assert set(SUBMISSION_KINDS) == {k for k in KIND_FAMILY if family_of(k).submit is not None}
+    assert {k for k in BENCHMARKS if BENCHMARKS[k].submit is not None} == set(SUBMISSION_KINDS)
+    with pytest.raises(
+        ValidationError, match="kind 'pope' has no evaluation server answer file; drop submission"
+    ):
+        BenchmarkConfig(name="p", kind="pope", submission=True)
+    with pytest.raises(ValidationError, match="kind 'mme' has no evaluation server answer file"):
+        BenchmarkConfig(name="m", kind="mme", source="files", annotation_dir="x", submission=True)
+
+
+def test_test_splits_write_the_servers_answer_files(letter_b, tmp_path: Path) -> None:
+    """`submission: true` through the real evaluation step: VQAv2 test-dev (questions, no annotations) and
+    MMBench test (no answer column) give NaN metrics and the servers' files; val VQAv2 gives both."""
+    from openpyxl import load_workbook
+
+    vlm, tok = letter_b
+    val = write_vqav2(tmp_path / "vqav2")
+    test_dev = {k: v for k, v in val.items() if k != "annotation_file"}
+    rows = list(csv.reader(Path(write_mmbench(tmp_path / "mmb.tsv")).open(encoding="utf-8"), delimiter="\t"))
+    answer = rows[0].index("answer")
+    with (tmp_path / "mmb_test.tsv").open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh, delimiter="\t").writerows([r[:answer] + r[answer + 1 :] for r in rows])
+    one = {"source": "files", "max_new_tokens": 1, "submission": True}
+    cfg = EvalConfig.model_validate(
+        {
+            "enabled": True,
+            "diagnostics": {"heldout_samples": 4, "pictures": False},
+            "synthetic": {"num_images": 4, "num_text_questions": 4},
+            "benchmarks": [
+                {"name": "vqav2-test", "kind": "vqav2", **one, **test_dev},
+                {"name": "vqav2-val", "kind": "vqav2", **one, **val},
+                {"name": "mmb-test", "kind": "mmbench_en", **one, "question_file": str(tmp_path / "mmb_test.tsv")},
+            ],
+        }
+    )  # fmt: skip
+    out = tmp_path / "eval"
+    metrics = evaluate(vlm, tok, cfg, llm_id="tiny-llama", stage="stage2", out_dir=out, log=None)
+    assert metrics["eval/vqav2-test"] != metrics["eval/vqav2-test"]  # NaN: nothing to score on test-dev
+    assert metrics["eval/mmb-test"] != metrics["eval/mmb-test"]
+    assert metrics["eval/vqav2-val"] == pytest.approx(1.6 / 3)  # as without submission
+    for name in ("vqav2-test", "vqav2-val"):
+        # EvalAI's processed answers, one per question of the file, ids as the server wants them (ints).
+        got = json.loads((out / "submissions" / f"{name}.json").read_text())
+        assert got == [{"question_id": k, "answer": "b"} for k in range(3)]
+    sheet = load_workbook(out / "submissions" / "mmb-test.xlsx").active
+    table = [list(r) for r in sheet.iter_rows(values_only=True)]
+    assert table[0] == ["index", "question", "A", "B", "C", "prediction"]
+    # Every CircularEval pass (MMBench's numbering: index + pass * 1e6), each with the options as shown.
+    assert [r[0] for r in table[1:]] == [1, 1000001, 2, 1000002, 2000002] and {r[-1] for r in table[1:]} == {
+        "B"
+    }
+    assert table[1][2:4] == ["square", "circle"] and table[2][2:4] == ["circle", "square"]
