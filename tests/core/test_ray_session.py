@@ -115,6 +115,7 @@ def test_joins_ray_address_of_local_token_cluster(head: tuple[Path, str, str]) -
     assert (result["cpus"], result["gcs"]) == (1.0, address)
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_mode_chooses_between_live_cluster_and_local(
     head: tuple[Path, str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

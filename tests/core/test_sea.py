@@ -116,6 +116,7 @@ def test_extract_labels_pads_when_fewer_words_than_top_n() -> None:
     assert index.tolist() == [[[-1, -1], [-1, -1]]] and score.abs().sum() == 0
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_extract_labels_four_million_words_in_chunks() -> None:
     q, d = 4_000_000, 6
     gen = torch.Generator().manual_seed(2)

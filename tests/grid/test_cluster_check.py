@@ -38,6 +38,7 @@ def test_with_an_autoscaler_the_finding_says_the_grid_waits() -> None:
     assert len(found) == 1 and "waits for the autoscaler" in found[0] and "trial big" in found[0]
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_a_local_session_with_two_gpus(ray_gpus) -> None:
     """A real Ray session given 2 (fake) GPUs: a 2x1-GPU trial passes, a 4x1-GPU one is refused with
     what it needs and what the cluster has."""

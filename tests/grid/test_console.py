@@ -168,6 +168,7 @@ def tune_trial(tid: str, error_file: Path | None = None) -> SimpleNamespace:
     )
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_callback_writes_runs_and_rows(cb_spec: Path, tmp_path: Path) -> None:
     spec = load_spec(cb_spec)
     trials = {t.id: t for t in expand(spec, str(cb_spec))}

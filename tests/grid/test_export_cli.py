@@ -120,6 +120,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_push_without_network_fails_at_upload_and_keeps_the_export(grid):
     """A real upload attempt against an endpoint nobody listens on: exit 1, a message naming the intact
     export, the token never printed; the export loads."""

@@ -296,6 +296,7 @@ def test_run_of_more_trials_than_the_setting_needs_yes(
     assert "would start" not in err and "output.root" in err  # --yes lifts the limit, nothing else
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_a_large_grid_already_done_needs_no_yes(tmp_path: Path) -> None:
     """The limit counts the trials a run would start, not the grid's cells."""
     from grid.preflight import preflight_plan

@@ -60,6 +60,7 @@ def _grid(tmp_path: Path) -> Path:
     return spec
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_report_prints_the_paper_beside_the_run(tmp_path: Path) -> None:
     spec = _grid(tmp_path)
     console = Console(record=True, width=200)
@@ -87,6 +88,7 @@ def test_report_prints_the_paper_beside_the_run(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_a_spec_without_published_numbers_reports_as_before(tmp_path: Path) -> None:
     spec = _grid(tmp_path)
     published_path(spec).unlink()
@@ -95,6 +97,7 @@ def test_a_spec_without_published_numbers_reports_as_before(tmp_path: Path) -> N
     assert not (report.out_dir / "published.csv").exists()
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_a_bad_published_file_names_its_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = _grid(tmp_path)
     bad = {"tables": [{**PUBLISHED["tables"][0], "rows": [{"label": "x", "match": {"method.nam": "sea"}}]}]}
@@ -128,6 +131,7 @@ def test_every_paper_spec_has_a_valid_published_table() -> None:
                 assert matching(row, trials), f"{name}: {table.title}: row {row.label} matches no trial"
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_plan_shows_which_paper_cells_the_trials_fill(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -150,6 +150,7 @@ def quiet() -> Console:
     return Console(file=io.StringIO(), width=200)
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_report_numbers_files_and_artifacts(store: dict[str, Any]) -> None:
     report = build_report(store["spec"], console=quiet())
     # Benchmark headlines (no eval/pope/adversarial/f1), then the alignment diagnostics the runs have.
@@ -450,6 +451,7 @@ def test_eight_concurrent_writers_lose_no_metric_point(mlflow_server: str) -> No
     )
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_served_store_round_trip(mlflow_server: str, tmp_path: Path) -> None:
     url = mlflow_server
     spec_path = write_spec(tmp_path / "served.yaml", "served", tmp_path / "results", url)

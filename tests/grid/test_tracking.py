@@ -70,6 +70,7 @@ def tracked(tmp_path_factory: pytest.TempPathFactory):
     }
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_experiment_kind_and_trial_runs(tracked, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_NotARealTokenButSecret")
     tracker = Tracker("tracked", tracked["uri"])
@@ -106,6 +107,7 @@ def test_experiment_kind_and_trial_runs(tracked, monkeypatch: pytest.MonkeyPatch
     tracker.close_parent(parent, "FAILED")
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_parent_run_lifecycle(tmp_path: Path) -> None:
     """Created RUNNING, ended by each invocation, reopened (the same run) by the next."""
     spec_path = make_spec(tmp_path, "lifecycle")
@@ -132,6 +134,7 @@ def test_parent_run_lifecycle(tmp_path: Path) -> None:
     assert client.get_experiment(exp_id).tags[EXPERIMENT_KIND_TAG] == "genai_development"
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_moved_store_finds_its_artifacts(tmp_path: Path) -> None:
     """A store folder moved elsewhere (a re-cloned repository): old artifacts read, new ones land beside it."""
     old_dir = tmp_path / "clone-a" / "mlflow"

@@ -8,6 +8,7 @@ import dataclasses
 import typing
 from pathlib import Path
 
+import pytest
 from pydantic import BaseModel
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -174,6 +175,7 @@ def test_the_scan_sees_an_unread_field() -> None:
     assert ("resize", None, False, False) not in _reads(ast.parse("image.resize((2, 2))"))
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_joint_dim_is_checked_against_the_features_labels_are_scored_with() -> None:
     """EncoderSpec.joint_dim's effect: a registry entry whose joint width is wrong fails at the first
     joint features (SEA labels), naming the entry, instead of scoring words in a mismatched space."""

@@ -300,7 +300,8 @@ def test_test_splits_write_the_servers_answer_files(letter_b, tmp_path: Path) ->
     vlm, tok = letter_b
     val = write_vqav2(tmp_path / "vqav2")
     test_dev = {k: v for k, v in val.items() if k != "annotation_file"}
-    rows = list(csv.reader(Path(write_mmbench(tmp_path / "mmb.tsv")).open(encoding="utf-8"), delimiter="\t"))
+    text = Path(write_mmbench(tmp_path / "mmb.tsv")).read_text(encoding="utf-8")
+    rows = list(csv.reader(io.StringIO(text), delimiter="\t"))
     answer = rows[0].index("answer")
     with (tmp_path / "mmb_test.tsv").open("w", newline="", encoding="utf-8") as fh:
         csv.writer(fh, delimiter="\t").writerows([r[:answer] + r[answer + 1 :] for r in rows])

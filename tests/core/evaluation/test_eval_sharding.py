@@ -58,6 +58,7 @@ def _files(out: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted((out / PREDICTIONS_DIR).iterdir())}
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_two_shards_give_exactly_the_unsharded_metrics_and_predictions(
     wild, eval_cfg, tmp_path: Path
 ) -> None:

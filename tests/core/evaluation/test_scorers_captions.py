@@ -89,6 +89,7 @@ def _coco_files(tmp: Path) -> dict[str, Path]:
     return {"annotations": tmp / "captions_val2017.json", "images": tmp / "val2017"}
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_coco_caption_scores_match_the_definitions(tmp_path: Path) -> None:
     samples = captions.read(_coco_files(tmp_path))
     assert [s.id for s in samples] == ["1", "2", "3"] and samples[0].image.name == "000000000001.jpg"

@@ -79,6 +79,7 @@ def _messages(question: str = QUESTION, answer: str | None = None) -> list[dict]
     return turns
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 @pytest.mark.parametrize(("encoder", "stage"), CASES)
 def test_logits_equal_seagrid(encoder, stage, outputs, exports):
     """Training-format ids (question and answer, chat template) through both models: same logits."""

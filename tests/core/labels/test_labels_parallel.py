@@ -140,6 +140,7 @@ def test_parallel_store_is_byte_identical(
     assert np.mean([(store[row][0] >= 0).mean() for row in range(len(store))]) > 0.2  # not all empty
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_interrupted_parallel_extraction_resumes(
     ray_session, reference: Path, data: tuple[Path, Path], words: list[str], tmp_path: Path, monkeypatch
 ) -> None:
@@ -167,6 +168,7 @@ def test_interrupted_parallel_extraction_resumes(
     assert resumed.missing_ids == LabelStore.open(reference).missing_ids
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_parallel_interruption_resumes_in_process(
     ray_session, reference: Path, data: tuple[Path, Path], words: list[str], tmp_path: Path, monkeypatch
 ) -> None:
@@ -185,6 +187,7 @@ def test_parallel_interruption_resumes_in_process(
     assert _files(out) == _files(reference)
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_failed_shard_fails_the_extraction(
     ray_session, data: tuple[Path, Path], words: list[str], tmp_path: Path
 ) -> None:
@@ -196,6 +199,7 @@ def test_failed_shard_fails_the_extraction(
     assert not is_built(out) and len(read_shards(out)) == 2  # resumable, shard by shard
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_shards_read_the_drivers_word_features(
     data: tuple[Path, Path], words: list[str], tmp_path: Path
 ) -> None:

@@ -44,6 +44,7 @@ def _two_of_twelve(tmp_path: Path, count: int = TWO_OF_TWELVE_COUNT) -> Path:
     return path
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_noun_phrases_from_the_parser(tmp_path: Path) -> None:
     words = syntactic_words(_captions(tmp_path), min_count=2)
     # Nouns, adjectives and multi-word noun phrases that occur twice; sorted by count then alphabet.

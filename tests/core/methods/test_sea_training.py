@@ -59,6 +59,7 @@ def recall_of(cfg: TrialConfig, step_dir: Path, store_path: Path) -> float:
     return label_recall(vlm, WithLabels(ds, store), words)
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_sea_raises_label_recall_over_baseline(tmp_path: Path) -> None:
     sea_cfg = trial({"name": "sea", "sea": {"top_n": 5, "words": {"min_count": 1}}})
     base_cfg = trial({"name": "llava"})

@@ -27,6 +27,7 @@ def test_loads_straight_into_bf16(reference: dict[str, torch.Tensor]) -> None:
         assert torch.equal(p, reference[name].to(torch.bfloat16)), name
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_zero3_builds_partitioned_parameters(reference: dict[str, torch.Tensor]) -> None:
     import deepspeed
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled

@@ -165,6 +165,7 @@ def test_a_dead_process_of_this_machine_is_stale_at_once_others_after_their_leas
     assert is_stale({"age_s": 121.0, "lease_s": 120.0, "machine": "elsewhere/boot", "pid": dead.pid})
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_a_killed_holder_is_taken_over_without_waiting_out_its_lease(tmp_path):
     ready = tmp_path / "ready"
     repo = Path(__file__).resolve().parents[3]
