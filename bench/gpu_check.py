@@ -194,11 +194,12 @@ class Seen:
 
 @contextlib.contextmanager
 def watching() -> Iterator[Seen]:
-    """Record the model ``build_model`` returns and each micro-batch ``_to_device`` moves (for FLOPs)."""
-    import core.train.stage as stage
+    """Record the model ``build_model`` returns and each micro-batch ``to_device`` moves (for FLOPs)."""
+    import core.train.loop as loop
+    import core.train.setup as setup
 
     seen = Seen()
-    build, move = stage.build_model, stage._to_device
+    build, move = setup.build_model, loop.to_device
 
     def build_model(*args: Any, **kwargs: Any) -> Any:
         vlm, tokenizer = build(*args, **kwargs)
@@ -211,11 +212,11 @@ def watching() -> Iterator[Seen]:
         seen.images.append(int(has_image.sum()))
         return move(batch, device)
 
-    stage.build_model, stage._to_device = build_model, to_device
+    setup.build_model, loop.to_device = build_model, to_device
     try:
         yield seen
     finally:
-        stage.build_model, stage._to_device = build, move
+        setup.build_model, loop.to_device = build, move
 
 
 def matmul_params(module: nn.Module) -> int:

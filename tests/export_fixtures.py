@@ -27,10 +27,10 @@ def _perturb(module: torch.nn.Module, scale: float) -> None:
 
 def write_stage_outputs(root: Path, encoder: str, seed: int = 0) -> dict[str, Path]:
     """{stage: step dir} as finished stages leave them: stage 1 an adapter; stage 2 another adapter, the
-    trained LLM and tokenizer (`llm/`, saved by stage code's own `_save_llm`), trained tower weights; each
+    trained LLM and tokenizer (`llm/`, saved by stage code's own `save_llm`), trained tower weights; each
     with its `result.json` and an evaluation's `metrics.json` beside it (`eval-<stage>`)."""
     from core.models import build_vlm, save_adapter
-    from core.train.stage import _save_llm
+    from core.train.save import save_llm
 
     torch.manual_seed(seed)
     vlm, tokenizer = build_vlm(LLM, encoder)
@@ -40,7 +40,7 @@ def write_stage_outputs(root: Path, encoder: str, seed: int = 0) -> dict[str, Pa
     _perturb(vlm.llm, 0.02)
     _perturb(vlm.vision, 0.02)
     save_adapter(vlm, dirs["stage2"] / "adapter")
-    _save_llm(vlm.llm, None, dirs["stage2"] / "llm", torch.float32)
+    save_llm(vlm.llm, None, dirs["stage2"] / "llm", torch.float32)
     tokenizer.save_pretrained(dirs["stage2"] / "llm")
     torch.save(
         {n: p.detach().clone() for n, p in vlm.vision.named_parameters()},

@@ -77,7 +77,7 @@ class BasicObjective(Objective):
     @contextlib.contextmanager
     def embedding_table(self) -> Iterator[Tensor]:
         """E `[V, D]`, the LLM's input embedding table, detached, for the block inside. Replaced where it
-        is sharded (ZeRO-3: gathered for the block, a collective; see core/train/stage.py). L_sds keeps
+        is sharded (ZeRO-3: gathered for the block, a collective; see core/train/setup.py). L_sds keeps
         only its gradient, not E, so nothing holds the gathered table after the block."""
         yield self._vlm[0].input_embeddings().weight.detach()
 

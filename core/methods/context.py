@@ -22,7 +22,7 @@ class SeaContext(TypedDict):
 
 class BuildContext(TypedDict):
     """Everything a method part may need at build time; `sea` is there when the stage's data carries
-    SEA labels (core.train.stage builds it with the labelled dataset)."""
+    SEA labels (core.train.setup_data builds it with the labelled dataset)."""
 
     vlm: VLM
     sea: NotRequired[SeaContext]

@@ -59,6 +59,23 @@ def deepspeed_config(
     Bucket sizes follow transformers' resolution of `auto`: hidden^2 to reduce, 0.9 hidden^2 to prefetch,
     10 hidden as the persistence threshold.
     """
+    _check_zero(zero, offload)
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": gradient_clipping,
+        "zero_optimization": _zero_section(zero, hidden_size, offload),
+        **deepspeed_precision(precision),
+        # The loop's own AdamW (param groups with the vision tower's learning rate) is a client optimizer.
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _check_zero(zero: int, offload: str) -> None:
+    """The ZeRO stage and offload a config can have together."""
     if zero not in (0, 1, 2, 3):
         raise ValueError(f"deepspeed.zero must be 0, 1, 2 or 3, got {zero!r}")
     if offload not in OFFLOAD_CHOICES:
@@ -67,6 +84,10 @@ def deepspeed_config(
         raise ValueError(f"deepspeed.offload 'optimizer+params' needs ZeRO-3, this stage runs ZeRO-{zero}")
     if offload != "none" and zero == 0:
         raise ValueError("deepspeed.offload needs ZeRO >= 1: ZeRO-0 keeps no optimizer partition to offload")
+
+
+def _zero_section(zero: int, hidden_size: int, offload: str) -> dict[str, Any]:
+    """`zero_optimization`: LLaVA-1.5's zero2/zero3 files, buckets sized from the hidden size."""
     zero_cfg: dict[str, Any] = {"stage": zero}
     if zero >= 2:
         zero_cfg.update(
@@ -91,18 +112,7 @@ def deepspeed_config(
         zero_cfg["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if offload == "optimizer+params":
         zero_cfg["offload_param"] = {"device": "cpu", "pin_memory": True}
-    return {
-        "train_micro_batch_size_per_gpu": micro_batch_size,
-        "gradient_accumulation_steps": accumulation,
-        "gradient_clipping": gradient_clipping,
-        "zero_optimization": zero_cfg,
-        **deepspeed_precision(precision),
-        # The loop's own AdamW (param groups with the vision tower's learning rate) is a client optimizer.
-        "zero_allow_untested_optimizer": True,
-        "zero_force_ds_cpu_optimizer": False,
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
+    return zero_cfg
 
 
 def _free_port() -> int:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from core.config.methods import stage_metric
 from core.data.holdout import Part, split_dataset
 from core.train.precision import loop_autocast
 from core.train.reduce import mean_across_ranks
@@ -65,7 +66,7 @@ class HeldoutProbe:
             vlm.train(was_training)
         sums = mean_across_ranks({"total": total, "count": count}, self.world, self.device)
         self.last = sums["total"] / max(sums["count"], 1e-9)
-        return {f"{self.stage}/{METRIC}": self.last}
+        return {stage_metric(self.stage, METRIC): self.last}
 
     def final(self) -> dict[str, float]:
         """What result.json keeps: the last held-out L_lm (`final_heldout_lm`)."""

@@ -10,6 +10,9 @@ from core.config import Strict, TrialConfig
 from core.evaluation.job import EvalJob
 from core.stages import STAGES, StageName
 
+# What a finished stage leaves in its step directory as its summary (core.train.save writes it).
+RESULT_FILE = "result.json"
+
 
 class StageJob(Strict):
     """One training stage of one trial, as every Ray Train worker receives it.

@@ -10,11 +10,12 @@ from typing import Any
 from pydantic import Field
 
 from core.config import NOT_IDENTITY, DatasetConfig, MethodConfig, ModelConfig, StageConfig, Strict
+from core.config.methods import stage_metric
 from core.evaluation.job import EvalJob, EvalStepConfig
 from core.labels.step import LABELS, TRANSFER
 from core.stages import STAGES, StageName
 from core.steps import Materialized, StepContext, StepRecord
-from core.train.job import StageJob, make_stage_job
+from core.train.job import RESULT_FILE, StageJob, make_stage_job
 
 # A stage reads the transferred label store when there is one.
 _LABEL_DEPS = (TRANSFER, LABELS)
@@ -109,7 +110,9 @@ def build_stage(config: TrainStepConfig, deps: Mapping[str, Path], out_dir: Path
 
 def stage_summary(config: TrainStepConfig, done: Materialized) -> dict[str, Any]:
     """The stage's `result.json` under `<stage>/`, whether it was reused and its directory."""
-    result = json.loads((done.path / "result.json").read_text())
-    summary = {f"{config.stage}/{k}": v for k, v in result.items()}
-    summary.update({f"{config.stage}/reused": done.reused, f"{config.stage}/dir": str(done.path)})
+    result = json.loads((done.path / RESULT_FILE).read_text())
+    summary = {stage_metric(config.stage, k): v for k, v in result.items()}
+    summary.update(
+        {stage_metric(config.stage, "reused"): done.reused, stage_metric(config.stage, "dir"): str(done.path)}
+    )
     return summary

@@ -12,7 +12,7 @@ from core.data.resolve import resolve_dataset
 from core.data.sampler import LengthGroupedSampler
 from core.data.subset import subset_indices
 from core.train.job import make_stage_job
-from core.train.stage import ResumableSampler, build_sampler
+from core.train.setup_data import ResumableSampler, build_sampler
 from grid.expand import expand
 from grid.spec import load_spec
 

@@ -626,12 +626,12 @@ def test_sds_under_zero3_equals_the_unsharded_loss_and_keeps_no_table(
     tiny: VLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """1-rank ZeRO-3: the embedding table is a partitioned parameter, gathered by the objective's block
-    (core/train/stage.py) and released before backward; the loss and the adapter's gradient equal the
+    (core/train/setup.py) and released before backward; the loss and the adapter's gradient equal the
     implementation that keeps E for a recomputing backward (core.basic.sds_loss's default)."""
     import deepspeed
 
     from core.train.deepspeed_engine import init_distributed
-    from core.train.stage import _gather_embedding_table
+    from core.train.setup import gather_embedding_table
 
     for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(key, raising=False)  # restored afterwards: later Ray workers must not inherit them
@@ -666,7 +666,7 @@ def test_sds_under_zero3_equals_the_unsharded_loss_and_keeps_no_table(
     with deepspeed.zero.GatheredParameters([sharded.weight], modifier_rank=0):
         sharded.weight.data.copy_(table)
     assert sharded.weight.data.numel() == 0  # partitioned outside a gather
-    _gather_embedding_table(
+    gather_embedding_table(
         objective, SimpleNamespace(llm=SimpleNamespace(get_input_embeddings=lambda: sharded))
     )
     got, _ = objective.extra_loss(batch, out)

@@ -75,14 +75,15 @@ class RecordingLoader(DataLoader):
 
 
 def test_stage_never_trains_on_the_heldout_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import core.train.stage as stage_module
+    import core.train.setup_data as setup_data
+    from core.train.stage import run_stage
 
     cfg = config()
     job = make_stage_job(cfg, "stage1", tmp_path / "s1")
-    monkeypatch.setattr(stage_module, "DataLoader", RecordingLoader)
+    monkeypatch.setattr(setup_data, "DataLoader", RecordingLoader)  # where the training loader is built
     RecordingLoader.seen = []
     checkpoints = LocalCheckpoints()
-    result = stage_module.run_stage(job, checkpoints=checkpoints)
+    result = run_stage(job, checkpoints=checkpoints)
 
     ids = [str(r["id"]) for r in json.loads(Path(job.json_path).read_text())]
     train, held = split_indices(cfg.data.stage1, cfg.stage1.heldout, len(ids))

@@ -9,7 +9,7 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from core.train.schedule import cosine_with_warmup, warmup_steps
-from core.train.stage import plan_steps
+from core.train.setup_data import plan_steps
 
 
 @pytest.mark.parametrize(("total", "ratio"), [(100, 0.03), (7, 0.0), (32, 0.1), (1, 0.03)])

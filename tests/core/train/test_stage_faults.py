@@ -11,7 +11,8 @@ import torch
 from core.config import TrialConfig
 from core.train.checkpoint import LocalCheckpoints
 from core.train.job import NonFiniteLoss, StageOutOfMemory, make_stage_job
-from core.train.stage import check_finite, out_of_memory_message, run_stage
+from core.train.loop import check_finite
+from core.train.stage import out_of_memory_message, run_stage
 
 
 def tiny(lr: float) -> TrialConfig:
