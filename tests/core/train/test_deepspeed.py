@@ -159,6 +159,7 @@ def test_zero2_and_zero3_match_plain_pytorch(tmp_path: Path) -> None:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=5e-4)
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_zero2_resume_gives_identical_weights(tmp_path: Path) -> None:
     cfg = config(2, "off", checkpoint_every=4)
     straight = run(cfg, "stage1", tmp_path / "straight")
@@ -178,6 +179,7 @@ def test_zero2_resume_gives_identical_weights(tmp_path: Path) -> None:
     assert resumed["final_loss"] == straight["final_loss"]
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_zero3_stage2_resume_gives_identical_weights(tmp_path: Path) -> None:
     """Stage 2 under ZeRO-3 (LLM and adapter partitioned): killed after its step-2 checkpoint and relaunched,
     it ends with exactly the LLM and adapter of an uninterrupted run."""

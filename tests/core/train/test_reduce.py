@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -35,6 +36,7 @@ def _worker(rank: int, port: int, results: dict[int, dict[str, float]]) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_two_ranks_agree_on_the_mean() -> None:
     with mp.Manager() as manager:
         results = manager.dict()

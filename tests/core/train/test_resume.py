@@ -50,6 +50,7 @@ def payload(tmp_path: Path, name: str, method: dict, **extra) -> StageJob:
         {"name": "llava", "loader_workers": 2},  # worker processes fetch; the skip stays in the sampler
     ],
 )
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 def test_resume_gives_identical_weights(tmp_path: Path, method: dict) -> None:
     method = dict(method)
     order = method.pop("group_by_length", "off")

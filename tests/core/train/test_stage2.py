@@ -49,6 +49,7 @@ def run(cfg: TrialConfig, stage: str, step_dir: Path, **extra) -> tuple[dict, li
     ), checkpoints.messages
 
 
+@pytest.mark.slow  # over 4 s: outside the fast tier (just test-fast)
 @pytest.mark.parametrize("train_vision", [False, True])
 def test_stage2_trains_llm_from_stage1_adapter(tmp_path: Path, train_vision: bool) -> None:
     cfg = config(train_vision)
