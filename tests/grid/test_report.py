@@ -500,7 +500,9 @@ def test_served_store_round_trip(mlflow_server: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_real_grid_evaluates_into_served_store(mlflow_server: str, tmp_path: Path, ray_session) -> None:
+def test_real_grid_evaluates_into_served_store(
+    mlflow_server: str, tmp_path: Path, ray_session, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A real trial (stage 1, then the evaluation step) against the served store: its evaluation metrics,
     diagnostics curve and pictures read back through the REST API, then the report."""
     url = mlflow_server
@@ -525,6 +527,9 @@ def test_real_grid_evaluates_into_served_store(mlflow_server: str, tmp_path: Pat
         )
     )
     assert main(["grid", str(spec_path)]) == 0
+    # The summary ends what the command printed (the workers' own lines: tests/grid/test_interrupt.py).
+    out = capsys.readouterr().out
+    assert "[eval]" not in out and out.rstrip().splitlines()[-1].startswith("MLflow:"), out[-2000:]
     exp = json.loads(_get(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=evaluated"))
     (run,) = [
         r
