@@ -132,6 +132,19 @@ def _route_worker_lines() -> None:
         dispatcher.add_handler("ray_print_logs", _print_worker_lines)
 
 
+def _flush_held_lines(stream: io.TextIOBase) -> None:
+    """Worker lines Ray's printer held back to count repeats ("[repeated 7x across cluster]") go to the log
+    now: Ray would print them to the real stdout when it shuts down, after the grid's summary."""
+    try:
+        from ray._private import worker
+        from ray._private.ray_logging import stderr_deduplicator, stdout_deduplicator
+    except ImportError:  # a Ray without these internals: it prints its leftovers itself
+        return
+    for held in (stdout_deduplicator, stderr_deduplicator):
+        for batch in held.flush():
+            worker.print_worker_logs(batch, stream)
+
+
 @contextlib.contextmanager
 def ray_output(log_path: Path, verbose: bool) -> Iterator[Path | None]:
     """Ray's and Tune's own output (start-up lines, raylet warnings, Tune's boxes, the workers' logs)
@@ -157,4 +170,5 @@ def ray_output(log_path: Path, verbose: bool) -> Iterator[Path | None]:
                 yield log_path
         finally:
             _route_worker_lines()  # Ray started in the block: its workers' late lines still reach the log
+            _flush_held_lines(log)
             log.close()

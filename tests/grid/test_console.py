@@ -142,6 +142,35 @@ def test_worker_lines_arriving_late_still_go_to_the_log(
         dispatcher.remove_handler("ray_print_logs")
 
 
+def test_lines_ray_holds_back_to_count_repeats_go_to_the_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray's own printer holds a line repeated across workers back, to print it once as "[repeated Nx
+    across cluster]" when Ray shuts down, after the grid's summary (issue 22: the smoke grid's last
+    evaluation lines, twice): the block's end writes what it holds into the log."""
+    import functools
+
+    from ray._private import ray_logging, worker
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    from ray._private.ray_logging import stdout_deduplicator
+
+    monkeypatch.setattr(ray_logging, "RAY_DEDUP_LOGS", True)  # Ray's default (the suite turns it off)
+    ray_printer = functools.partial(worker.print_to_stdstream, ignore_prefix=False)
+    try:
+        log = tmp_path / "g.log"
+        with ray_output(log, verbose=False):
+            dispatcher.add_handler("ray_print_logs", ray_printer)  # as ray.init(log_to_driver=True) in a grid
+            for pid in (4242, 4243, 4244):  # three workers print the same line
+                line = {"lines": ["[eval] pope: 0.6667"], "pid": pid, "ip": "127.0.0.1", "is_err": False}
+                dispatcher.emit({**line, "actor_name": "RayTrainWorker", "job": "01000000"})
+        assert list(stdout_deduplicator.flush()) == []  # nothing left for ray.shutdown to print
+        text = log.read_text()
+        assert "[eval] pope: 0.6667" in text and "repeated 2x across cluster" in text, text
+        assert "[eval]" not in capsys.readouterr().out
+    finally:
+        dispatcher.remove_handler("ray_print_logs")
+
+
 SPEC = """\
 name: cb
 base:
