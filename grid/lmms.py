@@ -13,24 +13,11 @@ from typing import Any
 
 from rich.console import Console
 
+from core.rendezvous import without_rendezvous
 from grid.export_cmd import Finished, finished_stages
 from grid.spec import SpecError
 
 PREFIX = "lmms"
-# A process group's rendezvous, inherited from a shell under torchrun, a Ray worker or a notebook that trained
-# in-process: lmms-eval's Accelerator would join that group (or bind its busy port) instead of starting its own.
-RENDEZVOUS = (
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "GROUP_RANK",
-    "ROLE_RANK",
-    "NODE_RANK",
-    "TORCHELASTIC_RUN_ID",
-)
 OUT_DIR = "lmms"
 INSTALL = "uv sync --extra lmms"
 
@@ -94,11 +81,6 @@ def lmms_command(export: Path, out: Path, args: argparse.Namespace, gpus: int) -
     return [sys.executable, "-m", "lmms_eval", "eval", *tail]
 
 
-def lmms_env(environ: dict[str, str]) -> dict[str, str]:
-    """The child's environment: the caller's, less any process group's rendezvous (accelerate sets its own)."""
-    return {k: v for k, v in environ.items() if k not in RENDEZVOUS}
-
-
 def _gpus(item: Finished) -> int:
     import torch
 
@@ -142,7 +124,7 @@ def run_lmms(args: argparse.Namespace, console: Console) -> int:
         shutil.rmtree(out, ignore_errors=True)
         command = lmms_command(export, out, args, _gpus(item))
         console.print(f"lmms-eval on {item.trial_id} after {item.stage}: {args.tasks}", highlight=False)
-        if subprocess.run(command, env=lmms_env(dict(os.environ))).returncode != 0:
+        if subprocess.run(command, env=without_rendezvous(os.environ)).returncode != 0:
             print(f"error: lmms-eval failed on {item.trial_id} ({' '.join(command)})", file=sys.stderr)
             failed += 1
             continue

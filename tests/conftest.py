@@ -60,8 +60,9 @@ def own_process_group():
     """The MASTER_*/RANK variables a test's one-process group sets are gone afterwards, so that Ray workers and
     subprocesses (lmms-eval's Accelerator) started by later tests do not inherit a group whose port is still held
     (the group itself stays: DeepSpeed keeps handles to it). Autouse: CI's lmms test once failed on a leak."""
-    keys = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
-    before = {k: os.environ.get(k) for k in keys}
+    from core.rendezvous import RENDEZVOUS
+
+    before = {k: os.environ.get(k) for k in RENDEZVOUS}
     yield
     for key, value in before.items():
         if value is None:

@@ -10,29 +10,32 @@ from pathlib import Path
 
 import pytest
 
+from core.rendezvous import without_rendezvous
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import gpu_check  # noqa: E402
 
 PARTS = ["stage1 llava", "labels (SEA)", "stage1 sea", "stage1 basic", "stage2 llava"]
 
 
-@pytest.mark.slow
-def test_tiny_check_runs_every_part(tmp_path: Path) -> None:
-    # In a process of its own, as `just gpu-check` runs it: the check initialises a torch.distributed
-    # group and DeepSpeed's globals, which must not leak into the tests that run after it.
-    out = tmp_path / "check.json"
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")
-    }
+def _run_check(mode: str, out: Path, work: Path, timeout: int) -> subprocess.CompletedProcess[str]:
+    """`bench/gpu_check.py MODE` in a process of its own, as `just gpu-check` runs it: the check initialises a
+    torch.distributed group and DeepSpeed's globals, which must not leak into the tests that run after it."""
     script = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.py"
-    done = subprocess.run(
-        [sys.executable, str(script), "--tiny", "--out", str(out), "--work-dir", str(tmp_path / "work")],
+    return subprocess.run(
+        [sys.executable, str(script), mode, "--out", str(out), "--work-dir", str(work)],
         capture_output=True,
         text=True,
-        env=env,
+        env=without_rendezvous(os.environ),
         cwd=script.parents[1],
-        timeout=900,
+        timeout=timeout,
     )
+
+
+@pytest.mark.slow
+def test_tiny_check_runs_every_part(tmp_path: Path) -> None:
+    out = tmp_path / "check.json"
+    done = _run_check("--tiny", out, tmp_path / "work", timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert [r["part"] for r in rows] == PARTS
@@ -63,18 +66,7 @@ def test_cpu_mode_runs_the_real_path(tmp_path: Path) -> None:
     """--cpu: the GPU run's own path (vicuna-7b + clip-l-336 registry configs, random weights built by the
     check's loaders, ZeRO-2 then ZeRO-3) cut to one LLM layer, on this CPU, in a process of its own."""
     out = tmp_path / "check.json"
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")
-    }
-    script = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.py"
-    done = subprocess.run(
-        [sys.executable, str(script), "--cpu", "--out", str(out), "--work-dir", str(tmp_path / "work")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=script.parents[1],
-        timeout=1500,
-    )
+    done = _run_check("--cpu", out, tmp_path / "work", timeout=1500)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     report = json.loads(out.read_text())
     rows = report["rows"]

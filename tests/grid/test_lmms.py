@@ -136,8 +136,8 @@ def _answer_yes_or_no(export: Path, rows: list[dict]) -> None:
     model.to(torch.bfloat16).save_pretrained(export)
 
 
-def test_lmms_child_drops_an_inherited_rendezvous():
-    from grid.lmms import lmms_env
+def test_a_child_drops_an_inherited_rendezvous():
+    from core.rendezvous import without_rendezvous
 
     inherited = {
         "PATH": "/bin",
@@ -146,7 +146,7 @@ def test_lmms_child_drops_an_inherited_rendezvous():
         "LOCAL_RANK": "0",
         "HF_HUB_OFFLINE": "1",
     }
-    assert lmms_env(inherited) == {"PATH": "/bin", "HF_HUB_OFFLINE": "1"}
+    assert without_rendezvous(inherited) == {"PATH": "/bin", "HF_HUB_OFFLINE": "1"}
 
 
 @pytest.mark.slow

@@ -131,12 +131,13 @@ def test_sharded_eval_step_equals_the_single_task_step(
     from core.evaluation.load import load_trained
     from core.evaluation.step import evaluate_job, evaluate_shard_step, gather_shards_step, read_metrics
     from core.pipeline import trial_steps
+    from core.rendezvous import RENDEZVOUS
     from core.steps import materialize
     from core.train.checkpoint import LocalCheckpoints
     from core.train.job import make_stage_job
     from core.train.stage import run_stage
 
-    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+    for key in RENDEZVOUS:
         monkeypatch.delenv(key, raising=False)
     evals = {
         "enabled": True,

@@ -630,10 +630,11 @@ def test_sds_under_zero3_equals_the_unsharded_loss_and_keeps_no_table(
     implementation that keeps E for a recomputing backward (core.basic.sds_loss's default)."""
     import deepspeed
 
+    from core.rendezvous import RENDEZVOUS
     from core.train.deepspeed_engine import init_distributed
     from core.train.setup import gather_embedding_table
 
-    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+    for key in RENDEZVOUS:
         monkeypatch.delenv(key, raising=False)  # restored afterwards: later Ray workers must not inherit them
     init_distributed(torch.device("cpu"))
     vlm = fresh(tiny)
